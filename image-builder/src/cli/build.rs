@@ -1,0 +1,280 @@
+//! `image-builder build`: board config + center config -> card image, checksum, bmap, compressed image and
+//! manifest. Slow stages are cached (packages, base root filesystem, cross toolchain, appliance binary);
+//! everything per center is applied on top, so changing a center or the appliance is quick.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use appliance::center::Center;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use walkdir::WalkDir;
+
+use crate::board::Board;
+use crate::bmap::Bmap;
+use crate::disk::{self, Layout};
+use crate::lockfile::Lock;
+use crate::manifest::{self, Manifest};
+use crate::packages::sha256_file;
+use crate::progress::Progress;
+use crate::secrets::Secrets;
+use crate::{cross, overlay, rootfs, tools, Paths};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Board name (a file in the board-configs folder) or a path to a board INI.
+    #[arg(long, default_value = "rpi4")]
+    pub board: String,
+    /// Center config INI; default: the example center in board-configs/.
+    #[arg(long)]
+    pub center: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Rebuild the root filesystem and the appliance even when cached (the reproducibility test uses it).
+    #[arg(long)]
+    pub fresh: bool,
+    #[command(flatten)]
+    pub paths: Paths,
+}
+
+pub struct Outputs {
+    pub image: PathBuf,
+    pub manifest: Manifest,
+}
+
+pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
+    let paths = &args.paths;
+    let board = Board::load(&paths.board_configs(), &args.board)?;
+    let center_path = args.center.clone().unwrap_or_else(|| paths.board_configs().join("example-center.ini"));
+    let center = Center::load(&center_path)?;
+    // Configs first: a typo is reported before anything is installed or downloaded.
+    tools::check_required()?;
+    let lock = Lock::load(&Lock::path_for(&paths.locks(), "trixie", &board.arch))?;
+    let secrets = Secrets::for_center(&paths.state, &center.id)?;
+    let cache = &paths.cache;
+    std::fs::create_dir_all(cache).with_context(|| format!("cannot create the cache {}", cache.display()))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let epoch = lock.source_date_epoch;
+
+    let layers = overlay::layers(&paths.overlays(), &board);
+    let packages = rootfs::package_set(&overlay::package_lists(&layers), &board.packages)?;
+    let base = rootfs::base(cache, &lock, &packages, args.fresh, progress)?;
+    let binary = cross::appliance(cache, &paths.workspace, &board.arch, epoch, args.fresh, progress)?;
+    if base.cached {
+        progress.cached("root filesystem (mmdebstrap)");
+    }
+    if binary.cached {
+        progress.cached("cross-build appliance");
+    }
+    let appliance_sha = sha256_file(&binary.path)?;
+
+    let seed = input_digest(&[
+        lock.digest(),
+        base.key.clone(),
+        sha256_file(&board.file)?,
+        sha256_file(&center_path)?,
+        tree_digest(&layers)?,
+        appliance_sha.clone(),
+        hex::encode(Sha256::digest(format!("{:?}", secrets.values).as_bytes())),
+    ]);
+    let build_id = seed[..12].to_owned();
+    let layout = Layout::new(&seed, board.boot_mib, board.root_mib, board.data_mib);
+    let name = format!("kituo-{}-{}", board.name, center.id);
+
+    let work = tempfile::Builder::new().prefix("work-").tempdir_in(cache)?;
+    let (root, boot, data) = (work.path().join("root"), work.path().join("boot"), work.path().join("data"));
+    let step = progress.step("root filesystem: overlays");
+    rootfs::unpack(&base.tarball, &root)?;
+    std::fs::create_dir_all(&boot)?;
+    install_appliance(&root, &binary.path)?;
+    let context = template_context(&board, &center, &secrets, &layout, &build_id, epoch);
+    std::fs::write(root.join("etc/kituo/build.ini"), build_info(&context))?;
+    overlay::apply(&layers, &context, &root, &boot)?;
+    overlay::customize(&layers, &root, epoch)?;
+    overlay::boot_files(&board, &root, &boot)?;
+    std::fs::write(boot.join("cmdline.txt"), format!("{} root=PARTUUID={} rw\n", board.cmdline, layout.part("root-a").partuuid))?;
+    empty_dir(&root.join("boot/firmware"))?;
+    data_tree(&root, &data)?;
+    for dir in [&root, &boot, &data] {
+        overlay::clamp_mtimes(dir, epoch)?;
+    }
+    let packages = manifest::installed_packages(&root, &lock)?;
+    step.finish();
+
+    let step = progress.step("disk image");
+    let image = args.out.join(format!("{name}.img"));
+    let (boot_img, root_img, data_img) = (work.path().join("boot.vfat"), work.path().join("root.ext4"), work.path().join("data.ext4"));
+    disk::make_boot(&boot, &boot_img, layout.part("boot"), epoch)?;
+    disk::make_ext4(&root, &root_img, layout.part("root-a"), "kituo-root-a", &seed, epoch)?;
+    disk::make_ext4(&data, &data_img, layout.part("data"), "kituo-data", &seed, epoch)?;
+    disk::assemble(
+        &layout,
+        &[(layout.part("boot"), &boot_img), (layout.part("root-a"), &root_img), (layout.part("data"), &data_img)],
+        &image,
+    )?;
+    drop(work);
+    step.finish();
+
+    let step = progress.step("checksum, bmap, zstd");
+    let image_sha = sha256_file(&image)?;
+    std::fs::write(args.out.join(format!("{name}.img.sha256")), format!("{image_sha}  {name}.img\n"))?;
+    let bmap = Bmap::of_image(&image)?;
+    std::fs::write(args.out.join(format!("{name}.bmap")), bmap.to_xml()?)?;
+    let zst = args.out.join(format!("{name}.img.zst"));
+    compress(&image, &zst)?;
+    step.finish();
+
+    let manifest = Manifest {
+        name: name.clone(),
+        build_id,
+        board: board.name.clone(),
+        arch: board.arch.clone(),
+        center_id: center.id.clone(),
+        center_config_sha256: sha256_file(&center_path)?,
+        source_date_epoch: epoch,
+        lock: manifest::LockInfo { file: lock.path.display().to_string(), sha256: lock.digest() },
+        appliance: manifest::Appliance { version: appliance::VERSION.to_owned(), sha256: appliance_sha },
+        image: manifest::ImageInfo {
+            file: format!("{name}.img"),
+            size_bytes: bmap.image_size,
+            sha256: image_sha,
+            mapped_bytes: bmap.mapped_blocks() * crate::bmap::BLOCK,
+            compressed_file: format!("{name}.img.zst"),
+            compressed_bytes: std::fs::metadata(&zst)?.len(),
+        },
+        partition_table: layout,
+        packages,
+    };
+    std::fs::write(args.out.join(format!("{name}.manifest.json")), serde_json::to_string_pretty(&manifest)? + "\n")?;
+    Ok(Outputs { image, manifest })
+}
+
+fn input_digest(parts: &[String]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Digest of every file (path, mode, content) in the overlay layers.
+fn tree_digest(layers: &[PathBuf]) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Sha256::new();
+    for layer in layers {
+        for entry in WalkDir::new(layer).sort_by_file_name() {
+            let entry = entry?;
+            h.update(entry.path().strip_prefix(layer)?.to_string_lossy().as_bytes());
+            if entry.file_type().is_file() {
+                h.update(entry.metadata()?.permissions().mode().to_le_bytes());
+                h.update(std::fs::read(entry.path())?);
+            } else if entry.file_type().is_symlink() {
+                h.update(std::fs::read_link(entry.path())?.to_string_lossy().as_bytes());
+            }
+            h.update([0]);
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn install_appliance(root: &Path, binary: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dest = root.join("usr/bin/appliance");
+    std::fs::copy(binary, &dest)?;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::create_dir_all(root.join("etc/kituo"))?;
+    Ok(())
+}
+
+/// The variables overlay templates see (documented in overlays/README.md).
+fn template_context(board: &Board, center: &Center, secrets: &Secrets, layout: &Layout, build_id: &str, epoch: u64) -> Value {
+    let passphrase = center.passphrase.clone().unwrap_or_else(|| secrets.get("wifi_passphrase").to_owned());
+    json!({
+        "center": { "id": center.id, "name": center.name, "timezone": center.timezone },
+        "network": {
+            "hostname": center.hostname, "domain": center.domain,
+            "ap_address": format!("{}/{}", center.ap_ip, center.ap_prefix), "ap_ip": center.ap_ip.to_string(),
+            "ap_prefix": center.ap_prefix.to_string(), "ap_netmask": center.ap_netmask().to_string(),
+            "ap_subnet": center.ap_subnet(), "dhcp_start": center.dhcp_start.to_string(), "dhcp_end": center.dhcp_end.to_string(),
+        },
+        "wifi": { "ssid": center.ssid, "passphrase": passphrase, "country": center.country, "channel": center.channel.to_string() },
+        "sync": {
+            "hub_url": center.hub_url, "site_id": center.site_id.to_string(),
+            "auto_increment_increment": center.auto_increment_increment.to_string(),
+            "auto_increment_offset": center.site_id.to_string(),
+        },
+        "access": { "ssh_authorized_keys": center.ssh_authorized_keys },
+        "board": {
+            "name": board.name, "description": board.description, "arch": board.arch, "family": board.family,
+            "ram_mib": board.ram_mib.to_string(), "console": board.console,
+        },
+        "secrets": { "moodle_db_password": secrets.get("moodle_db_password"), "kituo_db_password": secrets.get("kituo_db_password") },
+        "build": { "version": appliance::VERSION, "id": build_id, "source_date_epoch": epoch.to_string() },
+        "disk": {
+            "id": layout.disk_id,
+            "boot_partuuid": layout.part("boot").partuuid,
+            "root_a_partuuid": layout.part("root-a").partuuid,
+            "data_partuuid": layout.part("data").partuuid,
+            "root_b_partuuid": format!("{}-04", layout.disk_id),
+            "root_b_mib": (layout.root_b_bytes >> 20).to_string(),
+        },
+    })
+}
+
+fn build_info(context: &Value) -> String {
+    let get = |a: &str, b: &str| context[a][b].as_str().unwrap_or_default().to_owned();
+    format!(
+        "; Written by image-builder: the identity of this image.\n[build]\nid = {}\nversion = {}\nboard = {}\ncenter = {}\nsource_date_epoch = {}\n",
+        get("build", "id"),
+        get("build", "version"),
+        get("board", "name"),
+        get("center", "id"),
+        get("build", "source_date_epoch"),
+    )
+}
+
+fn empty_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
+        }
+    }
+    Ok(())
+}
+
+/// The data partition's initial tree: MariaDB's datadir, Moodle's data, Kituo's state, owned by the
+/// users of this root filesystem.
+fn data_tree(root: &Path, data: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let ids = |user: &str| -> Result<(u32, u32)> {
+        let passwd = std::fs::read_to_string(root.join("etc/passwd"))?;
+        passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&user) && f.len() > 3)
+            .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .with_context(|| format!("user {user} is missing from the root filesystem"))
+    };
+    for (dir, user, mode) in [("mysql", "mysql", 0o750), ("moodledata", "www-data", 0o770), ("kituo", "root", 0o755)] {
+        let path = data.join(dir);
+        std::fs::create_dir_all(&path)?;
+        let (uid, gid) = ids(user)?;
+        nix::unistd::chown(&path, Some(uid.into()), Some(gid.into()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+fn compress(image: &Path, out: &Path) -> Result<()> {
+    let mut input = std::fs::File::open(image)?;
+    let partial = out.with_extension("zst.partial");
+    let output = std::fs::File::create(&partial)?;
+    let mut encoder = zstd::Encoder::new(output, 3)?;
+    std::io::copy(&mut input, &mut encoder)?;
+    encoder.finish()?.sync_all()?;
+    std::fs::rename(&partial, out)?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Helpers for the end-to-end tests: the real builder binary, the host's tools (installed when missing),
+//! and a QEMU virtual board reached through forwarded ports.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace exists")
+}
+
+/// Installs whatever the builder and these tests need that is missing (Debian packages only).
+pub fn ensure_host() {
+    let out = Command::new(workspace().join("image-builder/scripts/host-setup")).output().expect("run host-setup");
+    assert!(out.status.success(), "host-setup failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// The release build of the image builder (built now if needed).
+pub fn image_builder() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-q", "-p", "image-builder"])
+        .current_dir(workspace())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building image-builder failed");
+    workspace().join("target/release/image-builder")
+}
+
+/// The builder's cache, shared with ordinary builds so that CI reuses downloaded packages and chroots.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("KITUO_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/kituo"))
+}
+
+/// A folder for this test's outputs under target/, kept after the run for inspection.
+pub fn artifacts(name: &str) -> PathBuf {
+    let dir = workspace().join("target/e2e").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create artifacts folder");
+    dir
+}
+
+/// Runs a command and returns its output, failing with the command's stderr when it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn sha256(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path));
+    stdout(&out).split_whitespace().next().unwrap_or_default().to_owned()
+}
+
+/// An SSH key pair for logging in to a test image.
+pub fn ssh_key(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join("id_ed25519");
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "kituo-test", "-f"]).arg(&key));
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    (key, public.trim().to_owned())
+}
+
+/// A booted qemu-arm64 image: HTTP and SSH forwarded to loopback ports.
+pub struct Vm {
+    child: Child,
+    pub http: u16,
+    pub ssh: u16,
+    key: PathBuf,
+    pub console: PathBuf,
+}
+
+impl Vm {
+    /// Boots `image` with the kernel, initrd and command line from its own boot partition.
+    pub fn boot(image: &Path, key: &Path, work: &Path) -> Result<Vm> {
+        let boot_offset = 4 * 1024 * 1024;
+        for file in ["vmlinuz", "initrd.img", "cmdline.txt"] {
+            run(Command::new("mcopy")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .arg("-o")
+                .arg("-i")
+                .arg(format!("{}@@{boot_offset}", image.display()))
+                .arg(format!("::/{file}"))
+                .arg(work.join(file)));
+        }
+        let cmdline = std::fs::read_to_string(work.join("cmdline.txt"))?.trim().to_owned();
+        let (http, ssh) = (free_port(), free_port());
+        let console = work.join("console.log");
+        let child = Command::new("qemu-system-aarch64")
+            .args(["-M", "virt", "-cpu", "cortex-a72", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
+            .arg("-kernel")
+            .arg(work.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(work.join("initrd.img"))
+            .args(["-append", &cmdline])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", image.display()))
+            .args(["-device", "virtio-rng-pci", "-device", "virtio-net-pci,netdev=n"])
+            .arg("-netdev")
+            .arg(format!("user,id=n,hostfwd=tcp:127.0.0.1:{http}-:80,hostfwd=tcp:127.0.0.1:{ssh}-:22"))
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .args(["-monitor", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start qemu-system-aarch64")?;
+        Ok(Vm { child, http, ssh, key: key.to_owned(), console })
+    }
+
+    /// Waits until `path` answers 200 through the forwarded HTTP port, and returns the body.
+    pub fn wait_http(&mut self, path: &str, timeout: Duration) -> Result<String> {
+        let started = Instant::now();
+        loop {
+            if let Ok(body) = self.http_get(path) {
+                return Ok(body);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("QEMU exited ({status}) before {path} answered; console:\n{}", self.console_tail());
+            }
+            if started.elapsed() > timeout {
+                bail!("{path} did not answer within {timeout:?}; console:\n{}", self.console_tail());
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    pub fn http_get(&self, path: &str) -> Result<String> {
+        let out = Command::new("curl")
+            .args(["-sS", "-f", "--max-time", "20"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.http))
+            .output()?;
+        if !out.status.success() {
+            bail!("GET {path}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn ssh_command(&self) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .args(["-o", "ConnectTimeout=20", "-p", &self.ssh.to_string()]);
+        cmd
+    }
+
+    /// Runs a shell command as root in the VM with the test's key; returns stdout, failing on non-zero exit.
+    pub fn ssh(&self, script: &str) -> Result<String> {
+        let out = self
+            .ssh_command()
+            .args(["-o", "BatchMode=yes", "-i"])
+            .arg(&self.key)
+            .arg("root@127.0.0.1")
+            .arg(script)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "ssh `{script}` failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Tries to log in with a password only; returns ssh's error output.
+    pub fn ssh_password_attempt(&self) -> Result<(bool, String)> {
+        let out = self
+            .ssh_command()
+            .args(["-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"])
+            .arg("root@127.0.0.1")
+            .arg("true")
+            .output()?;
+        Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    }
+
+    pub fn console_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.console).unwrap_or_default();
+        let lines: Vec<_> = text.lines().rev().take(60).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Powers the VM off cleanly (waits for QEMU to exit), killing it if that takes too long.
+    pub fn shutdown(mut self) -> Result<()> {
+        let _ = self.ssh("systemctl poweroff");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        bail!("the VM did not power off within 120 s; console:\n{}", self.console_tail())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
