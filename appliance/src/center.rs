@@ -14,7 +14,10 @@ pub const SCHEMA: Schema = &[
         help: "Who this regional center is.",
         free_keys: false,
         keys: &[
-            Key::required("id", "short identifier: lower-case letters, digits and '-'; names the image and its secrets"),
+            Key::required(
+                "id",
+                "short identifier: lower-case letters, digits and '-'; names the image and its secrets",
+            ),
             Key::required("name", "human-readable name, shown on the status page"),
             Key::optional("timezone", "UTC", "IANA time zone of the center"),
         ],
@@ -37,7 +40,11 @@ pub const SCHEMA: Schema = &[
         free_keys: false,
         keys: &[
             Key::required("ssid", "network name, 1 to 32 bytes"),
-            Key::optional("passphrase", "", "WPA2 passphrase, 8 to 63 printable characters; empty: generated per center by the builder"),
+            Key::optional(
+                "passphrase",
+                "",
+                "WPA2 passphrase, 8 to 63 printable characters; empty: generated per center by the builder",
+            ),
             Key::optional("country", "TZ", "ISO 3166 country code: sets the legal channels"),
             Key::optional("channel", "6", "2.4 GHz channel, 1 to 13"),
         ],
@@ -56,7 +63,11 @@ pub const SCHEMA: Schema = &[
         name: "access",
         help: "Who may log in.",
         free_keys: false,
-        keys: &[Key::optional("ssh_authorized_keys", "", "SSH public keys allowed to log in as root, separated by ','")],
+        keys: &[Key::optional(
+            "ssh_authorized_keys",
+            "",
+            "SSH public keys allowed to log in as root, separated by ','",
+        )],
     },
 ];
 
@@ -90,41 +101,81 @@ impl Center {
 
     pub fn from_document(doc: &Document) -> Result<Self, ConfigError> {
         let id = doc.get("center", "id").to_owned();
-        if !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || id.starts_with('-') {
-            return Err(doc.error("center", "id", format!("use lower-case letters, digits and '-', got '{id}'")));
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            || id.starts_with('-')
+        {
+            return Err(doc.error(
+                "center",
+                "id",
+                format!("use lower-case letters, digits and '-', got '{id}'"),
+            ));
         }
         let hostname = doc.get("network", "hostname").to_owned();
-        if hostname.is_empty() || !hostname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if hostname.is_empty()
+            || !hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return Err(doc.error("network", "hostname", "use letters, digits and '-'"));
         }
         let (ap_ip, ap_prefix) = parse_cidr(doc)?;
         let dhcp_start: Ipv4Addr = doc.parse_as("network", "dhcp_start", "an IPv4 address")?;
         let dhcp_end: Ipv4Addr = doc.parse_as("network", "dhcp_end", "an IPv4 address")?;
-        let same_subnet = |a: Ipv4Addr| u32::from(a) & netmask(ap_prefix) == u32::from(ap_ip) & netmask(ap_prefix);
+        let same_subnet = |a: Ipv4Addr| {
+            u32::from(a) & netmask(ap_prefix) == u32::from(ap_ip) & netmask(ap_prefix)
+        };
         if !same_subnet(dhcp_start) || !same_subnet(dhcp_end) || dhcp_start > dhcp_end {
-            return Err(doc.error("network", "dhcp_end", "the DHCP range must lie, in order, in the ap_address subnet"));
+            return Err(doc.error(
+                "network",
+                "dhcp_end",
+                "the DHCP range must lie, in order, in the ap_address subnet",
+            ));
         }
         let ssid = doc.get("wifi", "ssid").to_owned();
         if ssid.len() > 32 {
             return Err(doc.error("wifi", "ssid", "at most 32 bytes"));
         }
         let passphrase = Some(doc.get("wifi", "passphrase").to_owned()).filter(|p| !p.is_empty());
-        if passphrase.as_ref().is_some_and(|p| !(8..=63).contains(&p.len()) || !p.chars().all(|c| (' '..='~').contains(&c))) {
-            return Err(doc.error("wifi", "passphrase", "WPA2 needs 8 to 63 printable ASCII characters"));
+        if passphrase.as_ref().is_some_and(|p| {
+            !(8..=63).contains(&p.len()) || !p.chars().all(|c| (' '..='~').contains(&c))
+        }) {
+            return Err(doc.error(
+                "wifi",
+                "passphrase",
+                "WPA2 needs 8 to 63 printable ASCII characters",
+            ));
         }
         let country = doc.get("wifi", "country").to_owned();
         if country.len() != 2 || !country.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(doc.error("wifi", "country", format!("expected a two-letter upper-case code, got '{country}'")));
+            return Err(doc.error(
+                "wifi",
+                "country",
+                format!("expected a two-letter upper-case code, got '{country}'"),
+            ));
         }
         let hub_url = doc.get("sync", "hub_url").to_owned();
         if !(hub_url.starts_with("https://") || hub_url.starts_with("http://")) {
             return Err(doc.error("sync", "hub_url", "expected an http:// or https:// URL"));
         }
-        let auto_increment_increment = doc.int_in("sync", "auto_increment_increment", 2..=255)? as u8;
-        let site_id = doc.int_in("sync", "site_id", 2..=u64::from(auto_increment_increment) - 1)? as u8;
+        let auto_increment_increment =
+            doc.int_in("sync", "auto_increment_increment", 2..=255)? as u8;
+        let site_id = doc.int_in(
+            "sync",
+            "site_id",
+            2..=u64::from(auto_increment_increment) - 1,
+        )? as u8;
         let ssh_authorized_keys = split_list(doc.get("access", "ssh_authorized_keys"));
-        if let Some(bad) = ssh_authorized_keys.iter().find(|k| !k.starts_with("ssh-") && !k.starts_with("ecdsa-")) {
-            return Err(doc.error("access", "ssh_authorized_keys", format!("not an SSH public key: '{bad}'")));
+        if let Some(bad) = ssh_authorized_keys
+            .iter()
+            .find(|k| !k.starts_with("ssh-") && !k.starts_with("ecdsa-"))
+        {
+            return Err(doc.error(
+                "access",
+                "ssh_authorized_keys",
+                format!("not an SSH public key: '{bad}'"),
+            ));
         }
         Ok(Center {
             id,
@@ -152,7 +203,11 @@ impl Center {
     }
 
     pub fn ap_subnet(&self) -> String {
-        format!("{}/{}", Ipv4Addr::from(u32::from(self.ap_ip) & netmask(self.ap_prefix)), self.ap_prefix)
+        format!(
+            "{}/{}",
+            Ipv4Addr::from(u32::from(self.ap_ip) & netmask(self.ap_prefix)),
+            self.ap_prefix
+        )
     }
 }
 
@@ -162,7 +217,13 @@ fn netmask(prefix: u8) -> u32 {
 
 fn parse_cidr(doc: &Document) -> Result<(Ipv4Addr, u8), ConfigError> {
     let value = doc.get("network", "ap_address");
-    let bad = || doc.error("network", "ap_address", format!("expected an address with prefix like 10.42.0.1/24, got '{value}'"));
+    let bad = || {
+        doc.error(
+            "network",
+            "ap_address",
+            format!("expected an address with prefix like 10.42.0.1/24, got '{value}'"),
+        )
+    };
     let (ip, prefix) = value.split_once('/').ok_or_else(bad)?;
     let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
     let prefix: u8 = prefix.parse().map_err(|_| bad())?;
@@ -189,7 +250,10 @@ mod tests {
         assert_eq!(c.ap_ip, Ipv4Addr::new(10, 42, 0, 1));
         assert_eq!(c.ap_subnet(), "10.42.0.0/24");
         assert_eq!(c.ap_netmask(), Ipv4Addr::new(255, 255, 255, 0));
-        assert_eq!((c.site_id, c.auto_increment_increment, c.channel), (3, 64, 6));
+        assert_eq!(
+            (c.site_id, c.auto_increment_increment, c.channel),
+            (3, 64, 6)
+        );
     }
 
     #[test]
@@ -207,7 +271,8 @@ mod tests {
 
     #[test]
     fn example_center_in_the_repository_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../board-configs/example-center.ini");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../board-configs/example-center.ini");
         let c = Center::load(&path).unwrap();
         assert_eq!(c.id, "example");
     }

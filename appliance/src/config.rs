@@ -22,7 +22,11 @@ pub const SCHEMA: Schema = &[
         free_keys: false,
         keys: &[
             Key::optional("listen", "127.0.0.1:8080", "address the status server listens on (nginx proxies it)"),
-            Key::optional("build_info", "/etc/kituo/build.ini", "file the image builder writes with the build's identity"),
+            Key::optional(
+                "build_info",
+                "/etc/kituo/build.ini",
+                "file the image builder writes with the build's identity",
+            ),
         ],
     },
 ];
@@ -57,9 +61,16 @@ mod tests {
     fn bad_listen_address_names_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("appliance.ini");
-        std::fs::write(&path, "[site]\ncenter_id = x\nsite_id = 2\n[status]\nlisten = localhost\n").unwrap();
+        std::fs::write(
+            &path,
+            "[site]\ncenter_id = x\nsite_id = 2\n[status]\nlisten = localhost\n",
+        )
+        .unwrap();
         let e = Config::load(&path).unwrap_err();
         assert_eq!(e.line, Some(5));
-        assert!(e.to_string().contains("key 'listen' in section [status]"), "{e}");
+        assert!(
+            e.to_string().contains("key 'listen' in section [status]"),
+            "{e}"
+        );
     }
 }

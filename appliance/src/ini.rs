@@ -20,10 +20,18 @@ pub struct Key {
 
 impl Key {
     pub const fn required(name: &'static str, help: &'static str) -> Self {
-        Key { name, default: None, help }
+        Key {
+            name,
+            default: None,
+            help,
+        }
     }
     pub const fn optional(name: &'static str, default: &'static str, help: &'static str) -> Self {
-        Key { name, default: Some(default), help }
+        Key {
+            name,
+            default: Some(default),
+            help,
+        }
     }
 }
 
@@ -82,15 +90,24 @@ impl Document {
     }
 
     pub fn parse(path: &Path, text: &str, schema: Schema) -> Result<Self, ConfigError> {
-        let err = |line: Option<usize>, message: String| ConfigError { file: path.to_owned(), line, message };
+        let err = |line: Option<usize>, message: String| ConfigError {
+            file: path.to_owned(),
+            line,
+            message,
+        };
         // Values are taken literally: a passphrase may hold quotes or backslashes.
-        let options = ini::ParseOption { enabled_quote: false, enabled_escape: false, ..Default::default() };
+        let options = ini::ParseOption {
+            enabled_quote: false,
+            enabled_escape: false,
+            ..Default::default()
+        };
         // rust-ini reads a line without '=' as the start of a key that runs on to the next line's '=':
         // catch such lines first, and name them.
         if let Some((line, message)) = first_malformed_line(text) {
             return Err(err(Some(line), message));
         }
-        let parsed = ini::Ini::load_from_str_opt(text, options).map_err(|e| err(Some(e.line), e.msg.to_string()))?;
+        let parsed = ini::Ini::load_from_str_opt(text, options)
+            .map_err(|e| err(Some(e.line), e.msg.to_string()))?;
         let lines = locate_keys(text);
 
         let mut sections = BTreeMap::new();
@@ -98,45 +115,87 @@ impl Document {
             let Some(name) = name else {
                 if let Some((key, _)) = props.iter().next() {
                     let line = lines.get(&(String::new(), key.to_owned())).map(|l| l[0]);
-                    return Err(err(line, format!("key '{key}' stands before any [section]")));
+                    return Err(err(
+                        line,
+                        format!("key '{key}' stands before any [section]"),
+                    ));
                 }
                 continue;
             };
-            let header = lines.get(&(name.to_owned(), String::new())).map_or(0, |l| l[0]);
+            let header = lines
+                .get(&(name.to_owned(), String::new()))
+                .map_or(0, |l| l[0]);
             let Some(spec) = schema.iter().find(|s| s.name == name) else {
                 let known: Vec<_> = schema.iter().map(|s| format!("[{}]", s.name)).collect();
                 return Err(err(
                     Some(header),
-                    format!("unknown section [{name}]; known sections: {}", known.join(", ")),
+                    format!(
+                        "unknown section [{name}]; known sections: {}",
+                        known.join(", ")
+                    ),
                 ));
             };
             if sections.contains_key(name) {
-                return Err(err(Some(header), format!("section [{name}] is given twice")));
+                return Err(err(
+                    Some(header),
+                    format!("section [{name}] is given twice"),
+                ));
             }
             let mut entries = BTreeMap::new();
             for (key, value) in props.iter() {
-                let at = lines.get(&(name.to_owned(), key.to_owned())).cloned().unwrap_or_default();
+                let at = lines
+                    .get(&(name.to_owned(), key.to_owned()))
+                    .cloned()
+                    .unwrap_or_default();
                 let line = at.first().copied();
                 if !spec.free_keys && !spec.keys.iter().any(|k| k.name == key) {
-                    return Err(err(line, format!("invalid key '{key}' in section [{name}]")));
+                    return Err(err(
+                        line,
+                        format!("invalid key '{key}' in section [{name}]"),
+                    ));
                 }
                 if at.len() > 1 {
                     return Err(err(
                         Some(at[1]),
-                        format!("key '{key}' in section [{name}] is given twice (first on line {})", at[0]),
+                        format!(
+                            "key '{key}' in section [{name}] is given twice (first on line {})",
+                            at[0]
+                        ),
                     ));
                 }
-                entries.insert(key.to_owned(), Entry { value: value.trim().to_owned(), line: line.unwrap_or(header) });
+                entries.insert(
+                    key.to_owned(),
+                    Entry {
+                        value: value.trim().to_owned(),
+                        line: line.unwrap_or(header),
+                    },
+                );
             }
             sections.insert(name.to_owned(), (header, entries));
         }
 
-        let doc = Document { file: path.to_owned(), schema, sections };
+        let doc = Document {
+            file: path.to_owned(),
+            schema,
+            sections,
+        };
         for spec in schema {
             for key in spec.keys.iter().filter(|k| k.default.is_none()) {
-                if doc.entry(spec.name, key.name).is_none_or(|e| e.value.is_empty()) {
-                    let line = doc.entry(spec.name, key.name).map(|e| e.line).or(doc.header(spec.name));
-                    return Err(err(line, format!("section [{}] needs key '{}' ({})", spec.name, key.name, key.help)));
+                if doc
+                    .entry(spec.name, key.name)
+                    .is_none_or(|e| e.value.is_empty())
+                {
+                    let line = doc
+                        .entry(spec.name, key.name)
+                        .map(|e| e.line)
+                        .or(doc.header(spec.name));
+                    return Err(err(
+                        line,
+                        format!(
+                            "section [{}] needs key '{}' ({})",
+                            spec.name, key.name, key.help
+                        ),
+                    ));
                 }
             }
         }
@@ -148,7 +207,9 @@ impl Document {
     }
 
     fn entry(&self, section: &str, key: &str) -> Option<&Entry> {
-        self.sections.get(section).and_then(|(_, keys)| keys.get(key))
+        self.sections
+            .get(section)
+            .and_then(|(_, keys)| keys.get(key))
     }
 
     fn header(&self, section: &str) -> Option<usize> {
@@ -157,8 +218,15 @@ impl Document {
 
     /// An error about `key` in `section`, pointing at its line (or the section's, or none).
     pub fn error(&self, section: &str, key: &str, message: impl fmt::Display) -> ConfigError {
-        let line = self.entry(section, key).map(|e| e.line).or(self.header(section));
-        ConfigError { file: self.file.clone(), line, message: format!("key '{key}' in section [{section}]: {message}") }
+        let line = self
+            .entry(section, key)
+            .map(|e| e.line)
+            .or(self.header(section));
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            message: format!("key '{key}' in section [{section}]: {message}"),
+        }
     }
 
     /// The value of a declared key, or its default.
@@ -175,13 +243,25 @@ impl Document {
     }
 
     /// A value parsed as `T`, with an error naming the line when it does not parse.
-    pub fn parse_as<T: FromStr>(&self, section: &str, key: &str, expected: &str) -> Result<T, ConfigError> {
+    pub fn parse_as<T: FromStr>(
+        &self,
+        section: &str,
+        key: &str,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
         let value = self.get(section, key);
-        value.parse().map_err(|_| self.error(section, key, format!("expected {expected}, got '{value}'")))
+        value
+            .parse()
+            .map_err(|_| self.error(section, key, format!("expected {expected}, got '{value}'")))
     }
 
     /// An integer within `range`.
-    pub fn int_in(&self, section: &str, key: &str, range: std::ops::RangeInclusive<u64>) -> Result<u64, ConfigError> {
+    pub fn int_in(
+        &self,
+        section: &str,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
         let expected = format!("a whole number from {} to {}", range.start(), range.end());
         let n: u64 = self.parse_as(section, key, &expected)?;
         if range.contains(&n) {
@@ -192,12 +272,21 @@ impl Document {
     }
 
     /// One of a fixed set of words.
-    pub fn one_of(&self, section: &str, key: &str, choices: &[&str]) -> Result<String, ConfigError> {
+    pub fn one_of(
+        &self,
+        section: &str,
+        key: &str,
+        choices: &[&str],
+    ) -> Result<String, ConfigError> {
         let value = self.get(section, key);
         if choices.contains(&value) {
             Ok(value.to_owned())
         } else {
-            Err(self.error(section, key, format!("expected one of {}, got '{value}'", choices.join(", "))))
+            Err(self.error(
+                section,
+                key,
+                format!("expected one of {}, got '{value}'", choices.join(", ")),
+            ))
         }
     }
 
@@ -211,7 +300,11 @@ impl Document {
         let mut out: Vec<_> = self
             .sections
             .get(section)
-            .map(|(_, keys)| keys.iter().map(|(k, e)| (k.clone(), e.value.clone(), e.line)).collect())
+            .map(|(_, keys)| {
+                keys.iter()
+                    .map(|(k, e)| (k.clone(), e.value.clone(), e.line))
+                    .collect()
+            })
             .unwrap_or_default();
         out.sort_by_key(|(_, _, line)| *line);
         out
@@ -221,10 +314,17 @@ impl Document {
     pub fn to_map(&self) -> BTreeMap<String, BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         for spec in self.schema {
-            let mut keys: BTreeMap<String, String> =
-                spec.keys.iter().map(|k| (k.name.to_owned(), self.get(spec.name, k.name).to_owned())).collect();
+            let mut keys: BTreeMap<String, String> = spec
+                .keys
+                .iter()
+                .map(|k| (k.name.to_owned(), self.get(spec.name, k.name).to_owned()))
+                .collect();
             if spec.free_keys {
-                keys.extend(self.free_entries(spec.name).into_iter().map(|(k, v, _)| (k, v)));
+                keys.extend(
+                    self.free_entries(spec.name)
+                        .into_iter()
+                        .map(|(k, v, _)| (k, v)),
+                );
             }
             out.insert(spec.name.to_owned(), keys);
         }
@@ -233,7 +333,12 @@ impl Document {
 }
 
 pub fn split_list(value: &str) -> Vec<String> {
-    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Lines of every `[section]` header (key "") and `key = value` line, by (section, key); 1-based.
@@ -247,9 +352,13 @@ fn locate_keys(text: &str) -> BTreeMap<(String, String), Vec<usize>> {
         }
         if let Some(rest) = line.strip_prefix('[') {
             section = rest.split(']').next().unwrap_or_default().trim().to_owned();
-            out.entry((section.clone(), String::new())).or_default().push(i + 1);
+            out.entry((section.clone(), String::new()))
+                .or_default()
+                .push(i + 1);
         } else if let Some((key, _)) = line.split_once(['=', ':']) {
-            out.entry((section.clone(), key.trim().to_owned())).or_default().push(i + 1);
+            out.entry((section.clone(), key.trim().to_owned()))
+                .or_default()
+                .push(i + 1);
         }
     }
     out
@@ -263,7 +372,12 @@ fn first_malformed_line(text: &str) -> Option<(usize, String)> {
             || line.starts_with('#')
             || (line.starts_with('[') && line.ends_with(']'))
             || (!line.starts_with('[') && line.contains(['=', ':']));
-        (!fine).then(|| (i + 1, format!("expected '[section]' or 'key = value', got '{line}'")))
+        (!fine).then(|| {
+            (
+                i + 1,
+                format!("expected '[section]' or 'key = value', got '{line}'"),
+            )
+        })
     })
 }
 
@@ -298,7 +412,12 @@ mod tests {
             free_keys: false,
             help: "access point",
         },
-        Section { name: "files", keys: &[], free_keys: true, help: "free" },
+        Section {
+            name: "files",
+            keys: &[],
+            free_keys: true,
+            help: "free",
+        },
     ];
 
     fn parse(text: &str) -> Result<Document, ConfigError> {
@@ -315,7 +434,10 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = parse("; comment\n[wifi]\nssid = a\nchanel = 3\n").unwrap_err();
-        assert_eq!(e.to_string(), "c.ini:4: invalid key 'chanel' in section [wifi]");
+        assert_eq!(
+            e.to_string(),
+            "c.ini:4: invalid key 'chanel' in section [wifi]"
+        );
     }
 
     #[test]
@@ -336,9 +458,16 @@ mod tests {
     fn bad_value_names_line_and_expectation() {
         let doc = parse("[wifi]\nssid = a\nchannel = 99\n").unwrap();
         let e = doc.int_in("wifi", "channel", 1..=13).unwrap_err();
-        assert_eq!(e.to_string(), "c.ini:3: key 'channel' in section [wifi]: expected a whole number from 1 to 13, got 99");
+        assert_eq!(
+            e.to_string(),
+            "c.ini:3: key 'channel' in section [wifi]: expected a whole number from 1 to 13, got 99"
+        );
         let doc = parse("[wifi]\nssid = a\nchannel = six\n").unwrap();
-        assert!(doc.int_in("wifi", "channel", 1..=13).unwrap_err().to_string().contains("got 'six'"));
+        assert!(doc
+            .int_in("wifi", "channel", 1..=13)
+            .unwrap_err()
+            .to_string()
+            .contains("got 'six'"));
     }
 
     #[test]
@@ -351,7 +480,10 @@ mod tests {
     #[test]
     fn syntax_error_has_a_line() {
         let e = parse("[wifi]\nssid = a\n[broken\nchannel = 3\n").unwrap_err();
-        assert_eq!(e.to_string(), "c.ini:3: expected '[section]' or 'key = value', got '[broken'");
+        assert_eq!(
+            e.to_string(),
+            "c.ini:3: expected '[section]' or 'key = value', got '[broken'"
+        );
         let e = parse("[wifi]\njust words\nssid = a\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
     }
@@ -359,7 +491,11 @@ mod tests {
     #[test]
     fn free_sections_keep_file_order() {
         let doc = parse("[wifi]\nssid=a\n[files]\nz = 1\na = 2\n").unwrap();
-        let keys: Vec<_> = doc.free_entries("files").into_iter().map(|(k, _, _)| k).collect();
+        let keys: Vec<_> = doc
+            .free_entries("files")
+            .into_iter()
+            .map(|(k, _, _)| k)
+            .collect();
         assert_eq!(keys, ["z", "a"]);
     }
 }

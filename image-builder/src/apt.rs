@@ -31,19 +31,34 @@ pub struct AptRoot {
 impl AptRoot {
     /// Makes an empty apt root in `dir` for `arch` and downloads the package lists of `suite`.
     pub fn create(dir: &Path, suite: &str, arch: &str) -> Result<Self> {
-        for sub in ["etc/apt/sources.list.d", "etc/apt/preferences.d", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/lib/dpkg"] {
+        for sub in [
+            "etc/apt/sources.list.d",
+            "etc/apt/preferences.d",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt/archives/partial",
+            "var/lib/dpkg",
+        ] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         std::fs::write(dir.join("var/lib/dpkg/status"), "")?;
-        let sources = sources_list(suite).replace("deb http", &format!("deb [signed-by={KEYRING}] http"));
+        let sources =
+            sources_list(suite).replace("deb http", &format!("deb [signed-by={KEYRING}] http"));
         std::fs::write(dir.join("etc/apt/sources.list"), sources)?;
-        let root = AptRoot { dir: dir.to_owned(), arch: arch.to_owned() };
+        let root = AptRoot {
+            dir: dir.to_owned(),
+            arch: arch.to_owned(),
+        };
         if let Err(e) = run(root.apt("apt-get").arg("update")) {
             // A mirror caught mid-sync (or a stale proxy) can break the small update suites; the main
             // suite is what every package needs, so go on with a warning when only the others failed.
             let message = format!("{e:#}");
-            let failed: Vec<_> = message.lines().filter(|l| l.starts_with("E: Failed to fetch")).collect();
-            let main_failed = failed.iter().any(|l| l.contains(&format!("/dists/{suite}/")));
+            let failed: Vec<_> = message
+                .lines()
+                .filter(|l| l.starts_with("E: Failed to fetch"))
+                .collect();
+            let main_failed = failed
+                .iter()
+                .any(|l| l.contains(&format!("/dists/{suite}/")));
             if failed.is_empty() || main_failed {
                 return Err(e).context("cannot download the package lists");
             }
@@ -58,10 +73,31 @@ impl AptRoot {
     fn apt(&self, program: &str) -> Command {
         let d = self.dir.display();
         let mut cmd = Command::new(program);
-        cmd.args(["-q", "-o", &format!("Dir={d}"), "-o", &format!("Dir::State::status={d}/var/lib/dpkg/status")])
-            .args(["-o", &format!("APT::Architecture={}", self.arch), "-o", &format!("APT::Architectures::={}", self.arch)])
-            .args(["-o", "Debug::NoLocking=1", "-o", "APT::Install-Recommends=false", "-o", "Acquire::Retries=3"])
-            .args(["-o", "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"]);
+        cmd.args([
+            "-q",
+            "-o",
+            &format!("Dir={d}"),
+            "-o",
+            &format!("Dir::State::status={d}/var/lib/dpkg/status"),
+        ])
+        .args([
+            "-o",
+            &format!("APT::Architecture={}", self.arch),
+            "-o",
+            &format!("APT::Architectures::={}", self.arch),
+        ])
+        .args([
+            "-o",
+            "Debug::NoLocking=1",
+            "-o",
+            "APT::Install-Recommends=false",
+            "-o",
+            "Acquire::Retries=3",
+        ])
+        .args([
+            "-o",
+            "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false",
+        ]);
         cmd
     }
 
@@ -85,7 +121,10 @@ impl AptRoot {
             })
             .collect();
         if uris.is_empty() {
-            bail!("apt resolved no packages: {}", text.lines().last().unwrap_or_default());
+            bail!(
+                "apt resolved no packages: {}",
+                text.lines().last().unwrap_or_default()
+            );
         }
         let wanted: Vec<_> = uris.keys().map(|(n, v)| format!("{n}={v}")).collect();
         let out = run(self.apt("apt-cache").arg("show").args(&wanted))?;
@@ -96,7 +135,11 @@ impl AptRoot {
                     .iter()
                     .find(|s| s.get("Package") == Some(&name) && s.get("Version") == Some(&version))
                     .with_context(|| format!("apt-cache has no record of {name} {version}"))?;
-                let field = |k: &str| s.get(k).cloned().with_context(|| format!("{name} {version} has no {k}"));
+                let field = |k: &str| {
+                    s.get(k)
+                        .cloned()
+                        .with_context(|| format!("{name} {version} has no {k}"))
+                };
                 Ok(Locked {
                     arch: field("Architecture")?,
                     size: field("Size")?.parse()?,
@@ -131,7 +174,9 @@ mod tests {
 
     #[test]
     fn stanzas_parse() {
-        let s = parse_stanzas("Package: a\nVersion: 1\nDescription: x\n more\n\nPackage: b\nVersion: 2:3\n");
+        let s = parse_stanzas(
+            "Package: a\nVersion: 1\nDescription: x\n more\n\nPackage: b\nVersion: 2:3\n",
+        );
         assert_eq!(s.len(), 2);
         assert_eq!(s[1]["Version"], "2:3");
         assert_eq!(s[0]["Description"], "x");

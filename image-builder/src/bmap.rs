@@ -28,13 +28,16 @@ impl Bmap {
 
     /// Maps the data extents of a (sparse) image file.
     pub fn of_image(path: &Path) -> Result<Self> {
-        let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut file =
+            File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let image_size = file.metadata()?.len();
         let mut blocks: Vec<(u64, u64)> = Vec::new();
         for (start, end) in data_extents(&file)? {
             let (first, last) = (start / BLOCK, end.div_ceil(BLOCK) - 1);
             match blocks.last_mut() {
-                Some((_, prev_last)) if first <= *prev_last + 1 => *prev_last = (*prev_last).max(last),
+                Some((_, prev_last)) if first <= *prev_last + 1 => {
+                    *prev_last = (*prev_last).max(last)
+                }
                 _ => blocks.push((first, last)),
             }
         }
@@ -69,27 +72,36 @@ impl Bmap {
     fn render(&self, file_checksum: &str) -> Result<String> {
         let mut w = Writer::new_with_indent(Vec::new(), b' ', 4);
         w.write_event(Event::Decl(BytesDecl::new("1.0", None, None)))?;
-        w.create_element("bmap").with_attribute(("version", "2.0")).write_inner_content(|w| {
-            let blocks = self.image_size.div_ceil(BLOCK);
-            for (name, value) in [
-                ("ImageSize", self.image_size.to_string()),
-                ("BlockSize", BLOCK.to_string()),
-                ("BlocksCount", blocks.to_string()),
-                ("MappedBlocksCount", self.mapped_blocks().to_string()),
-                ("ChecksumType", "sha256".to_owned()),
-                ("BmapFileChecksum", file_checksum.to_owned()),
-            ] {
-                w.create_element(name).write_text_content(BytesText::new(&format!(" {value} ")))?;
-            }
-            w.create_element("BlockMap").write_inner_content(|w| {
-                for (first, last, sum) in &self.ranges {
-                    let text = if first == last { format!(" {first} ") } else { format!(" {first}-{last} ") };
-                    w.create_element("Range").with_attribute(("chksum", sum.as_str())).write_text_content(BytesText::new(&text))?;
+        w.create_element("bmap")
+            .with_attribute(("version", "2.0"))
+            .write_inner_content(|w| {
+                let blocks = self.image_size.div_ceil(BLOCK);
+                for (name, value) in [
+                    ("ImageSize", self.image_size.to_string()),
+                    ("BlockSize", BLOCK.to_string()),
+                    ("BlocksCount", blocks.to_string()),
+                    ("MappedBlocksCount", self.mapped_blocks().to_string()),
+                    ("ChecksumType", "sha256".to_owned()),
+                    ("BmapFileChecksum", file_checksum.to_owned()),
+                ] {
+                    w.create_element(name)
+                        .write_text_content(BytesText::new(&format!(" {value} ")))?;
                 }
+                w.create_element("BlockMap").write_inner_content(|w| {
+                    for (first, last, sum) in &self.ranges {
+                        let text = if first == last {
+                            format!(" {first} ")
+                        } else {
+                            format!(" {first}-{last} ")
+                        };
+                        w.create_element("Range")
+                            .with_attribute(("chksum", sum.as_str()))
+                            .write_text_content(BytesText::new(&text))?;
+                    }
+                    Ok(())
+                })?;
                 Ok(())
             })?;
-            Ok(())
-        })?;
         let mut text = String::from_utf8(w.into_inner())?;
         text.push('\n');
         Ok(text)
@@ -112,10 +124,19 @@ mod tests {
         f.write_all(&[2u8; 4096]).unwrap();
         drop(f);
         let bmap = Bmap::of_image(&path).unwrap();
-        assert_eq!(bmap.ranges.iter().map(|(a, b, _)| (*a, *b)).collect::<Vec<_>>(), [(0, 1), (40, 40)]);
+        assert_eq!(
+            bmap.ranges
+                .iter()
+                .map(|(a, b, _)| (*a, *b))
+                .collect::<Vec<_>>(),
+            [(0, 1), (40, 40)]
+        );
         assert_eq!(bmap.ranges[1].2, hex::encode(Sha256::digest([2u8; 4096])));
         let xml = bmap.to_xml().unwrap();
-        assert!(xml.contains("<MappedBlocksCount> 3 </MappedBlocksCount>"), "{xml}");
+        assert!(
+            xml.contains("<MappedBlocksCount> 3 </MappedBlocksCount>"),
+            "{xml}"
+        );
         assert!(xml.contains("> 40 </Range>"), "{xml}");
         let stated = xml.split("<BmapFileChecksum> ").nth(1).unwrap()[..64].to_owned();
         let zeroed = xml.replace(&stated, &"0".repeat(64));

@@ -16,7 +16,10 @@ pub const SCHEMA: Schema = &[
             Key::required("name", "board name; must match the file name"),
             Key::optional("description", "", "one line for people"),
             Key::required("arch", "Debian architecture: arm64 or armhf"),
-            Key::required("family", "overlay family applied after overlays/common: qemu, rpi, odroid-exynos, odroid-amlogic"),
+            Key::required(
+                "family",
+                "overlay family applied after overlays/common: qemu, rpi, odroid-exynos, odroid-amlogic",
+            ),
             Key::optional("ram_mib", "1024", "memory of the smallest variant, MiB: services are sized for it"),
             Key::optional("console", "ttyS0", "serial console device"),
         ],
@@ -101,7 +104,11 @@ impl Board {
         let doc = Document::load(&path, SCHEMA)?;
         let name = doc.get("board", "name").to_owned();
         if path.file_stem().and_then(|s| s.to_str()) != Some(name.as_str()) {
-            return Err(doc.error("board", "name", format!("'{name}' does not match the file name {}", path.display())));
+            return Err(doc.error(
+                "board",
+                "name",
+                format!("'{name}' does not match the file name {}", path.display()),
+            ));
         }
         let mut packages = Vec::new();
         for key in ["kernel", "firmware", "bootloader"] {
@@ -112,7 +119,11 @@ impl Board {
             .into_iter()
             .map(|(dest, source, line)| {
                 if !source.starts_with('/') || dest.contains("..") {
-                    return Err(doc.error("boot-files", &dest, "expected: destination = /absolute/glob"));
+                    return Err(doc.error(
+                        "boot-files",
+                        &dest,
+                        "expected: destination = /absolute/glob",
+                    ));
                 }
                 Ok(BootFile { dest, source, line })
             })
@@ -140,7 +151,10 @@ impl Board {
         let mut boards = Vec::new();
         for entry in std::fs::read_dir(configs)? {
             let path = entry?.path();
-            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
             if path.extension().is_some_and(|e| e == "ini") && !stem.ends_with("center") {
                 boards.push(Board::load(configs, &path.to_string_lossy())?);
             }
@@ -162,8 +176,22 @@ mod tests {
     fn every_board_in_the_repository_loads() {
         let boards = Board::all(&configs()).unwrap();
         let names: Vec<_> = boards.iter().map(|b| b.name.as_str()).collect();
-        for expected in ["qemu-arm64", "rpi2", "rpi3", "rpi4", "rpi5", "odroid-u3", "odroid-xu4", "odroid-c2", "odroid-c4", "odroid-n2"] {
-            assert!(names.contains(&expected), "missing board {expected}: {names:?}");
+        for expected in [
+            "qemu-arm64",
+            "rpi2",
+            "rpi3",
+            "rpi4",
+            "rpi5",
+            "odroid-u3",
+            "odroid-xu4",
+            "odroid-c2",
+            "odroid-c4",
+            "odroid-n2",
+        ] {
+            assert!(
+                names.contains(&expected),
+                "missing board {expected}: {names:?}"
+            );
         }
         let rpi2 = boards.iter().find(|b| b.name == "rpi2").unwrap();
         assert_eq!(rpi2.arch, "armhf");
@@ -172,19 +200,28 @@ mod tests {
     #[test]
     fn malformed_board_names_file_line_and_key() {
         let dir = tempfile::tempdir().unwrap();
-        let text = std::fs::read_to_string(configs().join("qemu-arm64.ini")).unwrap().replace("arch = arm64", "arch = riscv");
+        let text = std::fs::read_to_string(configs().join("qemu-arm64.ini"))
+            .unwrap()
+            .replace("arch = arm64", "arch = riscv");
         let path = dir.path().join("qemu-arm64.ini");
         std::fs::write(&path, &text).unwrap();
         let e = Board::load(dir.path(), "qemu-arm64").unwrap_err();
         let line = text.lines().position(|l| l.starts_with("arch =")).unwrap() + 1;
         assert_eq!(e.line, Some(line));
-        assert!(e.to_string().contains("qemu-arm64.ini") && e.message.contains("'arch'"), "{e}");
+        assert!(
+            e.to_string().contains("qemu-arm64.ini") && e.message.contains("'arch'"),
+            "{e}"
+        );
     }
 
     #[test]
     fn incomplete_board_names_the_missing_key() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("x.ini"), "[board]\nname = x\narch = arm64\n[boot]\nmethod = direct\n").unwrap();
+        std::fs::write(
+            dir.path().join("x.ini"),
+            "[board]\nname = x\narch = arm64\n[boot]\nmethod = direct\n",
+        )
+        .unwrap();
         let e = Board::load(dir.path(), "x").unwrap_err();
         assert!(e.message.contains("needs key 'family'"), "{e}");
         assert_eq!(e.line, Some(1));

@@ -44,14 +44,27 @@ pub struct Binary {
 
 /// The appliance binary for `arch`, built from the workspace at `workspace` unless a cached build of the
 /// same sources exists (and `fresh` is not asked for).
-pub fn appliance(cache_root: &Path, workspace: &Path, arch: &str, epoch: u64, fresh: bool, progress: &Progress) -> Result<Binary> {
+pub fn appliance(
+    cache_root: &Path,
+    workspace: &Path,
+    arch: &str,
+    epoch: u64,
+    fresh: bool,
+    progress: &Progress,
+) -> Result<Binary> {
     let key = source_digest(workspace)?;
-    let out = cache_root.join("appliance").join(format!("{arch}-{key}")).join("appliance");
+    let out = cache_root
+        .join("appliance")
+        .join(format!("{arch}-{key}"))
+        .join("appliance");
     if fresh && out.exists() {
         std::fs::remove_file(&out)?;
     }
     if out.exists() {
-        return Ok(Binary { path: out, cached: true });
+        return Ok(Binary {
+            path: out,
+            cached: true,
+        });
     }
     let root = chroot(cache_root, progress)?;
     let step = progress.step(&format!("cross-build appliance ({arch})"));
@@ -62,13 +75,23 @@ pub fn appliance(cache_root: &Path, workspace: &Path, arch: &str, epoch: u64, fr
         std::fs::remove_dir_all(&src)?;
     }
     std::fs::create_dir_all(&src)?;
-    for item in ["Cargo.toml", "Cargo.lock", "appliance", "image-builder", "tests"] {
+    for item in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "appliance",
+        "image-builder",
+        "tests",
+    ] {
         // `cp -a` keeps timestamps, so cargo rebuilds only what changed.
-        run(Command::new("cp").arg("-a").arg(workspace.join(item)).arg(&src))?;
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(workspace.join(item))
+            .arg(&src))?;
     }
     let _ = std::fs::remove_dir_all(src.join("target"));
     std::fs::copy(ca_bundle()?, root.join("build/ca.crt"))?;
-    std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf")).context("cannot copy /etc/resolv.conf")?;
+    std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"))
+        .context("cannot copy /etc/resolv.conf")?;
 
     let env_triple = triple.to_uppercase().replace('-', "_");
     let script = format!(
@@ -77,15 +100,23 @@ pub fn appliance(cache_root: &Path, workspace: &Path, arch: &str, epoch: u64, fr
          RUSTFLAGS='--remap-path-prefix=/build/src=/kituo --remap-path-prefix=/build/cargo-home=/cargo'; \
          cargo build --release --locked -p appliance --target {triple}"
     );
-    let log = cache_root.join("appliance").join(format!("build-{arch}.log"));
+    let log = cache_root
+        .join("appliance")
+        .join(format!("build-{arch}.log"));
     std::fs::create_dir_all(log.parent().unwrap_or(cache_root))?;
     in_chroot(&root, &script, &log).context("cross-building the appliance failed")?;
 
-    let built = root.join("build/target").join(triple).join("release/appliance");
+    let built = root
+        .join("build/target")
+        .join(triple)
+        .join("release/appliance");
     std::fs::create_dir_all(out.parent().unwrap_or(cache_root))?;
     std::fs::copy(&built, &out).with_context(|| format!("cannot copy {}", built.display()))?;
     step.finish();
-    Ok(Binary { path: out, cached: false })
+    Ok(Binary {
+        path: out,
+        cached: false,
+    })
 }
 
 /// The build chroot, made by mmdebstrap on first use.
@@ -106,7 +137,12 @@ fn chroot(cache_root: &Path, progress: &Progress) -> Result<PathBuf> {
     let log = root.with_extension("log");
     run_logged(
         Command::new("mmdebstrap")
-            .args(["--mode=root", "--variant=apt", "--format=directory", "--architectures=amd64,arm64,armhf"])
+            .args([
+                "--mode=root",
+                "--variant=apt",
+                "--format=directory",
+                "--architectures=amd64,arm64,armhf",
+            ])
             .arg(format!("--include={}", CHROOT_PACKAGES.join(",")))
             .arg("trixie")
             .arg(&root)

@@ -23,7 +23,12 @@ pub struct Locked {
 impl Locked {
     /// The file name apt and dpkg use, with the epoch's ':' encoded.
     pub fn file_name(&self) -> String {
-        format!("{}_{}_{}.deb", self.name, self.version.replace(':', "%3a"), self.arch)
+        format!(
+            "{}_{}_{}.deb",
+            self.name,
+            self.version.replace(':', "%3a"),
+            self.arch
+        )
     }
 }
 
@@ -37,7 +42,8 @@ pub struct Lock {
     pub path: PathBuf,
 }
 
-const HEADER: &str = "# Kituo package lock, written by `image-builder lock`: do not edit by hand.\n";
+const HEADER: &str =
+    "# Kituo package lock, written by `image-builder lock`: do not edit by hand.\n";
 
 impl Lock {
     pub fn path_for(locks_dir: &Path, suite: &str, arch: &str) -> PathBuf {
@@ -45,8 +51,12 @@ impl Lock {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the package lock {}\nhint: run `image-builder lock`", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the package lock {}\nhint: run `image-builder lock`",
+                path.display()
+            )
+        })?;
         Self::parse(path, &text)
     }
 
@@ -64,12 +74,17 @@ impl Lock {
             }
             let cols: Vec<_> = line.split_whitespace().collect();
             let [name, version, arch, size, sha256, url] = cols[..] else {
-                bail!("{}: expected 'name version arch size sha256 url', got '{line}'", at());
+                bail!(
+                    "{}: expected 'name version arch size sha256 url', got '{line}'",
+                    at()
+                );
             };
             if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
                 bail!("{}: '{sha256}' is not a sha256", at());
             }
-            let size = size.parse().with_context(|| format!("{}: bad size '{size}'", at()))?;
+            let size = size
+                .parse()
+                .with_context(|| format!("{}: bad size '{size}'", at()))?;
             let locked = Locked {
                 name: name.into(),
                 version: version.into(),
@@ -83,7 +98,10 @@ impl Lock {
             }
         }
         let field = |key: &str| {
-            fields.get(key).cloned().with_context(|| format!("{}: missing header '{key}: ...'", path.display()))
+            fields
+                .get(key)
+                .cloned()
+                .with_context(|| format!("{}: missing header '{key}: ...'", path.display()))
         };
         Ok(Lock {
             suite: field("suite")?,
@@ -98,16 +116,25 @@ impl Lock {
 
     pub fn render(&self) -> String {
         let mut out = String::from(HEADER);
-        let _ = writeln!(out, "suite: {}\narch: {}\nsource-date-epoch: {}", self.suite, self.arch, self.source_date_epoch);
+        let _ = writeln!(
+            out,
+            "suite: {}\narch: {}\nsource-date-epoch: {}",
+            self.suite, self.arch, self.source_date_epoch
+        );
         out.push_str("# name version arch size sha256 url\n");
         for p in self.packages.values() {
-            let _ = writeln!(out, "{} {} {} {} {} {}", p.name, p.version, p.arch, p.size, p.sha256, p.url);
+            let _ = writeln!(
+                out,
+                "{} {} {} {} {} {}",
+                p.name, p.version, p.arch, p.size, p.sha256, p.url
+            );
         }
         out
     }
 
     pub fn save(&self) -> Result<()> {
-        std::fs::write(&self.path, self.render()).with_context(|| format!("cannot write {}", self.path.display()))
+        std::fs::write(&self.path, self.render())
+            .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
     /// A digest of the lock's content: the cache key of everything built from these packages.
@@ -130,23 +157,41 @@ mod tests {
                 arch: "arm64".into(),
                 size: 1311872,
                 sha256: "a".repeat(64),
-                url: "http://deb.debian.org/debian/pool/main/w/wpa/wpasupplicant_2.10-24_arm64.deb".into(),
+                url: "http://deb.debian.org/debian/pool/main/w/wpa/wpasupplicant_2.10-24_arm64.deb"
+                    .into(),
             },
         );
-        Lock { suite: "trixie".into(), arch: "arm64".into(), source_date_epoch: 1_760_000_000, packages, path: "x.lock".into() }
+        Lock {
+            suite: "trixie".into(),
+            arch: "arm64".into(),
+            source_date_epoch: 1_760_000_000,
+            packages,
+            path: "x.lock".into(),
+        }
     }
 
     #[test]
     fn round_trips() {
         let lock = sample();
-        assert_eq!(Lock::parse(Path::new("x.lock"), &lock.render()).unwrap(), lock);
-        assert_eq!(lock.packages["wpasupplicant"].file_name(), "wpasupplicant_2%3a2.10-24_arm64.deb");
+        assert_eq!(
+            Lock::parse(Path::new("x.lock"), &lock.render()).unwrap(),
+            lock
+        );
+        assert_eq!(
+            lock.packages["wpasupplicant"].file_name(),
+            "wpasupplicant_2%3a2.10-24_arm64.deb"
+        );
     }
 
     #[test]
     fn bad_lines_name_file_and_line() {
         let text = sample().render().replace(&"a".repeat(64), "nothex");
-        let e = Lock::parse(Path::new("x.lock"), &text).unwrap_err().to_string();
-        assert!(e.starts_with("x.lock:6:") && e.contains("not a sha256"), "{e}");
+        let e = Lock::parse(Path::new("x.lock"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("x.lock:6:") && e.contains("not a sha256"),
+            "{e}"
+        );
     }
 }

@@ -42,10 +42,14 @@ pub struct Paths {
 
 impl Paths {
     pub fn board_configs(&self) -> PathBuf {
-        self.board_configs.clone().unwrap_or_else(|| self.workspace.join("board-configs"))
+        self.board_configs
+            .clone()
+            .unwrap_or_else(|| self.workspace.join("board-configs"))
     }
     pub fn overlays(&self) -> PathBuf {
-        self.overlays.clone().unwrap_or_else(|| self.workspace.join("overlays"))
+        self.overlays
+            .clone()
+            .unwrap_or_else(|| self.workspace.join("overlays"))
     }
     pub fn locks(&self) -> PathBuf {
         self.workspace.join("image-builder/locks")
@@ -100,7 +104,11 @@ fn main() {
         Command::Lock(args) => cli::lock::run(&args, &progress),
         Command::CheckTools => tools::check_required().map(|()| eprintln!("all tools present")),
         Command::ConfigHelp { kind } => {
-            let schema = if kind == "board" { board::SCHEMA } else { appliance::center::SCHEMA };
+            let schema = if kind == "board" {
+                board::SCHEMA
+            } else {
+                appliance::center::SCHEMA
+            };
             print!("{}", appliance::ini::describe(schema));
             Ok(())
         }

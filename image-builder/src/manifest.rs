@@ -59,7 +59,8 @@ pub struct ImageInfo {
 /// The packages dpkg says are installed in `root`, each with the sha256 of its locked .deb.
 pub fn installed_packages(root: &Path, lock: &Lock) -> Result<Vec<Package>> {
     let status = root.join("var/lib/dpkg/status");
-    let text = std::fs::read_to_string(&status).with_context(|| format!("cannot read {}", status.display()))?;
+    let text = std::fs::read_to_string(&status)
+        .with_context(|| format!("cannot read {}", status.display()))?;
     let mut out = Vec::new();
     for s in parse_stanzas(&text) {
         if !s.get("Status").is_some_and(|st| st.ends_with(" installed")) {
@@ -71,8 +72,18 @@ pub fn installed_packages(root: &Path, lock: &Lock) -> Result<Vec<Package>> {
             .packages
             .get(&name)
             .filter(|l| l.version == version)
-            .with_context(|| format!("{name} {version} is installed but not in the lock {}", lock.path.display()))?;
-        out.push(Package { arch: locked.arch.clone(), sha256: locked.sha256.clone(), name, version });
+            .with_context(|| {
+                format!(
+                    "{name} {version} is installed but not in the lock {}",
+                    lock.path.display()
+                )
+            })?;
+        out.push(Package {
+            arch: locked.arch.clone(),
+            sha256: locked.sha256.clone(),
+            name,
+            version,
+        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

@@ -16,10 +16,14 @@ use crate::tools::run;
 
 /// The layer directories of a board, in the order they apply; missing ones are skipped.
 pub fn layers(overlays: &Path, board: &Board) -> Vec<PathBuf> {
-    [overlays.join("common"), overlays.join(&board.family), overlays.join(&board.name)]
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .collect()
+    [
+        overlays.join("common"),
+        overlays.join(&board.family),
+        overlays.join(&board.name),
+    ]
+    .into_iter()
+    .filter(|p| p.is_dir())
+    .collect()
 }
 
 pub fn package_lists(layers: &[PathBuf]) -> Vec<PathBuf> {
@@ -69,7 +73,8 @@ fn copy_tree(env: &Environment, context: &Value, from: &Path, to: &Path) -> Resu
                 .with_context(|| format!("cannot render template {}", entry.path().display()))?;
             std::fs::write(&dest, text)?;
         } else {
-            std::fs::copy(entry.path(), &dest).with_context(|| format!("cannot copy {}", entry.path().display()))?;
+            std::fs::copy(entry.path(), &dest)
+                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
         }
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode | 0o644))?;
     }
@@ -87,7 +92,14 @@ pub fn customize(layers: &[PathBuf], root: &Path, source_date_epoch: u64) -> Res
         let inside = root.join("kituo-customize.sh");
         std::fs::copy(&script, &inside)?;
         let result = run(Command::new("unshare")
-            .args(["--mount", "--fork", "sh", "-c", r#"mount -t proc proc "$1/proc" && exec chroot "$1" /bin/sh -eu /kituo-customize.sh"#, "sh"])
+            .args([
+                "--mount",
+                "--fork",
+                "sh",
+                "-c",
+                r#"mount -t proc proc "$1/proc" && exec chroot "$1" /bin/sh -eu /kituo-customize.sh"#,
+                "sh",
+            ])
             .arg(root)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -103,11 +115,22 @@ pub fn customize(layers: &[PathBuf], root: &Path, source_date_epoch: u64) -> Res
 pub fn boot_files(board: &Board, root: &Path, boot: &Path) -> Result<()> {
     for file in &board.boot_files {
         let pattern = format!("{}{}", root.display(), file.source);
-        let matches: Vec<PathBuf> = glob::glob(&pattern)?.filter_map(Result::ok).filter(|p| p.is_file()).collect();
-        let at = format!("{}:{}: boot file '{}'", board.file.display(), file.line, file.dest);
+        let matches: Vec<PathBuf> = glob::glob(&pattern)?
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file())
+            .collect();
+        let at = format!(
+            "{}:{}: boot file '{}'",
+            board.file.display(),
+            file.line,
+            file.dest
+        );
         if file.dest.ends_with('/') {
             if matches.is_empty() {
-                bail!("{at}: nothing in the root filesystem matches {}", file.source);
+                bail!(
+                    "{at}: nothing in the root filesystem matches {}",
+                    file.source
+                );
             }
             let dir = boot.join(file.dest.trim_start_matches('/'));
             std::fs::create_dir_all(&dir)?;
@@ -116,7 +139,11 @@ pub fn boot_files(board: &Board, root: &Path, boot: &Path) -> Result<()> {
             }
         } else {
             let [one] = &matches[..] else {
-                bail!("{at}: expected exactly one file matching {}, found {}", file.source, matches.len());
+                bail!(
+                    "{at}: expected exactly one file matching {}, found {}",
+                    file.source,
+                    matches.len()
+                );
             };
             let dest = boot.join(&file.dest);
             if let Some(parent) = dest.parent() {

@@ -19,7 +19,8 @@ pub struct PackageCache {
 impl PackageCache {
     pub fn new(cache_root: &Path) -> Result<Self> {
         let dir = cache_root.join("debs");
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(PackageCache { dir })
     }
 
@@ -29,7 +30,11 @@ impl PackageCache {
 
     /// Downloads what is missing; fails clearly when the mirror no longer serves a locked version.
     pub fn fetch(&self, lock: &Lock, progress: &Progress) -> Result<()> {
-        let missing: Vec<_> = lock.packages.values().filter(|p| !self.path(p).exists()).collect();
+        let missing: Vec<_> = lock
+            .packages
+            .values()
+            .filter(|p| !self.path(p).exists())
+            .collect();
         let bar = progress.bar("download packages", missing.iter().map(|p| p.size).sum());
         for p in missing {
             let partial = self.dir.join(format!("{}.partial", p.file_name()));
@@ -67,17 +72,40 @@ impl PackageCache {
         std::fs::create_dir_all(dir)?;
         for p in lock.packages.values() {
             let cached = self.path(p);
-            verify(&cached, p).with_context(|| format!("cached {} is damaged: delete it to fetch it again", cached.display()))?;
-            std::fs::hard_link(&cached, dir.join(p.file_name())).or_else(|_| std::fs::copy(&cached, dir.join(p.file_name())).map(|_| ()))?;
+            verify(&cached, p).with_context(|| {
+                format!(
+                    "cached {} is damaged: delete it to fetch it again",
+                    cached.display()
+                )
+            })?;
+            std::fs::hard_link(&cached, dir.join(p.file_name()))
+                .or_else(|_| std::fs::copy(&cached, dir.join(p.file_name())).map(|_| ()))?;
         }
         // SHA256 only: mmdebstrap's eatmydata hook reads the hash apt prints and expects SHA256.
-        let only_sha256 = ["-o", "APT::FTPArchive::MD5=false", "-o", "APT::FTPArchive::SHA1=false", "-o", "APT::FTPArchive::SHA512=false"];
-        let packages = run(Command::new("apt-ftparchive").args(only_sha256).arg("packages").arg(".").current_dir(dir))?;
+        let only_sha256 = [
+            "-o",
+            "APT::FTPArchive::MD5=false",
+            "-o",
+            "APT::FTPArchive::SHA1=false",
+            "-o",
+            "APT::FTPArchive::SHA512=false",
+        ];
+        let packages = run(Command::new("apt-ftparchive")
+            .args(only_sha256)
+            .arg("packages")
+            .arg(".")
+            .current_dir(dir))?;
         std::fs::write(dir.join("Packages"), &packages.stdout)?;
         let release = run(Command::new("apt-ftparchive")
             .args(only_sha256)
-            .args(["-o", &format!("APT::FTPArchive::Release::Suite={}", lock.suite)])
-            .args(["-o", &format!("APT::FTPArchive::Release::Codename={}", lock.suite)])
+            .args([
+                "-o",
+                &format!("APT::FTPArchive::Release::Suite={}", lock.suite),
+            ])
+            .args([
+                "-o",
+                &format!("APT::FTPArchive::Release::Codename={}", lock.suite),
+            ])
             .args(["release", "."])
             .current_dir(dir))?;
         std::fs::write(dir.join("Release"), &release.stdout)?;
@@ -86,7 +114,8 @@ impl PackageCache {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -102,7 +131,13 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 fn verify(path: &Path, p: &Locked) -> Result<()> {
     let actual = sha256_file(path)?;
     if actual != p.sha256 {
-        bail!("{} has sha256 {actual}, but the lock says {} for {} {}", path.display(), p.sha256, p.name, p.version);
+        bail!(
+            "{} has sha256 {actual}, but the lock says {} for {} {}",
+            path.display(),
+            p.sha256,
+            p.name,
+            p.version
+        );
     }
     Ok(())
 }

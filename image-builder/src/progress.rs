@@ -25,7 +25,10 @@ impl Progress {
     /// A step whose length is unknown: a spinner with the elapsed time.
     pub fn step(&self, name: &str) -> Step {
         let bar = ProgressBar::new_spinner();
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         bar.set_message(name.to_owned());
         bar.enable_steady_tick(Duration::from_millis(200));
         self.wrap(name, bar)
@@ -35,8 +38,10 @@ impl Progress {
     pub fn bar(&self, name: &str, total: u64) -> Step {
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_message(name.to_owned());
         self.wrap(name, bar)
@@ -53,7 +58,12 @@ impl Progress {
         if self.quiet {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
-        Step { name: name.to_owned(), bar, started: Instant::now(), quiet: self.quiet }
+        Step {
+            name: name.to_owned(),
+            bar,
+            started: Instant::now(),
+            quiet: self.quiet,
+        }
     }
 }
 
@@ -69,7 +79,11 @@ impl Step {
     pub fn finish_with(self, outcome: &str) {
         self.bar.finish_and_clear();
         if !self.quiet {
-            eprintln!("step {:<28} {:>7.1}s  {outcome}", self.name, self.started.elapsed().as_secs_f64());
+            eprintln!(
+                "step {:<28} {:>7.1}s  {outcome}",
+                self.name,
+                self.started.elapsed().as_secs_f64()
+            );
         }
     }
 }

@@ -42,7 +42,10 @@ fn customize_hooks(suite: &str) -> Vec<String> {
         // Removed rather than rewritten: rewriting keeps the mode of the host's file (DESIGN.md).
         r#"rm -f "$1"/etc/hostname"#.to_owned(),
         r#"rm -f "$1"/etc/apt/sources.list.d/*"#.to_owned(),
-        format!(r#"printf '%s' '{}' > "$1"/etc/apt/sources.list"#, sources_list(suite)),
+        format!(
+            r#"printf '%s' '{}' > "$1"/etc/apt/sources.list"#,
+            sources_list(suite)
+        ),
     ]
 }
 
@@ -56,7 +59,8 @@ pub struct BaseRootfs {
 pub fn package_set(lists: &[PathBuf], extra: &[String]) -> Result<Vec<String>> {
     let mut set: Vec<String> = extra.to_vec();
     for list in lists.iter().filter(|l| l.exists()) {
-        let text = std::fs::read_to_string(list).with_context(|| format!("cannot read {}", list.display()))?;
+        let text = std::fs::read_to_string(list)
+            .with_context(|| format!("cannot read {}", list.display()))?;
         set.extend(
             text.lines()
                 .map(|l| l.split('#').next().unwrap_or_default().trim())
@@ -71,7 +75,14 @@ pub fn package_set(lists: &[PathBuf], extra: &[String]) -> Result<Vec<String>> {
 
 fn cache_key(lock: &Lock, packages: &[String]) -> String {
     let mut h = Sha256::new();
-    for part in [RECIPE_VERSION, &lock.digest(), &lock.arch, &packages.join(" "), &customize_hooks(&lock.suite).join("\n"), &DPKG_EXCLUDES.join(" ")] {
+    for part in [
+        RECIPE_VERSION,
+        &lock.digest(),
+        &lock.arch,
+        &packages.join(" "),
+        &customize_hooks(&lock.suite).join("\n"),
+        &DPKG_EXCLUDES.join(" "),
+    ] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -79,7 +90,13 @@ fn cache_key(lock: &Lock, packages: &[String]) -> String {
 }
 
 /// Returns the cached tarball for this lock and package set, building it when missing (or when `fresh`).
-pub fn base(cache_root: &Path, lock: &Lock, packages: &[String], fresh: bool, progress: &Progress) -> Result<BaseRootfs> {
+pub fn base(
+    cache_root: &Path,
+    lock: &Lock,
+    packages: &[String],
+    fresh: bool,
+    progress: &Progress,
+) -> Result<BaseRootfs> {
     let key = cache_key(lock, packages);
     let dir = cache_root.join("rootfs");
     std::fs::create_dir_all(&dir)?;
@@ -88,10 +105,20 @@ pub fn base(cache_root: &Path, lock: &Lock, packages: &[String], fresh: bool, pr
         std::fs::remove_file(&tarball)?;
     }
     if tarball.exists() {
-        return Ok(BaseRootfs { tarball, key, cached: true });
+        return Ok(BaseRootfs {
+            tarball,
+            key,
+            cached: true,
+        });
     }
-    if let Some(p) = packages.iter().find(|p| !lock.packages.contains_key(p.as_str())) {
-        anyhow::bail!("package {p} is not in the lock {}\nhint: run `image-builder lock` after changing package lists", lock.path.display());
+    if let Some(p) = packages
+        .iter()
+        .find(|p| !lock.packages.contains_key(p.as_str()))
+    {
+        anyhow::bail!(
+            "package {p} is not in the lock {}\nhint: run `image-builder lock` after changing package lists",
+            lock.path.display()
+        );
     }
 
     let debs = PackageCache::new(cache_root)?;
@@ -116,13 +143,19 @@ pub fn base(cache_root: &Path, lock: &Lock, packages: &[String], fresh: bool, pr
         cmd.arg(format!("--customize-hook={hook}"));
     }
     // copy:// makes apt copy the .debs into the chroot's cache, where dpkg (inside) can read them.
-    cmd.arg(&lock.suite).arg(&partial).arg(format!("deb [trusted=yes] copy://{} ./", repo.display()));
+    cmd.arg(&lock.suite)
+        .arg(&partial)
+        .arg(format!("deb [trusted=yes] copy://{} ./", repo.display()));
     let result = run_logged(&mut cmd, &log);
     let _ = std::fs::remove_dir_all(&repo);
     result.context("building the root filesystem failed")?;
     std::fs::rename(&partial, &tarball)?;
     step.finish();
-    Ok(BaseRootfs { tarball, key, cached: false })
+    Ok(BaseRootfs {
+        tarball,
+        key,
+        cached: false,
+    })
 }
 
 /// Unpacks a root filesystem tarball into an empty directory, keeping owners, modes and xattrs.

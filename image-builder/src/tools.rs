@@ -28,9 +28,15 @@ pub const REQUIRED: &[(&str, &str)] = &[
 
 /// Fails with one message listing every missing tool and the packages to install.
 pub fn check_required() -> Result<()> {
-    let missing: Vec<_> = REQUIRED.iter().filter(|(cmd, _)| which(cmd).is_none()).collect();
+    let missing: Vec<_> = REQUIRED
+        .iter()
+        .filter(|(cmd, _)| which(cmd).is_none())
+        .collect();
     if !missing.is_empty() {
-        let cmds: Vec<_> = missing.iter().map(|(c, p)| format!("{c} (package {p})")).collect();
+        let cmds: Vec<_> = missing
+            .iter()
+            .map(|(c, p)| format!("{c} (package {p})"))
+            .collect();
         let mut pkgs: Vec<_> = missing.iter().map(|(_, p)| *p).collect();
         pkgs.dedup();
         bail!(
@@ -45,7 +51,10 @@ pub fn check_required() -> Result<()> {
 
 /// mkfs.ext4 honours SOURCE_DATE_EPOCH only from e2fsprogs 1.47.1 on; older ones give different bytes each run.
 fn check_mkfs_reproducible() -> Result<()> {
-    let out = Command::new("mke2fs").arg("-V").output().context("cannot run mke2fs -V")?;
+    let out = Command::new("mke2fs")
+        .arg("-V")
+        .output()
+        .context("cannot run mke2fs -V")?;
     let text = String::from_utf8_lossy(&out.stderr);
     let version = text.split_whitespace().nth(1).unwrap_or_default();
     let parts: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
@@ -57,7 +66,9 @@ fn check_mkfs_reproducible() -> Result<()> {
 
 pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(cmd)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(cmd))
+        .find(|p| p.is_file())
 }
 
 /// Runs a command, returning its output; the error names the program and says how it failed, with the
@@ -76,7 +87,8 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
 /// error quotes the log's last lines.
 pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
     let program = describe(cmd);
-    let file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let status = cmd
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
@@ -90,8 +102,16 @@ pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
     };
     match status.code() {
         Some(0) => Ok(()),
-        Some(code) => bail!("{program} failed with exit code {code}; last lines of {}:\n{}", log.display(), tail()),
-        None => bail!("{program} was killed by a signal; last lines of {}:\n{}", log.display(), tail()),
+        Some(code) => bail!(
+            "{program} failed with exit code {code}; last lines of {}:\n{}",
+            log.display(),
+            tail()
+        ),
+        None => bail!(
+            "{program} was killed by a signal; last lines of {}:\n{}",
+            log.display(),
+            tail()
+        ),
     }
 }
 
@@ -107,7 +127,10 @@ fn check(program: &str, output: &Output) -> Result<()> {
 }
 
 fn describe(cmd: &Command) -> String {
-    let args: Vec<_> = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(OsStr::to_string_lossy).collect();
+    let args: Vec<_> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect();
     let mut text = args.join(" ");
     if text.len() > 160 {
         text.truncate(157);
@@ -122,11 +145,18 @@ mod tests {
 
     #[test]
     fn failures_are_told_apart() {
-        let e = run(Command::new("sh").args(["-c", "echo broken >&2; exit 3"])).unwrap_err().to_string();
+        let e = run(Command::new("sh").args(["-c", "echo broken >&2; exit 3"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("exit code 3") && e.contains("broken"), "{e}");
-        let e = run(Command::new("sh").args(["-c", "kill -9 $$"])).unwrap_err().to_string();
+        let e = run(Command::new("sh").args(["-c", "kill -9 $$"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("killed by a signal"), "{e}");
-        let e = format!("{:#}", run(&mut Command::new("/nonexistent/tool")).unwrap_err());
+        let e = format!(
+            "{:#}",
+            run(&mut Command::new("/nonexistent/tool")).unwrap_err()
+        );
         assert!(e.contains("could not start"), "{e}");
     }
 }

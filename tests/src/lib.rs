@@ -9,13 +9,23 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace exists")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace exists")
 }
 
 /// Installs whatever the builder and these tests need that is missing (Debian packages only).
 pub fn ensure_host() {
-    let out = Command::new(workspace().join("image-builder/scripts/host-setup")).output().expect("run host-setup");
-    assert!(out.status.success(), "host-setup failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(workspace().join("image-builder/scripts/host-setup"))
+        .output()
+        .expect("run host-setup");
+    assert!(
+        out.status.success(),
+        "host-setup failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The release build of the image builder (built now if needed).
@@ -31,7 +41,9 @@ pub fn image_builder() -> PathBuf {
 
 /// The builder's cache, shared with ordinary builds so that CI reuses downloaded packages and chroots.
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("KITUO_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/kituo"))
+    std::env::var_os("KITUO_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kituo"))
 }
 
 /// A folder for this test's outputs under target/, kept after the run for inspection.
@@ -44,7 +56,9 @@ pub fn artifacts(name: &str) -> PathBuf {
 
 /// Runs a command and returns its output, failing with the command's stderr when it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
@@ -60,18 +74,27 @@ pub fn stdout(out: &Output) -> String {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub fn sha256(path: &Path) -> String {
     let out = run(Command::new("sha256sum").arg(path));
-    stdout(&out).split_whitespace().next().unwrap_or_default().to_owned()
+    stdout(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// An SSH key pair for logging in to a test image.
 pub fn ssh_key(dir: &Path) -> (PathBuf, String) {
     let key = dir.join("id_ed25519");
-    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "kituo-test", "-f"]).arg(&key));
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "kituo-test", "-f"])
+        .arg(&key));
     let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
     (key, public.trim().to_owned())
 }
@@ -98,11 +121,24 @@ impl Vm {
                 .arg(format!("::/{file}"))
                 .arg(work.join(file)));
         }
-        let cmdline = std::fs::read_to_string(work.join("cmdline.txt"))?.trim().to_owned();
+        let cmdline = std::fs::read_to_string(work.join("cmdline.txt"))?
+            .trim()
+            .to_owned();
         let (http, ssh) = (free_port(), free_port());
         let console = work.join("console.log");
         let child = Command::new("qemu-system-aarch64")
-            .args(["-M", "virt", "-cpu", "cortex-a72", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
+            .args([
+                "-M",
+                "virt",
+                "-cpu",
+                "cortex-a72",
+                "-m",
+                "1024",
+                "-smp",
+                "2",
+                "-nographic",
+                "-no-reboot",
+            ])
             .arg("-kernel")
             .arg(work.join("vmlinuz"))
             .arg("-initrd")
@@ -110,9 +146,16 @@ impl Vm {
             .args(["-append", &cmdline])
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", image.display()))
-            .args(["-device", "virtio-rng-pci", "-device", "virtio-net-pci,netdev=n"])
+            .args([
+                "-device",
+                "virtio-rng-pci",
+                "-device",
+                "virtio-net-pci,netdev=n",
+            ])
             .arg("-netdev")
-            .arg(format!("user,id=n,hostfwd=tcp:127.0.0.1:{http}-:80,hostfwd=tcp:127.0.0.1:{ssh}-:22"))
+            .arg(format!(
+                "user,id=n,hostfwd=tcp:127.0.0.1:{http}-:80,hostfwd=tcp:127.0.0.1:{ssh}-:22"
+            ))
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .args(["-monitor", "none"])
@@ -121,7 +164,13 @@ impl Vm {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start qemu-system-aarch64")?;
-        Ok(Vm { child, http, ssh, key: key.to_owned(), console })
+        Ok(Vm {
+            child,
+            http,
+            ssh,
+            key: key.to_owned(),
+            console,
+        })
     }
 
     /// Waits until `path` answers 200 through the forwarded HTTP port, and returns the body.
@@ -132,10 +181,16 @@ impl Vm {
                 return Ok(body);
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("QEMU exited ({status}) before {path} answered; console:\n{}", self.console_tail());
+                bail!(
+                    "QEMU exited ({status}) before {path} answered; console:\n{}",
+                    self.console_tail()
+                );
             }
             if started.elapsed() > timeout {
-                bail!("{path} did not answer within {timeout:?}; console:\n{}", self.console_tail());
+                bail!(
+                    "{path} did not answer within {timeout:?}; console:\n{}",
+                    self.console_tail()
+                );
             }
             std::thread::sleep(Duration::from_secs(3));
         }
@@ -147,15 +202,25 @@ impl Vm {
             .arg(format!("http://127.0.0.1:{}{path}", self.http))
             .output()?;
         if !out.status.success() {
-            bail!("GET {path}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "GET {path}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn ssh_command(&self) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-            .args(["-o", "ConnectTimeout=20", "-p", &self.ssh.to_string()]);
+        cmd.args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .args(["-o", "ConnectTimeout=20", "-p", &self.ssh.to_string()]);
         cmd
     }
 
@@ -183,11 +248,21 @@ impl Vm {
     pub fn ssh_password_attempt(&self) -> Result<(bool, String)> {
         let out = self
             .ssh_command()
-            .args(["-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive"])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+            ])
             .arg("root@127.0.0.1")
             .arg("true")
             .output()?;
-        Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     pub fn console_tail(&self) -> String {
@@ -206,7 +281,10 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_secs(1));
         }
-        bail!("the VM did not power off within 120 s; console:\n{}", self.console_tail())
+        bail!(
+            "the VM did not power off within 120 s; console:\n{}",
+            self.console_tail()
+        )
     }
 }
 

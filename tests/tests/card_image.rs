@@ -41,19 +41,32 @@ fn qemu_arm64_image_builds_boots_and_serves() {
         .arg(cache_dir()));
     let name = "kituo-qemu-arm64-testcenter";
     let image = out_dir.join(format!("{name}.img"));
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join(format!("{name}.manifest.json"))).unwrap()).unwrap();
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join(format!("{name}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
 
     check_outputs(&out_dir, name, &manifest);
 
     // A card larger than the image, so first boot has room to grow /data and make root slot B.
     let disk = work.join("card.img");
     std::fs::copy(&image, &disk).unwrap();
-    std::fs::OpenOptions::new().write(true).open(&disk).unwrap().set_len(6 << 30).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(6 << 30)
+        .unwrap();
 
     let mut vm = Vm::boot(&disk, &key, &work).expect("QEMU starts");
-    let status = vm.wait_http("/api/status", Duration::from_secs(900)).expect("the status endpoint answers");
+    let status = vm
+        .wait_http("/api/status", Duration::from_secs(900))
+        .expect("the status endpoint answers");
     let status: Value = serde_json::from_str(&status).expect("status is JSON");
-    assert_eq!(status["version"], manifest["appliance"]["version"], "{status}");
+    assert_eq!(
+        status["version"], manifest["appliance"]["version"],
+        "{status}"
+    );
     assert_eq!(status["build"]["id"], manifest["build_id"], "{status}");
     assert_eq!(status["center_id"], "testcenter");
     assert_eq!(status["site_id"], 5);
@@ -74,31 +87,67 @@ fn check_outputs(out: &std::path::Path, name: &str, manifest: &Value) {
     assert_eq!(manifest["image"]["sha256"], sha.as_str());
 
     let copy = out.join("bmap-copy.img");
-    run(Command::new("bmaptool").arg("copy").arg("--bmap").arg(out.join(format!("{name}.bmap"))).arg(&image).arg(&copy));
-    assert_eq!(sha256(&copy), sha, "bmaptool's copy of the mapped blocks is the image");
+    run(Command::new("bmaptool")
+        .arg("copy")
+        .arg("--bmap")
+        .arg(out.join(format!("{name}.bmap")))
+        .arg(&image)
+        .arg(&copy));
+    assert_eq!(
+        sha256(&copy),
+        sha,
+        "bmaptool's copy of the mapped blocks is the image"
+    );
     std::fs::remove_file(&copy).unwrap();
 
     let unpacked = out.join("unzstd.img");
-    run(Command::new("zstd").args(["-q", "-d", "-o"]).arg(&unpacked).arg(out.join(format!("{name}.img.zst"))));
+    run(Command::new("zstd")
+        .args(["-q", "-d", "-o"])
+        .arg(&unpacked)
+        .arg(out.join(format!("{name}.img.zst"))));
     assert_eq!(sha256(&unpacked), sha);
     std::fs::remove_file(&unpacked).unwrap();
 
     let packages = manifest["packages"].as_array().expect("package list");
     let names: Vec<_> = packages.iter().filter_map(|p| p["name"].as_str()).collect();
-    for wanted in ["nginx", "mariadb-server", "php8.4-fpm", "hostapd", "dnsmasq", "nftables", "openssh-server", "linux-image-arm64"] {
+    for wanted in [
+        "nginx",
+        "mariadb-server",
+        "php8.4-fpm",
+        "hostapd",
+        "dnsmasq",
+        "nftables",
+        "openssh-server",
+        "linux-image-arm64",
+    ] {
         assert!(names.contains(&wanted), "manifest lacks {wanted}");
     }
-    assert!(packages.iter().all(|p| p["sha256"].as_str().is_some_and(|s| s.len() == 64) && p["version"].is_string()));
-    assert_eq!(manifest["partition_table"]["partitions"].as_array().map(Vec::len), Some(3));
-    assert_eq!(manifest["appliance"]["sha256"].as_str().map(str::len), Some(64));
-    assert_eq!(manifest["center_config_sha256"].as_str().map(str::len), Some(64));
+    assert!(packages
+        .iter()
+        .all(|p| p["sha256"].as_str().is_some_and(|s| s.len() == 64) && p["version"].is_string()));
+    assert_eq!(
+        manifest["partition_table"]["partitions"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(
+        manifest["appliance"]["sha256"].as_str().map(str::len),
+        Some(64)
+    );
+    assert_eq!(
+        manifest["center_config_sha256"].as_str().map(str::len),
+        Some(64)
+    );
 }
 
 /// nginx -> PHP-FPM -> MariaDB over its socket, with the settings the sync engine needs.
 fn check_web_and_database(vm: &Vm) {
     let page = vm.http_get("/").expect("front page");
     assert!(page.contains("Test Center"), "{page}");
-    let health: Value = serde_json::from_str(&vm.http_get("/kituo-health.php").expect("health page")).expect("JSON");
+    let health: Value =
+        serde_json::from_str(&vm.http_get("/kituo-health.php").expect("health page"))
+            .expect("JSON");
     let db = &health["db"];
     assert_eq!(db["ok"], true, "{health}");
     assert_eq!(db["log_bin"], "ON", "{health}");
@@ -115,38 +164,74 @@ fn check_web_and_database(vm: &Vm) {
         .filter(|(_, loaded)| **loaded != Value::Bool(true))
         .map(|(name, _)| name.clone())
         .collect();
-    assert!(missing.is_empty(), "PHP extensions Moodle needs are missing: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "PHP extensions Moodle needs are missing: {missing:?}"
+    );
 }
 
 fn check_first_boot_and_services(vm: &Vm) {
     // /data grew into the card and root slot B exists at its end, as large as slot A.
-    let sizes = vm.ssh("lsblk -b -n -o NAME,SIZE /dev/vda; df -B1 --output=size /data | tail -1").unwrap();
+    let sizes = vm
+        .ssh("lsblk -b -n -o NAME,SIZE /dev/vda; df -B1 --output=size /data | tail -1")
+        .unwrap();
     let size_of = |part: &str| -> u64 {
-        sizes.lines().find(|l| l.contains(part)).and_then(|l| l.split_whitespace().last()).and_then(|s| s.parse().ok()).unwrap_or(0)
+        sizes
+            .lines()
+            .find(|l| l.contains(part))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     };
-    assert!(size_of("vda3") > 3 << 30, "data partition not grown:\n{sizes}");
-    assert_eq!(size_of("vda4"), size_of("vda2"), "root slot B must match slot A:\n{sizes}");
-    let data_fs: u64 = sizes.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
-    assert!(data_fs > 3 << 30, "the /data file system was not grown:\n{sizes}");
-    vm.ssh("test -s /data/kituo/firstboot.done && test -d /data/mysql/mysql && test -s /etc/ssh/ssh_host_ed25519_key").unwrap();
+    assert!(
+        size_of("vda3") > 3 << 30,
+        "data partition not grown:\n{sizes}"
+    );
+    assert_eq!(
+        size_of("vda4"),
+        size_of("vda2"),
+        "root slot B must match slot A:\n{sizes}"
+    );
+    let data_fs: u64 = sizes
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        data_fs > 3 << 30,
+        "the /data file system was not grown:\n{sizes}"
+    );
+    vm.ssh("test -s /data/kituo/firstboot.done && test -d /data/mysql/mysql && test -s /etc/ssh/ssh_host_ed25519_key")
+        .unwrap();
 
-    let failed = vm.ssh("systemctl list-units --state=failed --no-legend --plain").unwrap();
+    let failed = vm
+        .ssh("systemctl list-units --state=failed --no-legend --plain")
+        .unwrap();
     assert!(failed.trim().is_empty(), "failed units:\n{failed}");
     // MariaDB listens on its socket only; nothing but ssh, http, DNS and DHCP listens on the network.
     let listening = vm.ssh("ss -H -ltnup").unwrap();
-    assert!(!listening.contains("mariadb") && !listening.contains(":3306"), "{listening}");
+    assert!(
+        !listening.contains("mariadb") && !listening.contains(":3306"),
+        "{listening}"
+    );
     for line in listening.lines() {
         let local = line.split_whitespace().nth(4).unwrap_or_default();
         let port = local.rsplit(':').next().unwrap_or_default();
         let loopback = local.starts_with("127.") || local.starts_with("[::1]");
-        assert!(loopback || ["22", "80", "53", "67"].contains(&port), "unexpected listener: {line}");
+        assert!(
+            loopback || ["22", "80", "53", "67"].contains(&port),
+            "unexpected listener: {line}"
+        );
     }
 }
 
 fn check_ssh_refuses_passwords(vm: &Vm) {
     let (ok, stderr) = vm.ssh_password_attempt().unwrap();
     assert!(!ok, "a password login must not succeed");
-    assert!(stderr.contains("Permission denied (publickey)"), "the server must offer public keys only: {stderr}");
+    assert!(
+        stderr.contains("Permission denied (publickey)"),
+        "the server must offer public keys only: {stderr}"
+    );
 }
 
 /// hostapd on one mac80211_hwsim radio; a client on the other, in its own network namespace, joins with
@@ -173,10 +258,24 @@ ip netns exec sta busybox nslookup kituo.kituo.lan 10.42.0.1 | tail -2
 ip netns exec sta busybox wget -q -O - http://kituo.kituo.lan/ 2>/dev/null || ip netns exec sta busybox wget -q -O - http://10.42.0.1/
 "#
     );
-    let out = vm.ssh(&script).unwrap_or_else(|e| panic!("access point check failed: {e}"));
+    let out = vm
+        .ssh(&script)
+        .unwrap_or_else(|e| panic!("access point check failed: {e}"));
     assert!(out.contains("state=ENABLED"), "hostapd is not up:\n{out}");
-    assert!(out.contains(&format!("SSID: {SSID}")), "client did not associate:\n{out}");
-    assert!(out.contains("client address: 10.42.0."), "no DHCP lease on the AP subnet:\n{out}");
-    assert!(out.contains("10.42.0.1"), "the appliance's name did not resolve:\n{out}");
-    assert!(out.contains("Test Center"), "the page did not load over Wi-Fi:\n{out}");
+    assert!(
+        out.contains(&format!("SSID: {SSID}")),
+        "client did not associate:\n{out}"
+    );
+    assert!(
+        out.contains("client address: 10.42.0."),
+        "no DHCP lease on the AP subnet:\n{out}"
+    );
+    assert!(
+        out.contains("10.42.0.1"),
+        "the appliance's name did not resolve:\n{out}"
+    );
+    assert!(
+        out.contains("Test Center"),
+        "the page did not load over Wi-Fi:\n{out}"
+    );
 }

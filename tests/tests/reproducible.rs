@@ -8,11 +8,15 @@ use std::process::Command;
 
 use kituo_tests::*;
 
-const PACKAGES: &str = "# Reduced set for the reproducibility test.\nsystemd\nsystemd-sysv\nudev\nkmod\n";
-const CUSTOMIZE: &str = "#!/bin/sh\nset -eu\nuseradd --system --no-create-home mysql\nsystemctl enable systemd-networkd.service\n\
+const PACKAGES: &str =
+    "# Reduced set for the reproducibility test.\nsystemd\nsystemd-sysv\nudev\nkmod\n";
+const CUSTOMIZE: &str =
+    "#!/bin/sh\nset -eu\nuseradd --system --no-create-home mysql\nsystemctl enable systemd-networkd.service\n\
                          chmod 0600 /etc/kituo/center.txt\n";
-const TEMPLATE: &str = "center {{ center.id }} on {{ board.name }}, site {{ sync.site_id }}, disk {{ disk.id }}\n";
-const BOARD: &str = "[board]\nname = repro-arm64\narch = arm64\nfamily = qemu\n[boot]\nmethod = direct\n\
+const TEMPLATE: &str =
+    "center {{ center.id }} on {{ board.name }}, site {{ sync.site_id }}, disk {{ disk.id }}\n";
+const BOARD: &str =
+    "[board]\nname = repro-arm64\narch = arm64\nfamily = qemu\n[boot]\nmethod = direct\n\
                      cmdline = console=ttyAMA0\n[boot-files]\nos-release = /etc/os-release\n\
                      [partitions]\nboot_mib = 64\nroot_mib = 600\ndata_mib = 32\n";
 
@@ -60,21 +64,51 @@ fn two_fresh_builds_in_different_folders_are_byte_identical() {
 
     let name = "kituo-repro-arm64-example";
     for suffix in [".img", ".bmap", ".manifest.json", ".img.sha256"] {
-        let (x, y) = (a.join(format!("{name}{suffix}")), b.join(format!("{name}{suffix}")));
+        let (x, y) = (
+            a.join(format!("{name}{suffix}")),
+            b.join(format!("{name}{suffix}")),
+        );
         assert!(x.exists() && y.exists(), "{name}{suffix} missing");
-        assert_eq!(sha256(&x), sha256(&y), "{name}{suffix} differs between the two builds");
+        assert_eq!(
+            sha256(&x),
+            sha256(&y),
+            "{name}{suffix} differs between the two builds"
+        );
     }
     // The image holds what the stages put there (so the comparison above is of real content).
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join(format!("{name}.manifest.json"))).unwrap()).unwrap();
-    let names: Vec<_> = manifest["packages"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
-    assert!(names.contains(&"systemd") && !names.contains(&"nginx"), "{names:?}");
-    assert!(!names.contains(&"eatmydata"), "build-only packages must not stay in the image");
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(a.join(format!("{name}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let names: Vec<_> = manifest["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"systemd") && !names.contains(&"nginx"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"eatmydata"),
+        "build-only packages must not stay in the image"
+    );
     let listing = run(Command::new("mdir")
         .env("MTOOLS_SKIP_CHECK", "1")
         .arg("-b")
         .arg("-i")
-        .arg(format!("{}@@{}", a.join(format!("{name}.img")).display(), 4 << 20))
+        .arg(format!(
+            "{}@@{}",
+            a.join(format!("{name}.img")).display(),
+            4 << 20
+        ))
         .arg("::/"));
     let listing = stdout(&listing).to_lowercase();
-    assert!(listing.contains("os-release") && listing.contains("cmdline.txt") && listing.contains("readme.txt"), "{listing}");
+    assert!(
+        listing.contains("os-release")
+            && listing.contains("cmdline.txt")
+            && listing.contains("readme.txt"),
+        "{listing}"
+    );
 }

@@ -61,6 +61,11 @@ fn read_build_info(config: &Config) -> BTreeMap<String, String> {
         return BTreeMap::new();
     };
     ini.section(Some("build"))
-        .map(|props| props.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+        .map(|props| {
+            props
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -30,23 +30,50 @@ struct Row {
 }
 
 pub fn run_bench(args: &Args) -> Result<()> {
-    let scratch = tempfile::Builder::new().prefix("kituo-bench-").tempdir_in(&args.paths.cache)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("kituo-bench-")
+        .tempdir_in(&args.paths.cache)?;
     let progress = Progress::new(false);
     let mut rows = Vec::new();
     let mut timed = |what: &str, paths: &Paths, out: &Path| -> Result<build::Outputs> {
-        let args = build::Args { board: args.board.clone(), center: None, out: out.to_owned(), fresh: false, paths: paths.clone() };
+        let args = build::Args {
+            board: args.board.clone(),
+            center: None,
+            out: out.to_owned(),
+            fresh: false,
+            paths: paths.clone(),
+        };
         let started = Instant::now();
-        let outputs = build::run(&args, &progress).with_context(|| format!("bench build '{what}' failed"))?;
-        rows.push(Row { what: what.to_owned(), seconds: started.elapsed().as_secs_f64() });
+        let outputs =
+            build::run(&args, &progress).with_context(|| format!("bench build '{what}' failed"))?;
+        rows.push(Row {
+            what: what.to_owned(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
         Ok(outputs)
     };
 
     if args.cold {
-        let cold = Paths { cache: scratch.path().join("cold-cache"), ..args.paths.clone() };
-        timed("cold build (empty cache)", &cold, &scratch.path().join("cold"))?;
+        let cold = Paths {
+            cache: scratch.path().join("cold-cache"),
+            ..args.paths.clone()
+        };
+        timed(
+            "cold build (empty cache)",
+            &cold,
+            &scratch.path().join("cold"),
+        )?;
     }
-    timed("warm-up (fills the cache if needed)", &args.paths, &scratch.path().join("warm"))?;
-    let outputs = timed("rebuild, unchanged inputs", &args.paths, &scratch.path().join("unchanged"))?;
+    timed(
+        "warm-up (fills the cache if needed)",
+        &args.paths,
+        &scratch.path().join("warm"),
+    )?;
+    let outputs = timed(
+        "rebuild, unchanged inputs",
+        &args.paths,
+        &scratch.path().join("unchanged"),
+    )?;
 
     // A copy of the sources with one change in the appliance crate: only the cross build and the
     // per-image steps run again.
@@ -56,8 +83,15 @@ pub fn run_bench(args: &Args) -> Result<()> {
     let mut text = std::fs::read_to_string(&lib)?;
     text.push_str(&format!("\n// bench change {}\n", std::process::id()));
     std::fs::write(&lib, text)?;
-    let changed = Paths { workspace: copy, ..args.paths.clone() };
-    timed("rebuild, appliance code changed", &changed, &scratch.path().join("appliance"))?;
+    let changed = Paths {
+        workspace: copy,
+        ..args.paths.clone()
+    };
+    timed(
+        "rebuild, appliance code changed",
+        &changed,
+        &scratch.path().join("appliance"),
+    )?;
 
     let m = &outputs.manifest.image;
     println!("\n| build ({}) | seconds |", args.board);
@@ -69,14 +103,30 @@ pub fn run_bench(args: &Args) -> Result<()> {
     println!("\n| output | MiB | vs raw image (dd writes all of it) |");
     println!("|---|---:|---:|");
     println!("| raw image (.img) | {:.0} | 1.00 |", raw / 1048576.0);
-    println!("| bmap-mapped blocks (what bmaptool writes) | {:.0} | {:.2} |", m.mapped_bytes as f64 / 1048576.0, m.mapped_bytes as f64 / raw);
-    println!("| compressed (.img.zst) | {:.0} | {:.2} |", m.compressed_bytes as f64 / 1048576.0, m.compressed_bytes as f64 / raw);
+    println!(
+        "| bmap-mapped blocks (what bmaptool writes) | {:.0} | {:.2} |",
+        m.mapped_bytes as f64 / 1048576.0,
+        m.mapped_bytes as f64 / raw
+    );
+    println!(
+        "| compressed (.img.zst) | {:.0} | {:.2} |",
+        m.compressed_bytes as f64 / 1048576.0,
+        m.compressed_bytes as f64 / raw
+    );
     Ok(())
 }
 
 fn copy_sources(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
-    for item in ["Cargo.toml", "Cargo.lock", "appliance", "image-builder", "tests", "overlays", "board-configs"] {
+    for item in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "appliance",
+        "image-builder",
+        "tests",
+        "overlays",
+        "board-configs",
+    ] {
         run(Command::new("cp").arg("-a").arg(from.join(item)).arg(to))?;
     }
     Ok(())

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use walkdir::WalkDir;
 
-use crate::board::Board;
 use crate::bmap::Bmap;
+use crate::board::Board;
 use crate::disk::{self, Layout};
 use crate::lockfile::Lock;
 use crate::manifest::{self, Manifest};
@@ -46,21 +46,33 @@ pub struct Outputs {
 pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     let paths = &args.paths;
     let board = Board::load(&paths.board_configs(), &args.board)?;
-    let center_path = args.center.clone().unwrap_or_else(|| paths.board_configs().join("example-center.ini"));
+    let center_path = args
+        .center
+        .clone()
+        .unwrap_or_else(|| paths.board_configs().join("example-center.ini"));
     let center = Center::load(&center_path)?;
     // Configs first: a typo is reported before anything is installed or downloaded.
     tools::check_required()?;
     let lock = Lock::load(&Lock::path_for(&paths.locks(), "trixie", &board.arch))?;
     let secrets = Secrets::for_center(&paths.state, &center.id)?;
     let cache = &paths.cache;
-    std::fs::create_dir_all(cache).with_context(|| format!("cannot create the cache {}", cache.display()))?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::create_dir_all(cache)
+        .with_context(|| format!("cannot create the cache {}", cache.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let epoch = lock.source_date_epoch;
 
     let layers = overlay::layers(&paths.overlays(), &board);
     let packages = rootfs::package_set(&overlay::package_lists(&layers), &board.packages)?;
     let base = rootfs::base(cache, &lock, &packages, args.fresh, progress)?;
-    let binary = cross::appliance(cache, &paths.workspace, &board.arch, epoch, args.fresh, progress)?;
+    let binary = cross::appliance(
+        cache,
+        &paths.workspace,
+        &board.arch,
+        epoch,
+        args.fresh,
+        progress,
+    )?;
     if base.cached {
         progress.cached("root filesystem (mmdebstrap)");
     }
@@ -83,7 +95,11 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     let name = format!("kituo-{}-{}", board.name, center.id);
 
     let work = tempfile::Builder::new().prefix("work-").tempdir_in(cache)?;
-    let (root, boot, data) = (work.path().join("root"), work.path().join("boot"), work.path().join("data"));
+    let (root, boot, data) = (
+        work.path().join("root"),
+        work.path().join("boot"),
+        work.path().join("data"),
+    );
     let step = progress.step("root filesystem: overlays");
     rootfs::unpack(&base.tarball, &root)?;
     std::fs::create_dir_all(&boot)?;
@@ -93,7 +109,14 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     overlay::apply(&layers, &context, &root, &boot)?;
     overlay::customize(&layers, &root, epoch)?;
     overlay::boot_files(&board, &root, &boot)?;
-    std::fs::write(boot.join("cmdline.txt"), format!("{} root=PARTUUID={} rw\n", board.cmdline, layout.part("root-a").partuuid))?;
+    std::fs::write(
+        boot.join("cmdline.txt"),
+        format!(
+            "{} root=PARTUUID={} rw\n",
+            board.cmdline,
+            layout.part("root-a").partuuid
+        ),
+    )?;
     empty_dir(&root.join("boot/firmware"))?;
     data_tree(&root, &data)?;
     for dir in [&root, &boot, &data] {
@@ -104,13 +127,35 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
 
     let step = progress.step("disk image");
     let image = args.out.join(format!("{name}.img"));
-    let (boot_img, root_img, data_img) = (work.path().join("boot.vfat"), work.path().join("root.ext4"), work.path().join("data.ext4"));
+    let (boot_img, root_img, data_img) = (
+        work.path().join("boot.vfat"),
+        work.path().join("root.ext4"),
+        work.path().join("data.ext4"),
+    );
     disk::make_boot(&boot, &boot_img, layout.part("boot"), epoch)?;
-    disk::make_ext4(&root, &root_img, layout.part("root-a"), "kituo-root-a", &seed, epoch)?;
-    disk::make_ext4(&data, &data_img, layout.part("data"), "kituo-data", &seed, epoch)?;
+    disk::make_ext4(
+        &root,
+        &root_img,
+        layout.part("root-a"),
+        "kituo-root-a",
+        &seed,
+        epoch,
+    )?;
+    disk::make_ext4(
+        &data,
+        &data_img,
+        layout.part("data"),
+        "kituo-data",
+        &seed,
+        epoch,
+    )?;
     disk::assemble(
         &layout,
-        &[(layout.part("boot"), &boot_img), (layout.part("root-a"), &root_img), (layout.part("data"), &data_img)],
+        &[
+            (layout.part("boot"), &boot_img),
+            (layout.part("root-a"), &root_img),
+            (layout.part("data"), &data_img),
+        ],
         &image,
     )?;
     drop(work);
@@ -118,7 +163,10 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
 
     let step = progress.step("checksum, bmap, zstd");
     let image_sha = sha256_file(&image)?;
-    std::fs::write(args.out.join(format!("{name}.img.sha256")), format!("{image_sha}  {name}.img\n"))?;
+    std::fs::write(
+        args.out.join(format!("{name}.img.sha256")),
+        format!("{image_sha}  {name}.img\n"),
+    )?;
     let bmap = Bmap::of_image(&image)?;
     std::fs::write(args.out.join(format!("{name}.bmap")), bmap.to_xml()?)?;
     let zst = args.out.join(format!("{name}.img.zst"));
@@ -133,8 +181,14 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
         center_id: center.id.clone(),
         center_config_sha256: sha256_file(&center_path)?,
         source_date_epoch: epoch,
-        lock: manifest::LockInfo { file: lock.path.display().to_string(), sha256: lock.digest() },
-        appliance: manifest::Appliance { version: appliance::VERSION.to_owned(), sha256: appliance_sha },
+        lock: manifest::LockInfo {
+            file: lock.path.display().to_string(),
+            sha256: lock.digest(),
+        },
+        appliance: manifest::Appliance {
+            version: appliance::VERSION.to_owned(),
+            sha256: appliance_sha,
+        },
         image: manifest::ImageInfo {
             file: format!("{name}.img"),
             size_bytes: bmap.image_size,
@@ -146,7 +200,10 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
         partition_table: layout,
         packages,
     };
-    std::fs::write(args.out.join(format!("{name}.manifest.json")), serde_json::to_string_pretty(&manifest)? + "\n")?;
+    std::fs::write(
+        args.out.join(format!("{name}.manifest.json")),
+        serde_json::to_string_pretty(&manifest)? + "\n",
+    )?;
     Ok(Outputs { image, manifest })
 }
 
@@ -166,12 +223,22 @@ fn tree_digest(layers: &[PathBuf]) -> Result<String> {
     for layer in layers {
         for entry in WalkDir::new(layer).sort_by_file_name() {
             let entry = entry?;
-            h.update(entry.path().strip_prefix(layer)?.to_string_lossy().as_bytes());
+            h.update(
+                entry
+                    .path()
+                    .strip_prefix(layer)?
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
             if entry.file_type().is_file() {
                 h.update(entry.metadata()?.permissions().mode().to_le_bytes());
                 h.update(std::fs::read(entry.path())?);
             } else if entry.file_type().is_symlink() {
-                h.update(std::fs::read_link(entry.path())?.to_string_lossy().as_bytes());
+                h.update(
+                    std::fs::read_link(entry.path())?
+                        .to_string_lossy()
+                        .as_bytes(),
+                );
             }
             h.update([0]);
         }
@@ -189,8 +256,18 @@ fn install_appliance(root: &Path, binary: &Path) -> Result<()> {
 }
 
 /// The variables overlay templates see (documented in overlays/README.md).
-fn template_context(board: &Board, center: &Center, secrets: &Secrets, layout: &Layout, build_id: &str, epoch: u64) -> Value {
-    let passphrase = center.passphrase.clone().unwrap_or_else(|| secrets.get("wifi_passphrase").to_owned());
+fn template_context(
+    board: &Board,
+    center: &Center,
+    secrets: &Secrets,
+    layout: &Layout,
+    build_id: &str,
+    epoch: u64,
+) -> Value {
+    let passphrase = center
+        .passphrase
+        .clone()
+        .unwrap_or_else(|| secrets.get("wifi_passphrase").to_owned());
     json!({
         "center": { "id": center.id, "name": center.name, "timezone": center.timezone },
         "network": {
@@ -239,7 +316,11 @@ fn empty_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
-            if path.is_dir() { std::fs::remove_dir_all(&path)? } else { std::fs::remove_file(&path)? }
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?
+            } else {
+                std::fs::remove_file(&path)?
+            }
         }
     }
     Ok(())
@@ -258,7 +339,11 @@ fn data_tree(root: &Path, data: &Path) -> Result<()> {
             .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
             .with_context(|| format!("user {user} is missing from the root filesystem"))
     };
-    for (dir, user, mode) in [("mysql", "mysql", 0o750), ("moodledata", "www-data", 0o770), ("kituo", "root", 0o755)] {
+    for (dir, user, mode) in [
+        ("mysql", "mysql", 0o750),
+        ("moodledata", "www-data", 0o770),
+        ("kituo", "root", 0o755),
+    ] {
         let path = data.join(dir);
         std::fs::create_dir_all(&path)?;
         let (uid, gid) = ids(user)?;

@@ -24,7 +24,10 @@ pub fn run(args: &Args, progress: &Progress) -> Result<()> {
     let paths = &args.paths;
     let boards = Board::all(&paths.board_configs())?;
     let suite = "trixie";
-    for arch in ARCHES.iter().filter(|a| args.arch.as_deref().is_none_or(|x| x == **a)) {
+    for arch in ARCHES
+        .iter()
+        .filter(|a| args.arch.as_deref().is_none_or(|x| x == **a))
+    {
         let step = progress.step(&format!("lock {suite}-{arch}"));
         let work = tempfile::tempdir()?;
         let apt = AptRoot::create(work.path(), suite, arch)?;
@@ -35,8 +38,16 @@ pub fn run(args: &Args, progress: &Progress) -> Result<()> {
             // Not installed: mmdebstrap's eatmydata hook unpacks it for the build only.
             set.extend(rootfs::BUILD_ONLY.iter().map(|p| (*p).to_owned()));
             for p in apt.resolve(&set)? {
-                if let Some(prev) = packages.get(&p.name).filter(|prev: &&crate::lockfile::Locked| prev.version != p.version) {
-                    bail!("{} resolves to {} for one board and {} for another", p.name, prev.version, p.version);
+                if let Some(prev) = packages
+                    .get(&p.name)
+                    .filter(|prev: &&crate::lockfile::Locked| prev.version != p.version)
+                {
+                    bail!(
+                        "{} resolves to {} for one board and {} for another",
+                        p.name,
+                        prev.version,
+                        p.version
+                    );
                 }
                 packages.insert(p.name.clone(), p);
             }
@@ -46,12 +57,24 @@ pub fn run(args: &Args, progress: &Progress) -> Result<()> {
         // Keep the old epoch when nothing changed, so an unchanged lock stays byte-identical.
         let source_date_epoch = match &previous {
             Some(prev) if prev.packages == packages => prev.source_date_epoch,
-            _ => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+            _ => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs(),
         };
-        let lock = Lock { suite: suite.to_owned(), arch: (*arch).to_owned(), source_date_epoch, packages, path };
+        let lock = Lock {
+            suite: suite.to_owned(),
+            arch: (*arch).to_owned(),
+            source_date_epoch,
+            packages,
+            path,
+        };
         std::fs::create_dir_all(paths.locks())?;
         lock.save()?;
-        step.finish_with(&format!("{} packages -> {}", lock.packages.len(), lock.path.display()));
+        step.finish_with(&format!(
+            "{} packages -> {}",
+            lock.packages.len(),
+            lock.path.display()
+        ));
     }
     Ok(())
 }

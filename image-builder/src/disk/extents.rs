@@ -33,9 +33,15 @@ pub fn data_extents(file: &File) -> Result<Vec<(u64, u64)>> {
 pub fn copy_sparse(from: &Path, to: &Path, offset: u64, limit: u64) -> Result<()> {
     let mut src = File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
     if src.metadata()?.len() > limit {
-        bail!("{} is larger than its partition ({limit} bytes)", from.display());
+        bail!(
+            "{} is larger than its partition ({limit} bytes)",
+            from.display()
+        );
     }
-    let mut dst = std::fs::OpenOptions::new().write(true).open(to).with_context(|| format!("cannot open {}", to.display()))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .open(to)
+        .with_context(|| format!("cannot open {}", to.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     for (start, end) in data_extents(&src)? {
         src.seek(SeekFrom::Start(start))?;
@@ -74,6 +80,9 @@ mod tests {
         let extents = data_extents(&File::open(&b).unwrap()).unwrap();
         assert_eq!(extents.len(), 1, "{extents:?}");
         assert!(extents[0].0 <= (1 << 21) + 4096 && extents[0].1 >= (1 << 21) + 8192);
-        assert!(copy_sparse(&b, &a, 0, 1 << 22).is_err(), "a file larger than its partition is refused");
+        assert!(
+            copy_sparse(&b, &a, 0, 1 << 22).is_err(),
+            "a file larger than its partition is refused"
+        );
     }
 }

@@ -54,7 +54,14 @@ fn uuid(bytes: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40; // version 4 layout, so tools accept it
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl Layout {
@@ -63,9 +70,17 @@ impl Layout {
         let disk_id = hex::encode(&derive(seed, "disk-id")[..4]);
         let mut start = 4 * MIB;
         let mut partitions = Vec::new();
-        for (number, name, mib, kind) in [(1, "boot", boot_mib, "c"), (2, "root-a", root_mib, "83"), (3, "data", data_mib, "83")] {
+        for (number, name, mib, kind) in [
+            (1, "boot", boot_mib, "c"),
+            (2, "root-a", root_mib, "83"),
+            (3, "data", data_mib, "83"),
+        ] {
             let fs = derive(seed, name);
-            let fs_uuid = if kind == "c" { hex::encode(&fs[..4]).to_uppercase() } else { uuid(fs) };
+            let fs_uuid = if kind == "c" {
+                hex::encode(&fs[..4]).to_uppercase()
+            } else {
+                uuid(fs)
+            };
             partitions.push(Partition {
                 number,
                 name,
@@ -77,18 +92,35 @@ impl Layout {
             });
             start += mib * MIB;
         }
-        Layout { label: "dos", disk_id, size_bytes: start, partitions, root_b_bytes: root_mib * MIB }
+        Layout {
+            label: "dos",
+            disk_id,
+            size_bytes: start,
+            partitions,
+            root_b_bytes: root_mib * MIB,
+        }
     }
 
     pub fn part(&self, name: &str) -> &Partition {
-        self.partitions.iter().find(|p| p.name == name).expect("layout has boot, root-a and data")
+        self.partitions
+            .iter()
+            .find(|p| p.name == name)
+            .expect("layout has boot, root-a and data")
     }
 
     fn sfdisk_script(&self) -> String {
-        let mut s = format!("label: dos\nlabel-id: 0x{}\nunit: sectors\nsector-size: 512\n\n", self.disk_id);
+        let mut s = format!(
+            "label: dos\nlabel-id: 0x{}\nunit: sectors\nsector-size: 512\n\n",
+            self.disk_id
+        );
         for p in &self.partitions {
             let boot = if p.kind == "c" { ", bootable" } else { "" };
-            s.push_str(&format!("start={}, size={}, type={}{boot}\n", p.start_bytes / SECTOR, p.size_bytes / SECTOR, p.kind));
+            s.push_str(&format!(
+                "start={}, size={}, type={}{boot}\n",
+                p.start_bytes / SECTOR,
+                p.size_bytes / SECTOR,
+                p.kind
+            ));
         }
         s
     }
@@ -100,12 +132,32 @@ pub fn make_boot(dir: &Path, image: &Path, part: &Partition, epoch: u64) -> Resu
 }
 
 /// An ext4 partition image holding `dir`'s tree.
-pub fn make_ext4(dir: &Path, image: &Path, part: &Partition, label: &str, seed: &str, epoch: u64) -> Result<()> {
+pub fn make_ext4(
+    dir: &Path,
+    image: &Path,
+    part: &Partition,
+    label: &str,
+    seed: &str,
+    epoch: u64,
+) -> Result<()> {
     let _ = std::fs::remove_file(image);
     let hash_seed = uuid(derive(seed, &format!("{}-hash-seed", part.name)));
     run(Command::new("mkfs.ext4")
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-L", label, "-U", &part.fs_uuid])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-I",
+            "256",
+            "-L",
+            label,
+            "-U",
+            &part.fs_uuid,
+        ])
         .arg("-E")
         .arg(format!("hash_seed={hash_seed},root_owner=0:0"))
         .arg("-d")
@@ -119,11 +171,19 @@ pub fn make_ext4(dir: &Path, image: &Path, part: &Partition, label: &str, seed: 
 /// Writes the partition table and copies each partition image into place.
 pub fn assemble(layout: &Layout, parts: &[(&Partition, &Path)], image: &Path) -> Result<()> {
     let _ = std::fs::remove_file(image);
-    let file = std::fs::File::create(image).with_context(|| format!("cannot create {}", image.display()))?;
+    let file = std::fs::File::create(image)
+        .with_context(|| format!("cannot create {}", image.display()))?;
     file.set_len(layout.size_bytes)?;
     drop(file);
     let mut cmd = Command::new("sfdisk");
-    cmd.args(["--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "never"]).arg(image);
+    cmd.args([
+        "--quiet",
+        "--no-reread",
+        "--no-tell-kernel",
+        "--wipe",
+        "never",
+    ])
+    .arg(image);
     let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -131,10 +191,18 @@ pub fn assemble(layout: &Layout, parts: &[(&Partition, &Path)], image: &Path) ->
         .spawn()
         .context("could not start sfdisk")?;
     use std::io::Write;
-    child.stdin.take().context("sfdisk stdin")?.write_all(layout.sfdisk_script().as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("sfdisk stdin")?
+        .write_all(layout.sfdisk_script().as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        anyhow::bail!("sfdisk failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        anyhow::bail!(
+            "sfdisk failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for (part, path) in parts {
         copy_sparse(path, image, part.start_bytes, part.size_bytes)?;
@@ -157,6 +225,11 @@ mod tests {
         assert_eq!(a.size_bytes, (4 + 128 + 1280 + 128) * MIB);
         assert!(a.partitions.iter().all(|p| p.start_bytes % MIB == 0));
         assert_eq!(a.part("data").partuuid, format!("{}-03", a.disk_id));
-        assert!(a.sfdisk_script().contains("start=8192, size=262144, type=c, bootable"), "{}", a.sfdisk_script());
+        assert!(
+            a.sfdisk_script()
+                .contains("start=8192, size=262144, type=c, bootable"),
+            "{}",
+            a.sfdisk_script()
+        );
     }
 }
