@@ -54,8 +54,8 @@ pub const SCHEMA: Schema = &[
         help: "Partition sizes in MiB.",
         free_keys: false,
         keys: &[
-            Key::optional("boot_mib", "256", "FAT boot partition"),
-            Key::optional("root_mib", "1280", "each root slot (A in the image, B made on first boot)"),
+            Key::optional("boot_mib", "128", "FAT boot partition"),
+            Key::optional("root_mib", "1152", "each root slot (A in the image, B made on first boot)"),
             Key::optional("data_mib", "128", "data partition in the image; grown to fill the card on first boot"),
         ],
     },

@@ -141,3 +141,80 @@ fn verify(path: &Path, p: &Locked) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn lock_of(p: Locked) -> Lock {
+        let mut packages = BTreeMap::new();
+        packages.insert(p.name.clone(), p);
+        Lock {
+            suite: "trixie".into(),
+            arch: "arm64".into(),
+            source_date_epoch: 1,
+            packages,
+            path: "t.lock".into(),
+        }
+    }
+
+    fn gone() -> Locked {
+        Locked {
+            name: "kituo-gone".into(),
+            version: "1.0-1".into(),
+            arch: "arm64".into(),
+            size: 10,
+            sha256: "0".repeat(64),
+            url: format!(
+                "{}/pool/main/k/kituo-gone/kituo-gone_1.0-1_arm64.deb",
+                crate::apt::MIRROR
+            ),
+        }
+    }
+
+    #[test]
+    fn a_version_the_mirror_dropped_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PackageCache::new(dir.path()).unwrap();
+        let e = cache
+            .fetch(&lock_of(gone()), &Progress::new(true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the mirror no longer serves kituo-gone 1.0-1"),
+            "{e}"
+        );
+        assert!(
+            e.contains("image-builder lock"),
+            "the error says what to do: {e}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("debs")).unwrap().count(),
+            0,
+            "no partial file is left"
+        );
+    }
+
+    #[test]
+    fn a_damaged_cached_package_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = PackageCache::new(dir.path()).unwrap();
+        let p = gone();
+        std::fs::write(
+            dir.path().join("debs").join(p.file_name()),
+            b"not the locked bytes",
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            cache
+                .repository(&lock_of(p), &dir.path().join("repo"))
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("is damaged") && e.contains("but the lock says"),
+            "{e}"
+        );
+    }
+}

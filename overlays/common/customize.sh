@@ -86,15 +86,9 @@ enable_units \
     kituo-db-init.service \
     kituo-supervisor.service
 
-# Restore the clock at boot, save it at shutdown; save it while running too,
-# with the package's own timer where this release has one (there is no cron).
-enable_units fake-hwclock.service
-if unit_exists fake-hwclock-save.timer; then
-    enable_units fake-hwclock-save.timer
-    systemctl disable kituo-hwclock-save.timer
-else
-    enable_units kituo-hwclock-save.timer
-fi
+# No RTC: fake-hwclock restores the last saved time at boot (never earlier than the image's build time,
+# which the builder writes to /etc/fake-hwclock.data) and saves it hourly and at shutdown.
+enable_units fake-hwclock-load.service fake-hwclock-save.timer
 
 # hostapd.service is left as Debian ships it (masked/disabled without
 # /etc/hostapd/hostapd.conf): kituo-hostapd.service runs the access point.

@@ -104,6 +104,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     rootfs::unpack(&base.tarball, &root)?;
     std::fs::create_dir_all(&boot)?;
     install_appliance(&root, &binary.path)?;
+    normalize(&root, epoch)?;
     let context = template_context(&board, &center, &secrets, &layout, &build_id, epoch);
     std::fs::write(root.join("etc/kituo/build.ini"), build_info(&context))?;
     overlay::apply(&layers, &context, &root, &boot)?;
@@ -312,6 +313,36 @@ fn build_info(context: &Value) -> String {
     )
 }
 
+/// Package scripts that record the time of the build: set what they wrote to the lock's epoch.
+fn normalize(root: &Path, epoch: u64) -> Result<()> {
+    // fake-hwclock's postinst saves "now"; the appliance's clock must start no earlier than the build.
+    let clock = root.join("etc/fake-hwclock.data");
+    if clock.exists() {
+        std::fs::write(&clock, format!("{}\n", utc_datetime(epoch)))?;
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC (days-to-civil, proleptic Gregorian).
+fn utc_datetime(epoch: u64) -> String {
+    let (days, secs) = ((epoch / 86400) as i64, epoch % 86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 fn empty_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         for entry in std::fs::read_dir(dir)? {
@@ -362,4 +393,16 @@ fn compress(image: &Path, out: &Path) -> Result<()> {
     encoder.finish()?.sync_all()?;
     std::fs::rename(&partial, out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_datetime_matches_known_dates() {
+        assert_eq!(utc_datetime(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_datetime(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc_datetime(1_795_317_743), "2026-11-22 03:22:23");
+    }
 }
