@@ -38,16 +38,17 @@ pub fn show(config: &Config, json: bool) -> Result<()> {
     let p = &s["power"];
     if p["configured"] == Value::Bool(true) {
         let r = &p["reading"];
+        let charge = r["charge_percent"]
+            .as_f64()
+            .map_or("-".into(), |c| format!("{c:.0}%"));
+        let left = r["runtime_seconds"]
+            .as_u64()
+            .map_or(String::new(), |t| format!(", {} min left", t / 60));
+        let paused = p["bulk_sync_paused"] == Value::Bool(true);
         println!(
-            "Power:    {}; battery {}%, {} s left; bulk sync {}",
+            "Power:    {}; battery {charge}{left}; bulk sync {}",
             text(&p["state_words"]),
-            text(&r["charge_percent"]),
-            text(&r["runtime_seconds"]),
-            if p["bulk_sync_paused"] == Value::Bool(true) {
-                "paused"
-            } else {
-                "allowed"
-            }
+            if paused { "paused" } else { "allowed" }
         );
         for src in p["sources"].as_array().into_iter().flatten() {
             if src["ok"] != Value::Bool(true) {

@@ -67,12 +67,12 @@ fn bytes(b: u64) -> String {
 const CSS: &str = "\
 *{box-sizing:border-box}body{margin:0;font:16px/1.4 system-ui,sans-serif;background:#f2f4f5;color:#1b1f23}\
 header{background:#1b4d3e;color:#fff;padding:10px 14px}header h1{margin:0;font-size:20px}header p{margin:2px 0 0;font-size:14px;opacity:.85}\
-main{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:10px;padding:10px;max-width:1200px;margin:auto}\
+main{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(300px,100%),1fr));gap:10px;padding:10px;max-width:1200px;margin:auto}\
 section{background:#fff;border-radius:8px;padding:10px 12px;box-shadow:0 1px 2px #0002}\
 h2{font-size:15px;margin:0 0 6px;text-transform:uppercase;letter-spacing:.04em;color:#555}\
 .big{font-size:26px;font-weight:700}.ok{color:#177245}.warn{color:#b25e00}.bad{color:#b3261e}.dim{color:#777}\
 .bar{height:10px;background:#e3e6e8;border-radius:5px;overflow:hidden}.bar i{display:block;height:100%;background:#2e8b57}\
-table{width:100%;border-collapse:collapse;font-size:15px}td{padding:3px 0;vertical-align:top}td+td{text-align:right}\
+table{width:100%;border-collapse:collapse;font-size:15px}td{padding:3px 0;vertical-align:top;overflow-wrap:anywhere}td:first-child{padding-right:8px}td+td{text-align:right}\
 .dot{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:6px}.g{background:#2e8b57}.r{background:#b3261e}\
 svg{width:100%;height:auto}small{font-size:13px}form{display:inline}button,input{font:inherit;padding:6px 10px;margin:3px 3px 3px 0}\
 footer{text-align:center;font-size:13px;color:#666;padding:8px}";
@@ -112,10 +112,14 @@ pub fn render(s: &Snapshot, refresh_seconds: u64, access: Access<'_>) -> String 
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <meta http-equiv=\"refresh\" content=\"{refresh_seconds}\">\
          <title>Kituo status: {n}</title><style>{CSS}</style></head><body>\
-         <header><h1>{n}</h1><p>Kituo appliance, site {site} &middot; page made {t}</p></header><main>",
+         <header><h1>{n}</h1><p>Kituo appliance &middot; site {site} &middot; {t}</p></header><main>",
         n = esc(name),
         site = s.site_id,
-        t = if s.health.as_ref().is_some_and(|h| !h.clock_ok) { "(clock not set)".to_owned() } else { "now".to_owned() },
+        t = if s.health.as_ref().is_some_and(|h| !h.clock_ok) {
+            "clock not set: times may be off"
+        } else {
+            "refreshes by itself"
+        },
     );
     power(&mut o, s, now);
     chart(&mut o, s, now);
@@ -195,12 +199,16 @@ fn power(o: &mut String, s: &Snapshot, now: u64) {
         },
     );
     for src in &p.sources {
-        let v = if src.ok {
+        let state = if src.ok {
             format!("{}answering", dot(true))
         } else {
             format!("{}{}", dot(false), esc(&src.error))
         };
-        row(o, &format!("Source {}", src.name), &v);
+        row(
+            o,
+            "Source",
+            &format!("{}<br><small>{}</small>", state, esc(&src.name)),
+        );
     }
     o.push_str("</table>");
     if !p.shutdown_steps.is_empty() {
@@ -229,9 +237,23 @@ fn chart(o: &mut String, s: &Snapshot, now: u64) {
     o.push_str("<svg viewBox=\"-2 -4 300 118\" role=\"img\" aria-label=\"battery charge and power cuts over 24 hours\">\
         <rect x=\"0\" y=\"0\" width=\"288\" height=\"100\" fill=\"#f7f9fa\" stroke=\"#ccc\"/>\
         <line x1=\"0\" y1=\"50\" x2=\"288\" y2=\"50\" stroke=\"#ddd\"/>");
-    for w in s.chart.windows(2) {
-        if w[0].on_mains == Some(false) {
-            let _ = write!(o, "<rect x=\"{:.1}\" y=\"0\" width=\"{:.1}\" height=\"100\" fill=\"#f4b400\" opacity=\".35\"/>", x(w[0].at), (x(w[1].at) - x(w[0].at)).max(0.5));
+    // One shaded band per stretch on battery, not one per sample: the page stays small.
+    let mut band: Option<u64> = None;
+    for (i, p) in s.chart.iter().enumerate() {
+        let on_battery = p.on_mains == Some(false);
+        let next = s.chart.get(i + 1).map_or(now, |n| n.at);
+        match (on_battery, band) {
+            (true, None) => band = Some(p.at),
+            (false, Some(from)) => {
+                shade(o, x(from), x(p.at));
+                band = None;
+            }
+            _ => {}
+        }
+        if on_battery && i + 1 == s.chart.len() {
+            if let Some(from) = band {
+                shade(o, x(from), x(next));
+            }
         }
     }
     let points: Vec<String> = s
@@ -257,6 +279,14 @@ fn chart(o: &mut String, s: &Snapshot, now: u64) {
     o.push_str("<text x=\"0\" y=\"112\" font-size=\"9\">24 h ago</text><text x=\"288\" y=\"112\" font-size=\"9\" text-anchor=\"end\">now</text>\
         <text x=\"3\" y=\"9\" font-size=\"8\" fill=\"#777\">100%</text><text x=\"3\" y=\"48\" font-size=\"8\" fill=\"#777\">50%</text></svg>\
         <p><small>Line: battery charge. Shaded: running on battery.</small></p></section>");
+}
+
+fn shade(o: &mut String, from: f64, to: f64) {
+    let _ = write!(
+        o,
+        "<rect x=\"{from:.1}\" y=\"0\" width=\"{:.1}\" height=\"100\" fill=\"#f4b400\" opacity=\".35\"/>",
+        (to - from).max(0.5)
+    );
 }
 
 fn services(o: &mut String, s: &Snapshot) {
