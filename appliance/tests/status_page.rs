@@ -12,7 +12,7 @@ use std::time::Duration;
 use appliance::health::probes::http_get;
 use appliance::history::unix_now;
 use appliance::testbed::require;
-use common::{base_config, port, state, Supervisor};
+use common::{base_config_with, port, state, Supervisor};
 
 const PASSWORD: &str = "field-tech-2026";
 
@@ -115,19 +115,12 @@ fn start(dir: &Path, with_password: bool) -> Supervisor {
     };
     let p = port();
     let cfg = format!(
-        "{}technician_password_hash = {hash}\n[power]\nsources = sysfs\npoll_seconds = 1\ndebounce_seconds = 1\n\
+        "{}[power]\nsources = sysfs\npoll_seconds = 1\ndebounce_seconds = 1\n\
          history_file = {}\n[sysfs]\nroot = {}\n[shutdown]\npoweroff =\nstop_web =\nstop_sync =\nstop_database =\n",
-        base_config(dir, p).replace("refresh_seconds = 10\n", "refresh_seconds = 10\n"),
+        base_config_with(dir, p, &format!("technician_password_hash = {hash}\n")),
         dir.join("history.json").display(),
         sysfs.display()
     );
-    // technician_password_hash belongs to [status]: put it right after the status keys.
-    let cfg = {
-        let (head, tail) = cfg.split_once("[health]").unwrap();
-        let (hash_line, rest) = tail.split_once("[power]").unwrap();
-        let (health_part, hash_part) = hash_line.rsplit_once("technician_password_hash").unwrap();
-        format!("{head}technician_password_hash{hash_part}[health]{health_part}[power]{rest}")
-    };
     Supervisor::start(dir, &cfg)
 }
 

@@ -19,9 +19,14 @@ pub struct Supervisor {
 
 /// `[site]` and `[status]` for a test, on a free port; health probes that need the image's services off.
 pub fn base_config(dir: &Path, port: u16) -> String {
+    base_config_with(dir, port, "")
+}
+
+/// The same, with more `[status]` lines.
+pub fn base_config_with(dir: &Path, port: u16, status_extra: &str) -> String {
     format!(
         "[site]\ncenter_id = testville\ncenter_name = Testville Learning Center\nsite_id = 7\n\
-         [status]\nlisten = 127.0.0.1:{port}\nbuild_info = {}\nrefresh_seconds = 10\n\
+         [status]\nlisten = 127.0.0.1:{port}\nbuild_info = {}\nrefresh_seconds = 10\n{status_extra}\
          [health]\ninterval_seconds = 5\nweb_url =\nfpm_ping_url =\nmariadb_socket =\nhostapd_control =\n\
          partitions = /\nrestart_command =\ntimesync_flag = {}\n",
         dir.join("build.ini").display(),
