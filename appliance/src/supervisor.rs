@@ -288,6 +288,7 @@ pub fn run(config: Config) -> Result<()> {
         shared,
         sessions: Default::default(),
         started: Instant::now(),
+        page_cache: Default::default(),
     });
     crate::status::serve(config.listen, site, || {
         // Not under systemd (e.g. a test run) is fine: there is nobody to tell.

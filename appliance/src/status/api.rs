@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{Live, PowerView, SyncStatus, UpdateStatus};
 use crate::health::Report;
@@ -33,21 +33,6 @@ pub struct Snapshot {
     pub update: Option<UpdateStatus>,
     pub history: Vec<Event>,
     pub chart: Vec<Sample>,
-}
-
-/// The same document read back (by `appliance status`); only what the terminal view needs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Remote {
-    pub version: String,
-    pub center_id: String,
-    pub center_name: String,
-    pub site_id: u8,
-    pub build: BTreeMap<String, String>,
-    pub power: serde_json::Value,
-    pub health: Option<serde_json::Value>,
-    pub sync: Option<SyncStatus>,
-    pub update: Option<UpdateStatus>,
-    pub history: Vec<Event>,
 }
 
 /// What does not change while the supervisor runs.

@@ -11,7 +11,7 @@ pub mod metrics;
 pub mod page;
 pub mod server;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,8 @@ pub struct Live {
 pub struct Shared {
     live: Arc<RwLock<Live>>,
     sync_now: Arc<AtomicBool>,
+    /// Bumped on every write, so the server can reuse a page rendered from the same data.
+    generation: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -127,7 +129,14 @@ impl Shared {
         self.live.read().unwrap_or_else(|p| p.into_inner())
     }
     pub fn write(&self) -> RwLockWriteGuard<'_, Live> {
-        self.live.write().unwrap_or_else(|p| p.into_inner())
+        let guard = self.live.write().unwrap_or_else(|p| p.into_inner());
+        // Bumped while holding the lock: a reader that sees the new number cannot read the old data.
+        self.generation.fetch_add(1, Ordering::Release);
+        guard
+    }
+    /// Changes whenever the live data may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
     /// The handle the sync and update work use to report.
     pub fn feed(&self) -> Feed {

@@ -2,7 +2,7 @@
 //! that a slow login (Argon2 is slow on purpose) does not hold up the page.
 
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -26,6 +26,8 @@ pub struct Site {
     pub shared: Shared,
     pub sessions: Sessions,
     pub started: Instant,
+    /// The anonymous page, rendered once per data generation: most requests are phones reloading it.
+    pub page_cache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
 }
 
 const WORKERS: usize = 4;
@@ -54,10 +56,16 @@ fn redirect(to: &str) -> Reply {
 
 /// Serves until the process ends; calls `ready` once the socket is bound.
 pub fn serve(listen: std::net::SocketAddr, site: Arc<Site>, ready: impl FnOnce()) -> Result<()> {
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    // tiny_http writes the head and the body in separate small writes; with Nagle's algorithm a kept-alive
+    // client's delayed ACK then stalls each reply by 40 ms. Accepted sockets inherit this option.
+    nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true)
+        .context("cannot set TCP_NODELAY")?;
     let server = Arc::new(
-        tiny_http::Server::http(listen)
+        tiny_http::Server::from_listener(listener, None)
             .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("cannot listen on {listen}"))?,
+            .with_context(|| format!("cannot serve on {listen}"))?,
     );
     ready();
     let mut workers = Vec::new();
@@ -121,18 +129,36 @@ fn session_csrf(request: &Request, site: &Site) -> Option<String> {
 }
 
 fn page_reply(request: &Request, site: &Site, failed: bool) -> Reply {
-    let snap = snapshot(site);
     let csrf = session_csrf(request, site);
-    let access = match (&site.password_hash, &csrf) {
-        (None, _) => Access::ReadOnly,
-        (Some(_), Some(csrf)) => Access::Technician {
-            csrf,
-            units: &site.units,
-        },
-        (Some(_), None) => Access::LoggedOut { failed },
+    let anonymous = csrf.is_none() && !failed;
+    let generation = site.shared.generation();
+    let cached = site.page_cache.lock().ok().and_then(|c| {
+        c.as_ref()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, p)| p.clone())
+    });
+    let html: Vec<u8> = match cached.filter(|_| anonymous) {
+        Some(page) => page.as_ref().clone(),
+        None => {
+            let snap = snapshot(site);
+            let access = match (&site.password_hash, &csrf) {
+                (None, _) => Access::ReadOnly,
+                (Some(_), Some(csrf)) => Access::Technician {
+                    csrf,
+                    units: &site.units,
+                },
+                (Some(_), None) => Access::LoggedOut { failed },
+            };
+            let html = page::render(&snap, site.refresh_seconds, access).into_bytes();
+            if anonymous {
+                if let Ok(mut c) = site.page_cache.lock() {
+                    *c = Some((generation, Arc::new(html.clone())));
+                }
+            }
+            html
+        }
     };
-    let html = page::render(&snap, site.refresh_seconds, access);
-    body("text/html; charset=utf-8", html.into_bytes())
+    body("text/html; charset=utf-8", html)
         .with_header(header(
             "Content-Security-Policy",
             "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'",
