@@ -501,6 +501,49 @@ fn actions(o: &mut String, access: &Access<'_>) {
 mod tests {
     use super::*;
 
+    use crate::status::api::{snapshot, Identity};
+    use crate::status::{LinkState, Shared, SyncStatus, UpdateStatus};
+
+    #[test]
+    fn fed_sync_and_update_are_shown() {
+        let shared = Shared::default();
+        let feed = shared.feed();
+        let now = crate::history::unix_now();
+        feed.set_sync(SyncStatus {
+            link: LinkState::Down,
+            last_success: Some(now - 7200),
+            backlog_changes: 1234,
+            backlog_oldest: Some(now - 7300),
+            backlog_files: 3,
+            backlog_bytes: 5 << 20,
+            last_error: Some("hub unreachable: <timeout>".into()),
+        });
+        feed.set_update(UpdateStatus {
+            active_slot: "B".into(),
+            pending: Some("0.2.0".into()),
+            last_result: None,
+        });
+        let id = Identity {
+            center_id: "x".into(),
+            center_name: String::new(),
+            site_id: 3,
+            build: Default::default(),
+        };
+        let html = render(&snapshot(&id, &shared.read(), 5), 30, Access::ReadOnly);
+        for text in [
+            "<span class=\"bad\">down</span>",
+            "2 h 0 min ago",
+            "1234 changes, oldest 2 h 1 min ago; 3 files (5 MB)",
+            "hub unreachable: &lt;timeout&gt;",
+            "Running from slot</td><td>B",
+            "0.2.0",
+            "No UPS configured",
+        ] {
+            assert!(html.contains(text), "missing {text}: {html}");
+        }
+        assert!(!html.contains("not configured yet"));
+    }
+
     #[test]
     fn spans_and_escaping() {
         assert_eq!(span(45), "45 s");
