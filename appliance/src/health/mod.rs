@@ -190,3 +190,67 @@ impl Health {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_service_is_restarted_with_backoff_but_not_during_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (script, record) = crate::testbed::recorder(dir.path(), "systemctl").unwrap();
+        let closed = crate::testbed::free_port().unwrap();
+        let settings = Settings {
+            interval: Duration::from_secs(5),
+            services: vec![Service {
+                name: "web".into(),
+                probe: Probe::Http {
+                    url: format!("http://127.0.0.1:{closed}/"),
+                },
+                unit: "nginx.service".into(),
+            }],
+            partitions: vec![PathBuf::from("/")],
+            min_free_percent: 0,
+            restart: Cmd::parse(&format!("{} restart", script.display())),
+            backoff: Duration::from_millis(400),
+            backoff_max: Duration::from_secs(60),
+            sys_root: dir.path().into(),
+            timesync_flag: dir.path().join("none"),
+            build_epoch: None,
+        };
+        let mut h = Health::new(settings);
+        let calls = || {
+            std::fs::read_to_string(&record)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let r = h.check(false);
+        assert!(!r.services[0].ok);
+        assert_eq!(calls(), 0, "no restarts while shutting down");
+        let r = h.check(true);
+        assert_eq!(calls(), 1);
+        assert!(
+            r.services[0].detail.contains("restarted nginx.service"),
+            "{}",
+            r.services[0].detail
+        );
+        assert_eq!(
+            std::fs::read_to_string(&record).unwrap().trim(),
+            "systemctl restart nginx.service"
+        );
+        h.check(true);
+        assert_eq!(calls(), 1, "second failure waits for the backoff");
+        std::thread::sleep(Duration::from_millis(450));
+        h.check(true);
+        assert_eq!(calls(), 2);
+        h.check(true);
+        std::thread::sleep(Duration::from_millis(450));
+        h.check(true);
+        assert_eq!(calls(), 2, "the pause has doubled to 800 ms");
+        let r = h.check(true);
+        assert_eq!(r.services[0].restarts, 2);
+        assert_eq!(r.disks.len(), 1);
+        assert!(r.memory_total_bytes > 0 && r.uptime_seconds > 0);
+    }
+}
