@@ -1,5 +1,9 @@
 //! `appliance`: the program that runs on every Kituo card.
 
+mod bench;
+mod terminal;
+
+use std::io::BufRead;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -16,41 +20,63 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the supervisor (the systemd service).
+    /// Run the supervisor (the systemd service): power watch, health checks, status page.
     Supervise {
         #[arg(long, default_value = "/etc/kituo/appliance.ini")]
         config: PathBuf,
     },
-    /// Print the documented settings of appliance.ini.
+    /// Show the running supervisor's status in the terminal.
+    Status {
+        #[arg(long, default_value = "/etc/kituo/appliance.ini")]
+        config: PathBuf,
+        /// Print the raw JSON of /api/status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the documented settings of appliance.ini (an annotated example file).
     ConfigHelp,
+    /// Read a password from standard input and print its hash for `[status] technician_password_hash`.
+    HashPassword,
+    /// Measure the supervisor: memory, idle CPU, page latency, page weight, low battery to power-off.
+    Bench {
+        /// Seconds of idle measurement.
+        #[arg(long, default_value_t = 60)]
+        idle_seconds: u64,
+    },
 }
 
-fn main() -> Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("appliance: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Supervise { config } => {
             let config = Config::load(&config)?;
-            start_watchdog();
-            appliance::status::serve(&config, || {
-                // Not under systemd (e.g. a test run) is fine: there is nobody to tell.
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-            })
-            .context("status server stopped")
+            appliance::supervisor::run(config).context("supervisor stopped")
+        }
+        Command::Status { config, json } => {
+            let config = Config::load(&config)?;
+            terminal::show(&config, json)
         }
         Command::ConfigHelp => {
             print!("{}", appliance::ini::describe(appliance::config::SCHEMA));
             Ok(())
         }
-    }
-}
-
-/// Pings systemd's watchdog at half its interval while the process lives.
-fn start_watchdog() {
-    let mut usec = 0;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        let interval = std::time::Duration::from_micros(usec / 2);
-        std::thread::spawn(move || loop {
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-            std::thread::sleep(interval);
-        });
+        Command::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(
+                password.len() >= 8,
+                "use a password of at least 8 characters"
+            );
+            println!("{}", appliance::status::auth::hash_password(password)?);
+            Ok(())
+        }
+        Command::Bench { idle_seconds } => bench::run(idle_seconds),
     }
 }

@@ -1,0 +1,378 @@
+//! The power state machine. Pure: it takes merged readings with their time and returns transitions, each
+//! with the action the supervisor must take; it never sleeps or touches the system, so its timing rules
+//! (debounce, hysteresis) are tested with made-up clocks.
+//!
+//! ```text
+//!            mains lost for `debounce`             low for `low_debounce`
+//!  on mains ───────────────────────────► on battery ────────────────────► low battery ─► shutting down
+//!     ▲                                   ▲    │ mains back for `debounce`                   │
+//!     │ charge >= resume % and            │    ▼                                             │ mains back for
+//!     │ mains held for `restore`          └─ restored ◄──────────────────────────────────────┘ `debounce`, before
+//!     └───────────────────────────────────────┘                                              the point of no return
+//! ```
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Reading;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerState {
+    /// No reading yet (or no source configured).
+    Unknown,
+    OnMains,
+    OnBattery,
+    LowBattery,
+    ShuttingDown,
+    /// Mains is back after a cut; bulk sync waits until the battery has recovered.
+    Restored,
+}
+
+impl PowerState {
+    pub fn words(self) -> &'static str {
+        match self {
+            PowerState::Unknown => "unknown",
+            PowerState::OnMains => "on mains",
+            PowerState::OnBattery => "on battery",
+            PowerState::LowBattery => "low battery",
+            PowerState::ShuttingDown => "shutting down",
+            PowerState::Restored => "mains restored",
+        }
+    }
+}
+
+/// What the supervisor must do on a transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    None,
+    PauseBulkSync,
+    ResumeBulkSync,
+    StartShutdown,
+    CancelShutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub from: PowerState,
+    pub to: PowerState,
+    pub reason: String,
+    pub action: Action,
+}
+
+/// The configurable rules.
+#[derive(Debug, Clone)]
+pub struct Thresholds {
+    /// On battery at or below this charge counts as low battery.
+    pub low_charge_percent: f32,
+    /// After a cut, bulk sync resumes only once the charge is back to this (hysteresis: a flickering
+    /// supply does not start and stop the uplink every minute).
+    pub resume_charge_percent: f32,
+    /// On battery with at most this runtime left counts as low battery.
+    pub low_runtime_seconds: u64,
+    /// A change between mains and battery must last this long to count (brown-outs, relay chatter).
+    pub debounce: Duration,
+    /// A low-battery condition must last this long (one bad gauge reading must not power the box off).
+    pub low_debounce: Duration,
+    /// Mains must be back this long before the box counts as on mains again.
+    pub restore: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            low_charge_percent: 20.0,
+            resume_charge_percent: 50.0,
+            low_runtime_seconds: 180,
+            debounce: Duration::from_secs(5),
+            low_debounce: Duration::from_secs(2),
+            restore: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct Machine {
+    pub thresholds: Thresholds,
+    state: PowerState,
+    /// When the raw reading started to disagree with / confirm each condition.
+    battery_since: Option<Instant>,
+    mains_since: Option<Instant>,
+    low_since: Option<Instant>,
+    /// The shutdown has passed its point of no return: mains coming back changes nothing.
+    committed: bool,
+}
+
+impl Machine {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Machine {
+            thresholds,
+            state: PowerState::Unknown,
+            battery_since: None,
+            mains_since: None,
+            low_since: None,
+            committed: false,
+        }
+    }
+
+    pub fn state(&self) -> PowerState {
+        self.state
+    }
+
+    /// The shutdown sequence calls this (through the supervisor) when it passes its point of no return.
+    pub fn commit_shutdown(&mut self) {
+        self.committed = true;
+    }
+
+    fn is_low(&self, r: &Reading) -> Option<String> {
+        if r.forced_shutdown {
+            return Some("the UPS ordered a forced shutdown (FSD)".into());
+        }
+        if r.low_battery {
+            return Some("the UPS reports low battery".into());
+        }
+        if r.on_mains == Some(false) {
+            if let Some(c) = r
+                .charge_percent
+                .filter(|c| *c <= self.thresholds.low_charge_percent)
+            {
+                return Some(format!(
+                    "charge {c:.0}% is at or below {:.0}%",
+                    self.thresholds.low_charge_percent
+                ));
+            }
+            if let Some(t) = r
+                .runtime_seconds
+                .filter(|t| *t <= self.thresholds.low_runtime_seconds)
+            {
+                return Some(format!(
+                    "runtime {t} s is at or below {} s",
+                    self.thresholds.low_runtime_seconds
+                ));
+            }
+        }
+        None
+    }
+
+    fn go(&mut self, out: &mut Vec<Transition>, to: PowerState, reason: String, action: Action) {
+        out.push(Transition {
+            from: self.state,
+            to,
+            reason,
+            action,
+        });
+        self.state = to;
+    }
+
+    /// Feeds one merged reading taken at `now`.
+    pub fn step(&mut self, r: &Reading, now: Instant) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let t = self.thresholds.clone();
+        let held = |since: &mut Option<Instant>, cond: bool, d: Duration| -> bool {
+            if !cond {
+                *since = None;
+                return false;
+            }
+            now.duration_since(*since.get_or_insert(now)) >= d
+        };
+        let low = self.is_low(r);
+        let low_held = held(&mut self.low_since, low.is_some(), t.low_debounce);
+        let on_battery = r.on_mains == Some(false);
+        let battery_held = held(&mut self.battery_since, on_battery, t.debounce);
+        let mains_held = held(&mut self.mains_since, r.on_mains == Some(true), t.debounce);
+        let restore_held = self
+            .mains_since
+            .is_some_and(|s| now.duration_since(s) >= t.restore);
+        let charge_ok = r
+            .charge_percent
+            .is_none_or(|c| c >= t.resume_charge_percent);
+
+        match self.state {
+            PowerState::Unknown => {
+                // The first reading decides without waiting: at boot the box may already be on battery.
+                if let Some(why) = low.filter(|_| low_held) {
+                    self.go(&mut out, PowerState::LowBattery, why, Action::None);
+                    self.go(
+                        &mut out,
+                        PowerState::ShuttingDown,
+                        "low battery".into(),
+                        Action::StartShutdown,
+                    );
+                } else if on_battery {
+                    self.go(
+                        &mut out,
+                        PowerState::OnBattery,
+                        "running from the battery".into(),
+                        Action::PauseBulkSync,
+                    );
+                } else if r.on_mains == Some(true) {
+                    self.go(
+                        &mut out,
+                        PowerState::OnMains,
+                        "mains present".into(),
+                        Action::None,
+                    );
+                }
+            }
+            PowerState::OnMains | PowerState::Restored | PowerState::OnBattery => {
+                if let Some(why) = low.filter(|_| low_held) {
+                    if self.state != PowerState::OnBattery {
+                        self.go(
+                            &mut out,
+                            PowerState::OnBattery,
+                            "mains lost".into(),
+                            Action::PauseBulkSync,
+                        );
+                    }
+                    self.go(&mut out, PowerState::LowBattery, why, Action::None);
+                    self.go(
+                        &mut out,
+                        PowerState::ShuttingDown,
+                        "low battery".into(),
+                        Action::StartShutdown,
+                    );
+                } else if self.state == PowerState::OnBattery {
+                    if mains_held {
+                        self.go(
+                            &mut out,
+                            PowerState::Restored,
+                            "mains is back".into(),
+                            Action::None,
+                        );
+                    }
+                } else if battery_held {
+                    let action = if self.state == PowerState::OnMains {
+                        Action::PauseBulkSync
+                    } else {
+                        // Restored never resumed bulk sync: it is still paused.
+                        Action::None
+                    };
+                    self.go(&mut out, PowerState::OnBattery, "mains lost".into(), action);
+                } else if self.state == PowerState::Restored && restore_held && charge_ok {
+                    self.go(
+                        &mut out,
+                        PowerState::OnMains,
+                        "mains steady and battery recharged".into(),
+                        Action::ResumeBulkSync,
+                    );
+                }
+            }
+            PowerState::LowBattery | PowerState::ShuttingDown => {
+                if mains_held && !self.committed {
+                    self.go(
+                        &mut out,
+                        PowerState::Restored,
+                        "mains is back before the point of no return".into(),
+                        Action::CancelShutdown,
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(on_mains: bool, charge: f32, lb: bool) -> Reading {
+        Reading {
+            source: "t".into(),
+            on_mains: Some(on_mains),
+            low_battery: lb,
+            charge_percent: Some(charge),
+            ..Reading::default()
+        }
+    }
+
+    struct Clock(Instant);
+    impl Clock {
+        fn at(&self, s: u64) -> Instant {
+            self.0 + Duration::from_secs(s)
+        }
+    }
+
+    fn states(ts: &[Transition]) -> Vec<PowerState> {
+        ts.iter().map(|t| t.to).collect()
+    }
+
+    #[test]
+    fn short_blip_is_ignored_and_real_cut_pauses_sync() {
+        let c = Clock(Instant::now());
+        let mut m = Machine::new(Thresholds::default());
+        assert_eq!(
+            states(&m.step(&reading(true, 100.0, false), c.at(0))),
+            [PowerState::OnMains]
+        );
+        assert!(m.step(&reading(false, 99.0, false), c.at(2)).is_empty());
+        assert!(m.step(&reading(true, 99.0, false), c.at(4)).is_empty());
+        assert!(m.step(&reading(false, 99.0, false), c.at(6)).is_empty());
+        let t = m.step(&reading(false, 98.0, false), c.at(11));
+        assert_eq!(states(&t), [PowerState::OnBattery]);
+        assert_eq!(t[0].action, Action::PauseBulkSync);
+    }
+
+    #[test]
+    fn low_battery_shuts_down_and_mains_cancels_before_commit() {
+        let c = Clock(Instant::now());
+        let mut m = Machine::new(Thresholds::default());
+        m.step(&reading(false, 60.0, false), c.at(0));
+        assert_eq!(m.state(), PowerState::OnBattery);
+        assert!(m.step(&reading(false, 30.0, true), c.at(10)).is_empty());
+        let t = m.step(&reading(false, 30.0, true), c.at(12));
+        assert_eq!(
+            states(&t),
+            [PowerState::LowBattery, PowerState::ShuttingDown]
+        );
+        assert_eq!(t[1].action, Action::StartShutdown);
+        assert!(m.step(&reading(true, 30.0, false), c.at(13)).is_empty());
+        let t = m.step(&reading(true, 30.0, false), c.at(18));
+        assert_eq!(states(&t), [PowerState::Restored]);
+        assert_eq!(t[0].action, Action::CancelShutdown);
+        // Hysteresis: mains steady for long, but bulk sync waits for the charge to reach 50 %.
+        assert!(m.step(&reading(true, 40.0, false), c.at(100)).is_empty());
+        let t = m.step(&reading(true, 55.0, false), c.at(130));
+        assert_eq!(states(&t), [PowerState::OnMains]);
+        assert_eq!(t[0].action, Action::ResumeBulkSync);
+    }
+
+    #[test]
+    fn committed_shutdown_ignores_mains() {
+        let c = Clock(Instant::now());
+        let mut m = Machine::new(Thresholds::default());
+        m.step(&reading(false, 10.0, false), c.at(0));
+        let t = m.step(&reading(false, 10.0, false), c.at(3));
+        assert_eq!(
+            states(&t),
+            [PowerState::LowBattery, PowerState::ShuttingDown]
+        );
+        m.commit_shutdown();
+        assert!(m.step(&reading(true, 10.0, false), c.at(10)).is_empty());
+        assert!(m.step(&reading(true, 10.0, false), c.at(30)).is_empty());
+        assert_eq!(m.state(), PowerState::ShuttingDown);
+    }
+
+    #[test]
+    fn runtime_threshold_and_charge_on_mains() {
+        let c = Clock(Instant::now());
+        let mut m = Machine::new(Thresholds::default());
+        // A low charge on mains is charging, not an emergency.
+        m.step(&reading(true, 5.0, false), c.at(0));
+        assert!(m.step(&reading(true, 5.0, false), c.at(10)).is_empty());
+        let mut r = reading(false, 80.0, false);
+        r.runtime_seconds = Some(120);
+        m.step(&r, c.at(20));
+        let t = m.step(&r, c.at(26));
+        assert_eq!(
+            states(&t),
+            [
+                PowerState::OnBattery,
+                PowerState::LowBattery,
+                PowerState::ShuttingDown
+            ]
+        );
+        assert!(t[1].reason.contains("runtime 120 s"), "{}", t[1].reason);
+    }
+}

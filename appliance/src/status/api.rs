@@ -1,0 +1,64 @@
+//! `/api/status`: the JSON document behind the page, the metrics and `appliance status`.
+//!
+//! Fields: `version`, `center_id`, `center_name`, `site_id`, `build` (the build-info file's `[build]`
+//! keys, e.g. `build.id`), `uptime_seconds` (of the supervisor), `generated_at` (unix seconds), `power`
+//! (state, reading, sources, bulk_sync_paused, shutdown_steps), `health` (services, disks, temperature,
+//! throttling, clock, load, memory, uptime; null before the first check), `sync` and `update` (null until
+//! their work reports), `history` (recent power transitions, newest last), `chart` (24 h of samples).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{Live, PowerView, SyncStatus, UpdateStatus};
+use crate::health::Report;
+use crate::history::{Event, Sample};
+
+/// Recent transitions included in the document.
+pub const RECENT_EVENTS: usize = 20;
+
+/// The document `/api/status` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub version: &'static str,
+    pub center_id: String,
+    pub center_name: String,
+    pub site_id: u8,
+    pub build: BTreeMap<String, String>,
+    pub uptime_seconds: u64,
+    pub generated_at: u64,
+    pub power: PowerView,
+    pub health: Option<Report>,
+    pub sync: Option<SyncStatus>,
+    pub update: Option<UpdateStatus>,
+    pub history: Vec<Event>,
+    pub chart: Vec<Sample>,
+}
+
+/// What does not change while the supervisor runs.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub center_id: String,
+    pub center_name: String,
+    pub site_id: u8,
+    pub build: BTreeMap<String, String>,
+}
+
+pub fn snapshot(id: &Identity, live: &Live, uptime_seconds: u64) -> Snapshot {
+    let skip = live.events.len().saturating_sub(RECENT_EVENTS);
+    Snapshot {
+        version: crate::VERSION,
+        center_id: id.center_id.clone(),
+        center_name: id.center_name.clone(),
+        site_id: id.site_id,
+        build: id.build.clone(),
+        uptime_seconds,
+        generated_at: crate::history::unix_now(),
+        power: live.power.clone(),
+        health: live.health.clone(),
+        sync: live.sync.clone(),
+        update: live.update.clone(),
+        history: live.events[skip..].to_vec(),
+        chart: live.samples.clone(),
+    }
+}
