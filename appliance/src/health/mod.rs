@@ -5,7 +5,7 @@
 pub mod probes;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -126,7 +126,18 @@ impl Health {
                 }
                 Err(e) => (false, format!("{e:#}")),
             };
-            if !ok && may_restart && !svc.unit.is_empty() {
+            // Restarting hostapd cannot help while its radio is missing (no Wi-Fi adapter, a board
+            // without one): say so instead of restarting in a loop.
+            let radio_missing = match &svc.probe {
+                Probe::Hostapd { control } => control
+                    .file_name()
+                    .is_some_and(|ifname| !Path::new("/sys/class/net").join(ifname).exists()),
+                _ => false,
+            };
+            if !ok && radio_missing {
+                detail = "no Wi-Fi radio: the access point's interface is absent".to_owned();
+            }
+            if !ok && !radio_missing && may_restart && !svc.unit.is_empty() {
                 if let Some(restart) = &s.restart {
                     if b.next_try.is_none_or(|t| Instant::now() >= t) {
                         let wait = s
