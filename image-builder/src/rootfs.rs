@@ -38,7 +38,8 @@ const DPKG_EXCLUDES: &[&str] = &[
 fn customize_hooks(suite: &str) -> Vec<String> {
     vec![
         r#"rm -f "$1"/etc/ssh/ssh_host_*"#.to_owned(),
-        r#"find "$1"/var/lib/mysql -mindepth 1 -delete"#.to_owned(),
+        r#"if [ -d "$1"/var/lib/mysql ]; then find "$1"/var/lib/mysql -mindepth 1 -delete; fi"#
+            .to_owned(),
         // Removed rather than rewritten: rewriting keeps the mode of the host's file (DESIGN.md).
         r#"rm -f "$1"/etc/hostname"#.to_owned(),
         r#"rm -f "$1"/etc/apt/sources.list.d/*"#.to_owned(),

@@ -11,7 +11,7 @@ use kituo_tests::*;
 const PACKAGES: &str =
     "# Reduced set for the reproducibility test.\nsystemd\nsystemd-sysv\nudev\nkmod\n";
 const CUSTOMIZE: &str =
-    "#!/bin/sh\nset -eu\nuseradd --system --no-create-home mysql\nsystemctl enable systemd-networkd.service\n\
+    "#!/bin/sh\nset -eu\necho \'u mysql - \"MariaDB\"\' | systemd-sysusers -\nsystemctl enable systemd-networkd.service\n\
                          chmod 0600 /etc/kituo/center.txt\n";
 const TEMPLATE: &str =
     "center {{ center.id }} on {{ board.name }}, site {{ sync.site_id }}, disk {{ disk.id }}\n";
@@ -40,6 +40,8 @@ fn build(builder: &Path, inputs: &Path, out: &Path, state: &Path) {
         .arg(inputs.join("boards"))
         .arg("--overlays")
         .arg(inputs.join("overlays"))
+        .arg("--center")
+        .arg(workspace().join("board-configs/example-center.ini"))
         .arg("--out")
         .arg(out)
         .arg("--state")
