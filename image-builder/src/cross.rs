@@ -11,9 +11,17 @@ use sha2::{Digest, Sha256};
 use walkdir::WalkDir;
 
 use crate::progress::Progress;
-use crate::tools::{run, run_logged};
+use crate::tools::{self, run_logged};
 
 const CHROOT_RECIPE: &str = "cross-v1";
+/// What cargo needs to build any member of the workspace.
+pub const WORKSPACE: &[&str] = &[
+    "Cargo.toml",
+    "Cargo.lock",
+    "appliance",
+    "image-builder",
+    "tests",
+];
 const CHROOT_PACKAGES: &[&str] = &[
     "rustc",
     "cargo",
@@ -74,20 +82,7 @@ pub fn appliance(
     if src.exists() {
         std::fs::remove_dir_all(&src)?;
     }
-    std::fs::create_dir_all(&src)?;
-    for item in [
-        "Cargo.toml",
-        "Cargo.lock",
-        "appliance",
-        "image-builder",
-        "tests",
-    ] {
-        // `cp -a` keeps timestamps, so cargo rebuilds only what changed.
-        run(Command::new("cp")
-            .arg("-a")
-            .arg(workspace.join(item))
-            .arg(&src))?;
-    }
+    tools::copy_items(workspace, WORKSPACE, &src)?;
     let _ = std::fs::remove_dir_all(src.join("target"));
     std::fs::copy(ca_bundle()?, root.join("build/ca.crt"))?;
     std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"))

@@ -149,6 +149,9 @@ pub fn base(
         .arg(format!("deb [trusted=yes] copy://{} ./", repo.display()));
     let result = run_logged(&mut cmd, &log);
     let _ = std::fs::remove_dir_all(&repo);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
     result.context("building the root filesystem failed")?;
     std::fs::rename(&partial, &tarball)?;
     step.finish();

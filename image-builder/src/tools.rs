@@ -64,6 +64,16 @@ fn check_mkfs_reproducible() -> Result<()> {
     Ok(())
 }
 
+/// Copies `items` (files or folders) of `from` into `to` with `cp -a`: timestamps are kept, so cargo
+/// rebuilds only what changed.
+pub fn copy_items(from: &Path, items: &[&str], to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for item in items {
+        run(Command::new("cp").arg("-a").arg(from.join(item)).arg(to))?;
+    }
+    Ok(())
+}
+
 pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

@@ -3,14 +3,13 @@
 //! sizes are also given as a ratio to it.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 
 use super::build;
 use crate::progress::Progress;
-use crate::tools::run;
+use crate::tools;
 use crate::Paths;
 
 #[derive(clap::Args, Debug)]
@@ -27,6 +26,7 @@ pub struct Args {
 struct Row {
     what: String,
     seconds: f64,
+    sha256: String,
 }
 
 pub fn run_bench(args: &Args) -> Result<()> {
@@ -49,6 +49,7 @@ pub fn run_bench(args: &Args) -> Result<()> {
         rows.push(Row {
             what: what.to_owned(),
             seconds: started.elapsed().as_secs_f64(),
+            sha256: outputs.manifest.image.sha256.clone(),
         });
         Ok(outputs)
     };
@@ -78,7 +79,8 @@ pub fn run_bench(args: &Args) -> Result<()> {
     // A copy of the sources with one change in the appliance crate: only the cross build and the
     // per-image steps run again.
     let copy = scratch.path().join("workspace");
-    copy_sources(&args.paths.workspace, &copy)?;
+    tools::copy_items(&args.paths.workspace, crate::cross::WORKSPACE, &copy)?;
+    tools::copy_items(&args.paths.workspace, &["overlays", "board-configs"], &copy)?;
     let lib = copy.join("appliance/src/lib.rs");
     let mut text = std::fs::read_to_string(&lib)?;
     text.push_str(&format!("\n// bench change {}\n", std::process::id()));
@@ -94,10 +96,16 @@ pub fn run_bench(args: &Args) -> Result<()> {
     )?;
 
     let m = &outputs.manifest.image;
-    println!("\n| build ({}) | seconds |", args.board);
-    println!("|---|---:|");
+    // Same inputs must give the same image whatever the cache held: the sha256 column shows it.
+    println!("\n| build ({}) | seconds | image sha256 |", args.board);
+    println!("|---|---:|---|");
     for row in &rows {
-        println!("| {} | {:.1} |", row.what, row.seconds);
+        println!(
+            "| {} | {:.1} | {}… |",
+            row.what,
+            row.seconds,
+            &row.sha256[..16]
+        );
     }
     let raw = m.size_bytes as f64;
     println!("\n| output | MiB | vs raw image (dd writes all of it) |");
@@ -113,21 +121,5 @@ pub fn run_bench(args: &Args) -> Result<()> {
         m.compressed_bytes as f64 / 1048576.0,
         m.compressed_bytes as f64 / raw
     );
-    Ok(())
-}
-
-fn copy_sources(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for item in [
-        "Cargo.toml",
-        "Cargo.lock",
-        "appliance",
-        "image-builder",
-        "tests",
-        "overlays",
-        "board-configs",
-    ] {
-        run(Command::new("cp").arg("-a").arg(from.join(item)).arg(to))?;
-    }
     Ok(())
 }
