@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::apt::sources_list;
+use crate::board::Board;
 use crate::lockfile::Lock;
 use crate::packages::PackageCache;
 use crate::progress::Progress;
@@ -54,6 +55,21 @@ pub struct BaseRootfs {
     pub tarball: PathBuf,
     pub key: String,
     pub cached: bool,
+}
+
+/// The package set of the base root filesystem of `arch`: the union over every board of that architecture
+/// (`boards` plus the one being built), so all of them share one cached base and differ only in their
+/// overlays and boot files. A few MB of another board's firmware is far cheaper than 20 minutes of
+/// qemu-user per board.
+pub fn arch_package_set(overlays: &Path, boards: &[Board], arch: &str) -> Result<Vec<String>> {
+    let mut set = Vec::new();
+    for board in boards.iter().filter(|b| b.arch == arch) {
+        let layers = crate::overlay::layers(overlays, board);
+        set.extend(package_set(&crate::overlay::package_lists(&layers), &board.packages)?);
+    }
+    set.sort();
+    set.dedup();
+    Ok(set)
 }
 
 /// The sorted, de-duplicated package set of an image.

@@ -63,7 +63,10 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     let epoch = lock.source_date_epoch;
 
     let layers = overlay::layers(&paths.overlays(), &board);
-    let packages = rootfs::package_set(&overlay::package_lists(&layers), &board.packages)?;
+    let mut boards = Board::all(&paths.board_configs())?;
+    boards.retain(|b| b.name != board.name);
+    boards.push(board.clone());
+    let packages = rootfs::arch_package_set(&paths.overlays(), &boards, &board.arch)?;
     let base = rootfs::base(cache, &lock, &packages, args.fresh, progress)?;
     let binary = cross::appliance(
         cache,

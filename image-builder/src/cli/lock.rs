@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::apt::AptRoot;
 use crate::board::{Board, ARCHES};
 use crate::lockfile::Lock;
 use crate::progress::Progress;
-use crate::{overlay, rootfs, Paths};
+use crate::{rootfs, Paths};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -31,27 +31,10 @@ pub fn run(args: &Args, progress: &Progress) -> Result<()> {
         let step = progress.step(&format!("lock {suite}-{arch}"));
         let work = tempfile::tempdir()?;
         let apt = AptRoot::create(work.path(), suite, arch)?;
-        let mut packages = BTreeMap::new();
-        for board in boards.iter().filter(|b| b.arch == *arch) {
-            let layers = overlay::layers(&paths.overlays(), board);
-            let mut set = rootfs::package_set(&overlay::package_lists(&layers), &board.packages)?;
-            // Not installed: mmdebstrap's eatmydata hook unpacks it for the build only.
-            set.extend(rootfs::BUILD_ONLY.iter().map(|p| (*p).to_owned()));
-            for p in apt.resolve(&set)? {
-                if let Some(prev) = packages
-                    .get(&p.name)
-                    .filter(|prev: &&crate::lockfile::Locked| prev.version != p.version)
-                {
-                    bail!(
-                        "{} resolves to {} for one board and {} for another",
-                        p.name,
-                        prev.version,
-                        p.version
-                    );
-                }
-                packages.insert(p.name.clone(), p);
-            }
-        }
+        let mut set = rootfs::arch_package_set(&paths.overlays(), &boards, arch)?;
+        // Not installed: mmdebstrap's eatmydata hook unpacks it for the build only.
+        set.extend(rootfs::BUILD_ONLY.iter().map(|p| (*p).to_owned()));
+        let packages: BTreeMap<_, _> = apt.resolve(&set)?.into_iter().map(|p| (p.name.clone(), p)).collect();
         let path = Lock::path_for(&paths.locks(), suite, arch);
         let previous = Lock::load(&path).ok();
         // Keep the old epoch when nothing changed, so an unchanged lock stays byte-identical.
