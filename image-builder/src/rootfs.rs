@@ -65,7 +65,10 @@ pub fn arch_package_set(overlays: &Path, boards: &[Board], arch: &str) -> Result
     let mut set = Vec::new();
     for board in boards.iter().filter(|b| b.arch == arch) {
         let layers = crate::overlay::layers(overlays, board);
-        set.extend(package_set(&crate::overlay::package_lists(&layers), &board.packages)?);
+        set.extend(package_set(
+            &crate::overlay::package_lists(&layers),
+            &board.packages,
+        )?);
     }
     set.sort();
     set.dedup();

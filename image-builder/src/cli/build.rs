@@ -131,37 +131,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
 
     let step = progress.step("disk image");
     let image = args.out.join(format!("{name}.img"));
-    let (boot_img, root_img, data_img) = (
-        work.path().join("boot.vfat"),
-        work.path().join("root.ext4"),
-        work.path().join("data.ext4"),
-    );
-    disk::make_boot(&boot, &boot_img, layout.part("boot"), epoch)?;
-    disk::make_ext4(
-        &root,
-        &root_img,
-        layout.part("root-a"),
-        "kituo-root-a",
-        &seed,
-        epoch,
-    )?;
-    disk::make_ext4(
-        &data,
-        &data_img,
-        layout.part("data"),
-        "kituo-data",
-        &seed,
-        epoch,
-    )?;
-    disk::assemble(
-        &layout,
-        &[
-            (layout.part("boot"), &boot_img),
-            (layout.part("root-a"), &root_img),
-            (layout.part("data"), &data_img),
-        ],
-        &image,
-    )?;
+    write_disk_image(work.path(), &layout, &seed, epoch, &image)?;
     drop(work);
     step.finish();
 
@@ -209,6 +179,47 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
         serde_json::to_string_pretty(&manifest)? + "\n",
     )?;
     Ok(Outputs { image, manifest })
+}
+
+/// The three file systems from the staged trees in `work` (root/, boot/, data/), placed into `image`.
+fn write_disk_image(
+    work: &Path,
+    layout: &Layout,
+    seed: &str,
+    epoch: u64,
+    image: &Path,
+) -> Result<()> {
+    let (boot_img, root_img, data_img) = (
+        work.join("boot.vfat"),
+        work.join("root.ext4"),
+        work.join("data.ext4"),
+    );
+    disk::make_boot(&work.join("boot"), &boot_img, layout.part("boot"), epoch)?;
+    disk::make_ext4(
+        &work.join("root"),
+        &root_img,
+        layout.part("root-a"),
+        "kituo-root-a",
+        seed,
+        epoch,
+    )?;
+    disk::make_ext4(
+        &work.join("data"),
+        &data_img,
+        layout.part("data"),
+        "kituo-data",
+        seed,
+        epoch,
+    )?;
+    disk::assemble(
+        layout,
+        &[
+            (layout.part("boot"), &boot_img),
+            (layout.part("root-a"), &root_img),
+            (layout.part("data"), &data_img),
+        ],
+        image,
+    )
 }
 
 fn input_digest(parts: &[String]) -> String {

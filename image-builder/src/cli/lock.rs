@@ -34,7 +34,11 @@ pub fn run(args: &Args, progress: &Progress) -> Result<()> {
         let mut set = rootfs::arch_package_set(&paths.overlays(), &boards, arch)?;
         // Not installed: mmdebstrap's eatmydata hook unpacks it for the build only.
         set.extend(rootfs::BUILD_ONLY.iter().map(|p| (*p).to_owned()));
-        let packages: BTreeMap<_, _> = apt.resolve(&set)?.into_iter().map(|p| (p.name.clone(), p)).collect();
+        let packages: BTreeMap<_, _> = apt
+            .resolve(&set)?
+            .into_iter()
+            .map(|p| (p.name.clone(), p))
+            .collect();
         let path = Lock::path_for(&paths.locks(), suite, arch);
         let previous = Lock::load(&path).ok();
         // Keep the old epoch when nothing changed, so an unchanged lock stays byte-identical.
