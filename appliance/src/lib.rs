@@ -15,6 +15,7 @@ pub mod ini;
 pub mod power;
 pub mod status;
 pub mod supervisor;
+pub mod sync;
 pub mod testbed;
 
 /// The version of this program, as built.

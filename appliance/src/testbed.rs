@@ -165,11 +165,32 @@ pub struct MariaDb {
     pub socket: PathBuf,
     pub pid_file: PathBuf,
     pub error_log: PathBuf,
+    /// Server options beyond the fixed ones, e.g. `--log-bin` (see [`MariaDb::sync_site_args`]).
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl MariaDb {
     pub fn start(dir: &Path) -> Result<MariaDb> {
+        Self::start_with(dir, &[])
+    }
+
+    /// The options the image gives a site's MariaDB for sync (binlog in ROW format with full images and
+    /// column names, a server id, and this site's share of the auto-increment ids).
+    pub fn sync_site_args(server_id: u32, increment: u32, offset: u32) -> Vec<String> {
+        vec![
+            "--log-bin=binlog".into(),
+            "--binlog-format=ROW".into(),
+            "--binlog-row-image=FULL".into(),
+            "--binlog-row-metadata=FULL".into(),
+            format!("--server-id={server_id}"),
+            format!("--auto-increment-increment={increment}"),
+            format!("--auto-increment-offset={offset}"),
+        ]
+    }
+
+    /// Starts a server with `extra_args` added to the fixed options (socket only, small buffers).
+    pub fn start_with(dir: &Path, extra_args: &[String]) -> Result<MariaDb> {
         require("mariadbd", "mariadb-server")?;
         require("mariadb-install-db", "mariadb-server")?;
         require("mariadb", "mariadb-client")?;
@@ -197,6 +218,7 @@ impl MariaDb {
             socket: dir.join("mysqld.sock"),
             pid_file: dir.join("mysqld.pid"),
             error_log: dir.join("error.log"),
+            extra_args: extra_args.to_vec(),
             child: None,
         };
         db.spawn()?;
@@ -216,6 +238,7 @@ impl MariaDb {
                 "--innodb-buffer-pool-size=16M",
                 "--innodb-log-file-size=8M",
             ])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -235,6 +258,22 @@ impl MariaDb {
     /// Starts the server again after it was stopped.
     pub fn restart(&mut self) -> Result<()> {
         self.spawn()
+    }
+
+    /// Connection options for the `mysql` crate: root over the socket (socket authentication).
+    pub fn opts(&self) -> mysql::Opts {
+        mysql::OptsBuilder::new()
+            .socket(Some(self.socket.to_string_lossy()))
+            .user(Some("root"))
+            .into()
+    }
+
+    /// Stops the server at once, as a power cut would (SIGKILL, no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn select1(&self) -> bool {
@@ -279,10 +318,7 @@ impl MariaDb {
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
     }
 }
 

@@ -1,0 +1,7 @@
+//! Two-way sync of Moodle's database between the centers and the hub.
+//!
+//! Changes are captured from MariaDB's row binlog (no triggers, no per-table setup), the rules for each
+//! table come from Moodle's own XMLDB schema, and concurrent edits merge column by column under a hybrid
+//! logical clock, so every site ends with the same bytes.
+
+pub mod change;
