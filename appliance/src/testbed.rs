@@ -183,6 +183,8 @@ impl MariaDb {
             "--binlog-format=ROW".into(),
             "--binlog-row-image=FULL".into(),
             "--binlog-row-metadata=FULL".into(),
+            // As on the appliance: a power cut must not lose the binlog tail of a committed change.
+            "--sync-binlog=1".into(),
             format!("--server-id={server_id}"),
             format!("--auto-increment-increment={increment}"),
             format!("--auto-increment-offset={offset}"),

@@ -5,3 +5,12 @@
 //! logical clock, so every site ends with the same bytes.
 
 pub mod change;
+pub mod hlc;
+pub mod merge;
+pub mod store;
+pub mod agent;
+pub mod apply;
+pub mod hub;
+pub mod policy;
+pub mod record;
+pub mod site;

@@ -1,0 +1,669 @@
+//! Applies changes made at other sites to this site's Moodle database, under the rules of [`merge`].
+//!
+//! A batch is applied in the caller's transaction, in three steps: lock every row the batch touches,
+//! let local capture catch up (a local edit committed before the lock must have its stamp recorded
+//! before we decide against it), then decide and write change by change. The caller commits the batch
+//! together with its watermark.
+//!
+//! [`merge`]: super::merge
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use anyhow::{bail, Context, Result};
+use mysql::prelude::Queryable;
+use mysql::Transaction;
+
+use super::change::{Change, Op, Row, Value};
+use super::hlc::Stamp;
+use super::merge::{clash_winner, merge_rows, winning_columns, ClashWinner, RowClock};
+use super::policy::{Direction, Policy};
+use super::store;
+
+/// Every Moodle table's primary key.
+pub const ID: &str = "id";
+
+const ER_DUP_ENTRY: u16 = 1062;
+
+/// Where Moodle's tables are.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub database: String,
+    pub prefix: String,
+}
+
+impl Target {
+    /// The quoted, qualified name of a Moodle table given its XMLDB name.
+    pub fn table(&self, name: &str) -> String {
+        format!(
+            "{}.{}",
+            quote(&self.database),
+            quote(&format!("{}{name}", self.prefix))
+        )
+    }
+}
+
+/// Quotes an identifier for MariaDB. Names reaching SQL are also checked against the catalog first.
+pub fn quote(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// What happened to one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    Applied,
+    /// Lost to newer writes on every column it touched; nothing written.
+    Superseded,
+    /// The row was deleted here: delete wins.
+    Buried,
+    /// Another row had the same unique key; the two were merged.
+    Merged,
+    /// An update for a row this site never had.
+    Orphan,
+    /// The table does not exist here yet (the sender's Moodle is newer); kept to apply after upgrade.
+    Deferred,
+    /// A table that never syncs.
+    Ignored,
+}
+
+/// Counts of outcomes, for logs and the status page.
+pub type Tally = BTreeMap<Outcome, u64>;
+
+/// The columns and unique keys the database really has, read from information_schema: the binlog and the
+/// sender may know a newer or older version of a table than this site.
+#[derive(Default)]
+struct Catalog {
+    tables: HashMap<String, Option<TableShape>>,
+}
+
+#[derive(Clone)]
+struct TableShape {
+    columns: BTreeSet<String>,
+    uniques: Vec<Vec<String>>,
+}
+
+pub struct Applier<'p> {
+    policy: &'p Policy,
+    target: Target,
+    catalog: Catalog,
+}
+
+/// The rows of one batch, read under lock before any decision.
+#[derive(Default)]
+struct Prefetched {
+    present: HashSet<(String, i64)>,
+    clocks: HashMap<(String, i64), RowClock>,
+    tombstones: HashSet<(String, i64)>,
+    aliases: HashMap<(String, i64), i64>,
+    dirty: HashSet<(String, i64)>,
+}
+
+impl<'p> Applier<'p> {
+    pub fn new(policy: &'p Policy, target: Target) -> Applier<'p> {
+        Applier {
+            policy,
+            target,
+            catalog: Catalog::default(),
+        }
+    }
+
+    /// Applies `changes` in order inside `tx`. `catch_up` records local changes committed so far; it is
+    /// called after the batch's rows are locked.
+    pub fn apply(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        changes: &[Change],
+        catch_up: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Tally> {
+        let mut pre = Prefetched::default();
+        self.lock_rows(tx, changes, &mut pre)?;
+        catch_up().context("cannot record local changes before applying")?;
+        self.read_clocks(tx, changes, &mut pre)?;
+        let mut tally = Tally::new();
+        for change in changes {
+            let outcome = self.apply_one(tx, change, &mut pre, catch_up).with_context(|| {
+                format!(
+                    "cannot apply change {}#{} ({:?} {} id {})",
+                    change.origin,
+                    change.seq,
+                    change.kind(),
+                    change.table,
+                    change.id
+                )
+            })?;
+            *tally.entry(outcome).or_default() += 1;
+        }
+        self.write_clocks(tx, &pre)?;
+        Ok(tally)
+    }
+
+    fn shape(&mut self, tx: &mut Transaction<'_>, table: &str) -> Result<Option<TableShape>> {
+        if let Some(shape) = self.catalog.tables.get(table) {
+            return Ok(shape.clone());
+        }
+        let shape = read_shape(tx, &self.target, table)?;
+        self.catalog.tables.insert(table.to_owned(), shape.clone());
+        Ok(shape)
+    }
+
+    /// Forgets what it knew of a table's columns, after a change named one it had not seen.
+    fn refresh(&mut self, tx: &mut Transaction<'_>, table: &str) -> Result<Option<TableShape>> {
+        self.catalog.tables.remove(table);
+        self.shape(tx, table)
+    }
+
+    fn lock_rows(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        changes: &[Change],
+        pre: &mut Prefetched,
+    ) -> Result<()> {
+        let mut ids: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+        for c in changes {
+            ids.entry(&c.table).or_default().insert(c.id);
+        }
+        for (table, ids) in ids {
+            let aliases = read_aliases(tx, table, &ids)?;
+            let mut wanted: BTreeSet<i64> = ids.clone();
+            wanted.extend(aliases.values());
+            for (loser, winner) in aliases {
+                pre.aliases.insert((table.to_owned(), loser), winner);
+            }
+            if self.shape(tx, table)?.is_none() {
+                continue;
+            }
+            for chunk in wanted.iter().copied().collect::<Vec<_>>().chunks(500) {
+                let sql = format!(
+                    "SELECT id FROM {} WHERE id IN ({}) FOR UPDATE",
+                    self.target.table(table),
+                    placeholders(chunk.len())
+                );
+                let found: Vec<i64> = tx
+                    .exec(sql, chunk.to_vec())
+                    .with_context(|| format!("cannot lock rows of {table}"))?;
+                pre.present
+                    .extend(found.into_iter().map(|id| (table.to_owned(), id)));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_clocks(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        changes: &[Change],
+        pre: &mut Prefetched,
+    ) -> Result<()> {
+        let keys: BTreeSet<(String, i64)> = changes
+            .iter()
+            .map(|c| {
+                let id = pre.resolve(&c.table, c.id);
+                (c.table.clone(), id)
+            })
+            .collect();
+        for (table, id) in keys {
+            if let Some(clock) = read_clock(tx, &table, id)? {
+                pre.clocks.insert((table.clone(), id), clock);
+            }
+            if store::tombstone(tx, &table, id)?.is_some() {
+                pre.tombstones.insert((table, id));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_one(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        change: &Change,
+        pre: &mut Prefetched,
+        catch_up: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Outcome> {
+        let table = change.table.as_str();
+        let direction = self.policy.direction(table);
+        if direction == Direction::Never {
+            return Ok(Outcome::Ignored);
+        }
+        if self.shape(tx, table)?.is_none() {
+            store::defer(tx, change)?;
+            return Ok(Outcome::Deferred);
+        }
+        let id = pre.resolve(table, change.id);
+        let key = (table.to_owned(), id);
+        if pre.tombstones.contains(&key) {
+            return Ok(Outcome::Buried);
+        }
+        let stamp = change.stamp();
+        match &change.op {
+            Op::Delete => {
+                if pre.present.remove(&key) {
+                    tx.exec_drop(
+                        format!("DELETE FROM {} WHERE id = ?", self.target.table(table)),
+                        (id,),
+                    )
+                    .context("delete failed")?;
+                }
+                store::bury(tx, table, id, stamp)?;
+                pre.tombstones.insert(key.clone());
+                pre.clocks.remove(&key);
+                pre.dirty.remove(&key);
+                Ok(Outcome::Applied)
+            }
+            Op::Update(cols) => {
+                if !pre.present.contains(&key) {
+                    return Ok(Outcome::Orphan);
+                }
+                let cols = self.remap_references(table, cols, pre);
+                self.update(tx, table, id, stamp, &cols, pre)
+            }
+            Op::Insert(row) => {
+                let mut row = self.remap_references(table, row, pre);
+                row.insert(ID.to_owned(), Value::Int(id));
+                if pre.present.contains(&key) {
+                    // Seen before by another path (a repaired row): its columns merge as edits.
+                    return self.update(tx, table, id, stamp, &row, pre);
+                }
+                self.insert(tx, table, id, stamp, row, pre, catch_up)
+            }
+        }
+    }
+
+    fn update(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        stamp: Stamp,
+        cols: &Row,
+        pre: &mut Prefetched,
+    ) -> Result<Outcome> {
+        let key = (table.to_owned(), id);
+        let clock = pre.clocks.get(&key).cloned().unwrap_or_default();
+        let (mut won, next) = winning_columns(&clock, stamp, cols);
+        won.remove(ID);
+        if won.is_empty() {
+            return Ok(Outcome::Superseded);
+        }
+        let won = self.park_unknown(tx, table, id, stamp, won)?;
+        if !won.is_empty() {
+            let sets: Vec<String> = won.keys().map(|c| format!("{} = ?", quote(c))).collect();
+            let mut params: Vec<mysql::Value> = won.values().map(to_sql).collect();
+            params.push(mysql::Value::Int(id));
+            tx.exec_drop(
+                format!(
+                    "UPDATE {} SET {} WHERE id = ?",
+                    self.target.table(table),
+                    sets.join(", ")
+                ),
+                params,
+            )
+            .context("update failed")?;
+        }
+        pre.clocks.insert(key.clone(), next);
+        pre.dirty.insert(key);
+        Ok(Outcome::Applied)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        stamp: Stamp,
+        row: Row,
+        pre: &mut Prefetched,
+        catch_up: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Outcome> {
+        let key = (table.to_owned(), id);
+        let row = self.park_unknown(tx, table, id, stamp, row)?;
+        match self.insert_row(tx, table, &row) {
+            Ok(()) => {
+                pre.present.insert(key.clone());
+                pre.clocks.insert(key.clone(), RowClock::born(stamp));
+                pre.dirty.insert(key);
+                Ok(Outcome::Applied)
+            }
+            Err(e) if is_duplicate(&e) => {
+                // The clashing row may be a local insert not yet recorded: record it first, so its
+                // birth stamp is known (it is committed, or our insert would wait for it).
+                catch_up()?;
+                self.resolve_clash(tx, table, id, stamp, row, pre)
+            }
+            Err(e) => Err(e).context("insert failed"),
+        }
+    }
+
+    fn insert_row(&self, tx: &mut Transaction<'_>, table: &str, row: &Row) -> Result<()> {
+        let names: Vec<String> = row.keys().map(|c| quote(c)).collect();
+        let params: Vec<mysql::Value> = row.values().map(to_sql).collect();
+        tx.exec_drop(
+            format!(
+                "INSERT INTO {} ({}) VALUES ({})",
+                self.target.table(table),
+                names.join(", "),
+                placeholders(names.len())
+            ),
+            params,
+        )
+        .map_err(anyhow::Error::from)
+    }
+
+    /// Two sites created a row with the same unique key (say a grade for one item and one user). The
+    /// earlier-born row keeps its id everywhere; the other id becomes an alias, its references are
+    /// moved, and its column values merge in.
+    fn resolve_clash(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        stamp: Stamp,
+        row: Row,
+        pre: &mut Prefetched,
+    ) -> Result<Outcome> {
+        let Some(existing) = self.find_clash(tx, table, &row)? else {
+            bail!("duplicate key, but no row with the same unique key was found");
+        };
+        let existing_key = (table.to_owned(), existing);
+        let existing_clock = read_clock(tx, table, existing)?.unwrap_or_default();
+        let incoming_clock = RowClock::born(stamp);
+        let hub_owned = self.policy.direction(table) == Direction::HubToCenters;
+        let winner = if hub_owned {
+            ClashWinner::Incoming
+        } else {
+            clash_winner(existing_clock.born, stamp)
+        };
+        match winner {
+            ClashWinner::Existing => {
+                store::add_alias(tx, table, id, existing)?;
+                pre.aliases.insert((table.to_owned(), id), existing);
+                pre.present.insert(existing_key.clone());
+                pre.clocks.insert(existing_key, existing_clock);
+                self.update(tx, table, existing, stamp, &row, pre)?;
+            }
+            ClashWinner::Incoming => {
+                let old = read_row(tx, &self.target, table, existing)?
+                    .context("the clashing row vanished")?;
+                tx.exec_drop(
+                    format!("DELETE FROM {} WHERE id = ?", self.target.table(table)),
+                    (existing,),
+                )
+                .context("cannot remove the row that lost a clash")?;
+                let (merged, clock) = if hub_owned {
+                    (row.clone(), incoming_clock)
+                } else {
+                    merge_rows((&row, &incoming_clock), (&old, &existing_clock), &[ID])
+                };
+                self.insert_row(tx, table, &merged)
+                    .context("cannot insert the row that won a clash")?;
+                self.move_references(tx, table, existing, id)?;
+                store::add_alias(tx, table, existing, id)?;
+                store::drop_clock(tx, table, existing)?;
+                pre.aliases.insert(existing_key.clone(), id);
+                pre.present.remove(&existing_key);
+                pre.clocks.remove(&existing_key);
+                pre.dirty.remove(&existing_key);
+                let key = (table.to_owned(), id);
+                pre.present.insert(key.clone());
+                pre.clocks.insert(key.clone(), clock);
+                pre.dirty.insert(key);
+            }
+        }
+        Ok(Outcome::Merged)
+    }
+
+    fn find_clash(&mut self, tx: &mut Transaction<'_>, table: &str, row: &Row) -> Result<Option<i64>> {
+        let shape = self.shape(tx, table)?.context("table vanished")?;
+        for unique in &shape.uniques {
+            let values: Option<Vec<&Value>> = unique.iter().map(|c| row.get(c)).collect();
+            // NULLs never clash in a unique index.
+            let Some(values) = values.filter(|v| !v.contains(&&Value::Null)) else {
+                continue;
+            };
+            let cond: Vec<String> = unique.iter().map(|c| format!("{} = ?", quote(c))).collect();
+            let found: Option<i64> = tx
+                .exec_first(
+                    format!(
+                        "SELECT id FROM {} WHERE {} FOR UPDATE",
+                        self.target.table(table),
+                        cond.join(" AND ")
+                    ),
+                    values.into_iter().map(to_sql).collect::<Vec<_>>(),
+                )
+                .context("cannot look up a unique key")?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Points every reference to `from` (through XMLDB foreign keys) at `to`. Every site makes the same
+    /// move itself, so these writes are not sent anywhere.
+    fn move_references(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<()> {
+        for (ref_table, column) in self.policy.referenced_by(table) {
+            if self.shape(tx, &ref_table)?.is_none() {
+                continue;
+            }
+            tx.exec_drop(
+                format!(
+                    "UPDATE {} SET {} = ? WHERE {} = ?",
+                    self.target.table(&ref_table),
+                    quote(&column),
+                    quote(&column)
+                ),
+                (to, from),
+            )
+            .with_context(|| format!("cannot move references {ref_table}.{column}"))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces ids that lost a clash by their winners in columns that reference other tables.
+    fn remap_references(&self, table: &str, row: &Row, pre: &Prefetched) -> Row {
+        let mut row = row.clone();
+        for (column, ref_table) in self.policy.references(table) {
+            let Some(Value::Int(v)) = row.get(&column).cloned() else {
+                continue;
+            };
+            if let Some(winner) = pre.aliases.get(&(ref_table.clone(), v)) {
+                row.insert(column, Value::Int(*winner));
+            }
+        }
+        row
+    }
+
+    /// Keeps aside values of columns this site's table does not have (yet), and returns the rest.
+    fn park_unknown(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        stamp: Stamp,
+        mut row: Row,
+    ) -> Result<Row> {
+        let mut shape = self.shape(tx, table)?.context("table vanished")?;
+        if row.keys().any(|c| !shape.columns.contains(c)) {
+            shape = self.refresh(tx, table)?.context("table vanished")?;
+        }
+        let unknown: Vec<String> = row
+            .keys()
+            .filter(|c| !shape.columns.contains(*c))
+            .cloned()
+            .collect();
+        for column in unknown {
+            if let Some(value) = row.remove(&column) {
+                store::park(tx, table, id, &column, stamp, &value)?;
+            }
+        }
+        Ok(row)
+    }
+
+    fn write_clocks(&self, tx: &mut Transaction<'_>, pre: &Prefetched) -> Result<()> {
+        for key in &pre.dirty {
+            if self.policy.direction(&key.0) != Direction::Both {
+                continue;
+            }
+            if let Some(clock) = pre.clocks.get(key) {
+                write_clock(tx, &key.0, key.1, clock)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Prefetched {
+    fn resolve(&self, table: &str, id: i64) -> i64 {
+        self.aliases
+            .get(&(table.to_owned(), id))
+            .copied()
+            .unwrap_or(id)
+    }
+}
+
+fn is_duplicate(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<mysql::Error>(),
+        Some(mysql::Error::MySqlError(m)) if m.code == ER_DUP_ENTRY
+    )
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Our value as a query parameter. Decimals travel as their exact text.
+pub fn to_sql(v: &Value) -> mysql::Value {
+    match v {
+        Value::Null => mysql::Value::NULL,
+        Value::Int(i) => mysql::Value::Int(*i),
+        Value::UInt(u) => mysql::Value::UInt(*u),
+        Value::Double(d) => mysql::Value::Double(*d),
+        Value::Decimal(s) => mysql::Value::Bytes(s.clone().into_bytes()),
+        Value::Bytes(b) => mysql::Value::Bytes(b.clone()),
+    }
+}
+
+/// A value read back with SQL. Dates and times (which Moodle does not use) become their text.
+pub fn from_sql(v: mysql::Value) -> Value {
+    match v {
+        mysql::Value::NULL => Value::Null,
+        mysql::Value::Int(i) => Value::Int(i),
+        mysql::Value::UInt(u) => Value::UInt(u),
+        mysql::Value::Float(f) => Value::Double(f64::from(f)),
+        mysql::Value::Double(d) => Value::Double(d),
+        mysql::Value::Bytes(b) => Value::Bytes(b),
+        other => Value::Bytes(other.as_sql(true).into_bytes()),
+    }
+}
+
+fn read_shape(tx: &mut Transaction<'_>, target: &Target, table: &str) -> Result<Option<TableShape>> {
+    let name = format!("{}{table}", target.prefix);
+    let columns: Vec<String> = tx
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (&target.database, &name),
+        )
+        .with_context(|| format!("cannot read the columns of {name}"))?;
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let parts: Vec<(String, String)> = tx
+        .exec(
+            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY'
+             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+            (&target.database, &name),
+        )
+        .with_context(|| format!("cannot read the unique keys of {name}"))?;
+    let mut uniques: Vec<(String, Vec<String>)> = Vec::new();
+    for (index, column) in parts {
+        match uniques.last_mut() {
+            Some((name, cols)) if *name == index => cols.push(column),
+            _ => uniques.push((index, vec![column])),
+        }
+    }
+    Ok(Some(TableShape {
+        columns: columns.into_iter().collect(),
+        uniques: uniques.into_iter().map(|(_, cols)| cols).collect(),
+    }))
+}
+
+/// One row by id, as values.
+pub fn read_row(
+    tx: &mut impl Queryable,
+    target: &Target,
+    table: &str,
+    id: i64,
+) -> Result<Option<Row>> {
+    let row: Option<mysql::Row> = tx
+        .exec_first(
+            format!("SELECT * FROM {} WHERE id = ?", target.table(table)),
+            (id,),
+        )
+        .with_context(|| format!("cannot read {table} id {id}"))?;
+    Ok(row.map(|r| {
+        let names: Vec<String> = r
+            .columns_ref()
+            .iter()
+            .map(|c| c.name_str().into_owned())
+            .collect();
+        names.into_iter().zip(r.unwrap().into_iter().map(from_sql)).collect()
+    }))
+}
+
+fn read_aliases(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    ids: &BTreeSet<i64>,
+) -> Result<HashMap<i64, i64>> {
+    let mut found = HashMap::new();
+    for chunk in ids.iter().copied().collect::<Vec<_>>().chunks(500) {
+        let mut params: Vec<mysql::Value> = vec![table.into()];
+        params.extend(chunk.iter().map(|id| mysql::Value::Int(*id)));
+        let rows: Vec<(i64, i64)> = tx
+            .exec(
+                format!(
+                    "SELECT loser, winner FROM kituo_sync.alias WHERE tbl = ? AND loser IN ({})",
+                    placeholders(chunk.len())
+                ),
+                params,
+            )
+            .context("cannot read aliases")?;
+        found.extend(rows);
+    }
+    Ok(found)
+}
+
+pub fn read_clock(tx: &mut impl Queryable, table: &str, id: i64) -> Result<Option<RowClock>> {
+    let row: Option<(u64, u32, Vec<u8>)> = tx
+        .exec_first(
+            "SELECT born_hlc, born_site, cols FROM kituo_sync.clock WHERE tbl = ? AND row_id = ?",
+            (table, id),
+        )
+        .context("cannot read a row clock")?;
+    row.map(|(hlc, site, cols)| RowClock::decode(Stamp::new(hlc, site), &cols))
+        .transpose()
+}
+
+pub fn write_clock(tx: &mut impl Queryable, table: &str, id: i64, clock: &RowClock) -> Result<()> {
+    tx.exec_drop(
+        "INSERT INTO kituo_sync.clock (tbl, row_id, born_hlc, born_site, cols) VALUES (?, ?, ?, ?, ?)
+         ON DUPLICATE KEY UPDATE born_hlc = VALUES(born_hlc), born_site = VALUES(born_site),
+                                 cols = VALUES(cols)",
+        (
+            table,
+            id,
+            clock.born.hlc,
+            clock.born.site,
+            clock.encode_cols()?,
+        ),
+    )
+    .context("cannot write a row clock")
+}

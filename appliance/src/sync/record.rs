@@ -1,0 +1,158 @@
+//! Turns transactions captured from this site's binlog into logged changes, stamped and numbered, with
+//! the row clocks the merge needs, in the caller's transaction together with the new capture position.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use mysql::Transaction;
+
+use super::apply::{read_clock, write_clock, ID};
+use super::capture::{BinlogPos, CapturedTxn, RowChange};
+use super::change::{changed_columns, Change, Op, RowKind, Value};
+use super::hlc::{Hlc, Stamp};
+use super::merge::RowClock;
+use super::policy::{Direction, Policy, Role};
+use super::store;
+
+/// State names in `kituo_sync.state`.
+pub const CAPTURE_POS: &str = "capture_pos";
+pub const HLC: &str = "hlc";
+pub const NEXT_SEQ: &str = "next_seq";
+
+/// What recording did with the captured rows.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub changes: u64,
+    /// Rows of tables this site does not send (volatile, or owned by the other side).
+    pub kept_local: u64,
+    /// Updates that rewrote a row with the values it had.
+    pub unchanged: u64,
+    /// Last stamp handed out.
+    pub last_hlc: u64,
+}
+
+pub struct Recorder<'p> {
+    site: u32,
+    role: Role,
+    policy: &'p Policy,
+    prefix: String,
+}
+
+impl<'p> Recorder<'p> {
+    pub fn new(site: u32, role: Role, policy: &'p Policy, prefix: &str) -> Recorder<'p> {
+        Recorder {
+            site,
+            role,
+            policy,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// Logs the changes of `txns` and moves the capture position to the end of the last one. The clock
+    /// and sequence counter are read and written in `tx`, so a rolled-back transaction leaves no trace.
+    pub fn record(&self, tx: &mut Transaction<'_>, txns: &[CapturedTxn]) -> Result<Recorded> {
+        let mut done = Recorded::default();
+        let Some(last) = txns.last() else {
+            return Ok(done);
+        };
+        let mut hlc = Hlc::resume(
+            store::get_u64(tx, HLC)?.max(store::get_u64(tx, super::site::HLC_SEEN)?),
+        );
+        let mut next_seq = store::get_u64(tx, NEXT_SEQ)?.max(1);
+        for txn in txns {
+            for row in &txn.rows {
+                let Some(change) = self.change_of(row, &mut done)? else {
+                    continue;
+                };
+                let change = Change {
+                    origin: self.site,
+                    seq: next_seq,
+                    hlc: hlc.tick(),
+                    ..change
+                };
+                next_seq += 1;
+                self.keep_clock(tx, &change)?;
+                store::append(tx, &change)?;
+                done.changes += 1;
+            }
+        }
+        done.last_hlc = hlc.last();
+        store::set(tx, HLC, &hlc.last().to_string())?;
+        store::set(tx, NEXT_SEQ, &next_seq.to_string())?;
+        store::set(tx, CAPTURE_POS, &last.end.to_string())?;
+        Ok(done)
+    }
+
+    /// The change a captured row makes, without its stamp and number; None when it is not sent.
+    fn change_of(&self, row: &RowChange, done: &mut Recorded) -> Result<Option<Change>> {
+        let Some(table) = row.table.strip_prefix(&self.prefix) else {
+            done.kept_local += 1;
+            return Ok(None);
+        };
+        if !self.role.sends(self.policy.direction(table)) {
+            done.kept_local += 1;
+            return Ok(None);
+        }
+        let image = row
+            .after
+            .as_ref()
+            .or(row.before.as_ref())
+            .context("a captured row has no image")?;
+        let id = match image.get(ID) {
+            Some(Value::Int(i)) => *i,
+            Some(Value::UInt(u)) => i64::try_from(*u).context("id out of range")?,
+            _ => {
+                done.kept_local += 1;
+                return Ok(None);
+            }
+        };
+        let op = match (row.kind, &row.before, &row.after) {
+            (RowKind::Insert, _, Some(after)) => Op::Insert(after.clone()),
+            (RowKind::Delete, _, _) => Op::Delete,
+            (RowKind::Update, Some(before), Some(after)) => {
+                let cols = changed_columns(before, after);
+                if cols.is_empty() {
+                    done.unchanged += 1;
+                    return Ok(None);
+                }
+                Op::Update(cols)
+            }
+            _ => anyhow::bail!("captured {:?} of {} without its images", row.kind, row.table),
+        };
+        Ok(Some(Change {
+            origin: self.site,
+            seq: 0,
+            hlc: 0,
+            table: table.to_owned(),
+            id,
+            op,
+        }))
+    }
+
+    /// Row clocks exist for two-way tables only: elsewhere one side owns the rows.
+    fn keep_clock(&self, tx: &mut Transaction<'_>, change: &Change) -> Result<()> {
+        if self.policy.direction(&change.table) != Direction::Both {
+            return Ok(());
+        }
+        let stamp = change.stamp();
+        match &change.op {
+            Op::Insert(_) => write_clock(tx, &change.table, change.id, &RowClock::born(stamp)),
+            Op::Delete => store::bury(tx, &change.table, change.id, stamp),
+            Op::Update(cols) => {
+                let mut clock = read_clock(tx, &change.table, change.id)?
+                    .unwrap_or_else(|| RowClock::born(Stamp::ORIGIN));
+                let stamped: BTreeMap<String, Stamp> =
+                    cols.keys().map(|c| (c.clone(), stamp)).collect();
+                clock.cols.extend(stamped);
+                write_clock(tx, &change.table, change.id, &clock)
+            }
+        }
+    }
+}
+
+/// The stored capture position, if capture has started.
+pub fn position(tx: &mut impl mysql::prelude::Queryable) -> Result<Option<BinlogPos>> {
+    store::get(tx, CAPTURE_POS)?
+        .map(|p| p.parse().context("stored capture position is malformed"))
+        .transpose()
+}

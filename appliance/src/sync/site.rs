@@ -1,0 +1,213 @@
+//! One site's sync engine over its MariaDB: capture local changes into the log, and apply changes from
+//! elsewhere, each in one transaction with its bookkeeping.
+//!
+//! Every transaction that writes the log first locks one row (`log_lock`). At the hub this makes the
+//! log's sequence numbers follow commit order, so a center that pulled up to number n can never later
+//! miss a smaller one; it also lets several hub processes share one database safely.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use mysql::prelude::Queryable;
+use mysql::{Conn, IsolationLevel, Transaction, TxOpts};
+
+use super::apply::{Applier, Tally, Target};
+use super::capture::{self, BinlogReader, CapturedTxn};
+use super::change::Change;
+use super::policy::{Policy, Role};
+use super::record::{self, Recorded, Recorder};
+use super::store;
+
+/// The highest stamp seen from elsewhere: the clock resumes after it (kept apart from the recorder's
+/// own `hlc` row so that capture and apply never wait for each other's lock).
+pub const HLC_SEEN: &str = "hlc_seen";
+
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+const ER_LOCK_DEADLOCK: u16 = 1213;
+const TRIES: u32 = 5;
+/// Binlog transactions read per pass.
+const READ_CAP: usize = 2_000;
+
+#[derive(Clone)]
+pub struct SiteConfig {
+    /// This site's number (the hub is 1); also its MariaDB server_id.
+    pub site: u32,
+    pub role: Role,
+    pub target: Target,
+    /// The engine's own account on the local MariaDB (binlog reading needs REPLICATION SLAVE).
+    pub opts: mysql::Opts,
+    /// The server id the binlog reader announces; must differ from every real server's.
+    pub reader_id: u32,
+}
+
+pub struct Site {
+    cfg: SiteConfig,
+    conn: Conn,
+}
+
+impl Site {
+    pub fn open(cfg: SiteConfig) -> Result<Site> {
+        let mut conn = Conn::new(cfg.opts.clone()).context("cannot connect to the local MariaDB")?;
+        capture::check_settings(&mut conn)?;
+        store::init(&mut conn)?;
+        // Changes applied here are written with skip_replication: capture skips them (no echo),
+        // while a real replica of this server may still take them.
+        conn.query_drop("SET SESSION skip_replication = 1")
+            .context("cannot set skip_replication (the account needs BINLOG ADMIN or SUPER)")?;
+        let mut site = Site { cfg, conn };
+        site.start_capture_here_if_new()?;
+        Ok(site)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.cfg.site
+    }
+
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    /// A new site captures from the binlog's current end: what came before is its seed.
+    fn start_capture_here_if_new(&mut self) -> Result<()> {
+        let mut tx = self.begin()?;
+        store::lock_log(&mut tx)?;
+        if record::position(&mut tx)?.is_none() {
+            let end = capture::current_end(&mut tx)?;
+            store::set(&mut tx, record::CAPTURE_POS, &end.to_string())?;
+        }
+        tx.commit().context("cannot store the first capture position")
+    }
+
+    fn begin(&mut self) -> Result<Transaction<'_>> {
+        let opts = TxOpts::default().set_isolation_level(Some(IsolationLevel::ReadCommitted));
+        self.conn
+            .start_transaction(opts)
+            .context("cannot start a transaction")
+    }
+
+    /// Records every local change committed so far; returns what it did.
+    pub fn capture(&mut self, policy: &Policy) -> Result<Recorded> {
+        let cfg = self.cfg.clone();
+        retry(|| {
+            let mut tx = self.begin()?;
+            store::lock_log(&mut tx)?;
+            let done = catch_up(&cfg, policy, &mut tx)?;
+            tx.commit().context("cannot commit captured changes")?;
+            Ok(done)
+        })
+    }
+
+    /// Applies changes from elsewhere, skipping any already applied, and runs `finish` in the same
+    /// transaction (to move a cursor or log relayed changes) before committing.
+    pub fn apply(
+        &mut self,
+        policy: &Policy,
+        changes: &[Change],
+        mut finish: impl FnMut(&mut Transaction<'_>, &[Change]) -> Result<()>,
+    ) -> Result<Tally> {
+        let cfg = self.cfg.clone();
+        retry(|| {
+            let mut tx = self.begin()?;
+            store::lock_log(&mut tx)?;
+            let fresh = unapplied(&mut tx, changes)?;
+            let mut applier = Applier::new(policy, cfg.target.clone());
+            let mut catch = |tx: &mut Transaction<'_>| catch_up(&cfg, policy, tx).map(|_| ());
+            let tally = applier.apply(&mut tx, &fresh, &mut catch)?;
+            mark_applied(&mut tx, &fresh)?;
+            finish(&mut tx, &fresh)?;
+            tx.commit().context("cannot commit the applied batch")?;
+            Ok(tally)
+        })
+    }
+}
+
+/// Reads the binlog from the stored position to its end and records it, in `tx`.
+fn catch_up(cfg: &SiteConfig, policy: &Policy, tx: &mut Transaction<'_>) -> Result<Recorded> {
+    let start = record::position(tx)?;
+    let mut reader = BinlogReader::new(
+        cfg.opts.clone(),
+        cfg.reader_id,
+        &cfg.target.database,
+        start,
+    )?;
+    let recorder = Recorder::new(cfg.site, cfg.role, policy, &cfg.target.prefix);
+    let mut total = Recorded::default();
+    loop {
+        let txns: Vec<CapturedTxn> = reader.read_available(READ_CAP)?;
+        let done = recorder.record(tx, &txns)?;
+        total.changes += done.changes;
+        total.kept_local += done.kept_local;
+        total.unchanged += done.unchanged;
+        total.last_hlc = total.last_hlc.max(done.last_hlc);
+        if txns.len() < READ_CAP {
+            return Ok(total);
+        }
+    }
+}
+
+/// The changes not yet applied here, by each origin's watermark (locked until commit).
+fn unapplied(tx: &mut Transaction<'_>, changes: &[Change]) -> Result<Vec<Change>> {
+    let mut marks: BTreeMap<u32, u64> = BTreeMap::new();
+    for c in changes {
+        if let std::collections::btree_map::Entry::Vacant(e) = marks.entry(c.origin) {
+            let seq: Option<u64> = tx
+                .exec_first(
+                    "SELECT seq FROM kituo_sync.applied WHERE origin = ? FOR UPDATE",
+                    (c.origin,),
+                )
+                .context("cannot read the applied watermark")?;
+            e.insert(seq.unwrap_or(0));
+        }
+    }
+    let mut fresh = Vec::new();
+    for c in changes {
+        let mark = marks.entry(c.origin).or_default();
+        if c.seq > *mark {
+            *mark = c.seq;
+            fresh.push(c.clone());
+        }
+    }
+    Ok(fresh)
+}
+
+fn mark_applied(tx: &mut Transaction<'_>, changes: &[Change]) -> Result<()> {
+    let mut top: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut seen = 0;
+    for c in changes {
+        let t = top.entry(c.origin).or_default();
+        *t = (*t).max(c.seq);
+        seen = seen.max(c.hlc);
+    }
+    for (origin, seq) in top {
+        store::set_applied(tx, origin, seq)?;
+    }
+    if seen > store::get_u64(tx, HLC_SEEN)? {
+        store::set(tx, HLC_SEEN, &seen.to_string())?;
+    }
+    Ok(())
+}
+
+/// Runs `f` again when MariaDB chose it as a deadlock victim or a lock wait timed out (Moodle's own
+/// transactions may hold the rows); other errors pass through.
+fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(e) if attempt + 1 < TRIES && is_lock_conflict(&e) => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_lock_conflict(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<mysql::Error>(),
+            Some(mysql::Error::MySqlError(m)) if m.code == ER_LOCK_DEADLOCK || m.code == ER_LOCK_WAIT_TIMEOUT
+        )
+    })
+}
