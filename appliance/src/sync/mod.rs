@@ -5,3 +5,5 @@
 //! logical clock, so every site ends with the same bytes.
 
 pub mod change;
+pub mod rules;
+pub mod schema;
