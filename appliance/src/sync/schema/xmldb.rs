@@ -107,10 +107,8 @@ impl Parser<'_> {
                         self.finish_table()?;
                     }
                 }
-                Event::Text(t) => {
-                    if !t.iter().all(u8::is_ascii_whitespace) {
-                        return Err(self.err(line, "unexpected text between elements"));
-                    }
+                Event::Text(t) if !t.iter().all(u8::is_ascii_whitespace) => {
+                    return Err(self.err(line, "unexpected text between elements"));
                 }
                 Event::Eof => break,
                 // Declarations, comments, processing instructions, CDATA and doctypes carry nothing here.
