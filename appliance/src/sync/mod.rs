@@ -4,13 +4,15 @@
 //! table come from Moodle's own XMLDB schema, and concurrent edits merge column by column under a hybrid
 //! logical clock, so every site ends with the same bytes.
 
-pub mod change;
-pub mod hlc;
-pub mod merge;
-pub mod store;
 pub mod agent;
 pub mod apply;
+pub mod change;
+pub mod hlc;
 pub mod hub;
+pub mod merge;
 pub mod policy;
 pub mod record;
+pub mod rules;
+pub mod schema;
 pub mod site;
+pub mod store;

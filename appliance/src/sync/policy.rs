@@ -1,9 +1,10 @@
-//! What the engine needs to know of each table, drawn from the rules and the XMLDB foreign keys: which way
-//! it syncs, and which columns point at which tables (to follow an id that lost a unique-key clash).
+//! The rules in the form the engine asks them: which way a table syncs, which columns point at which
+//! tables (to follow an id that lost a unique-key clash), and who may change what.
 
 use std::collections::HashMap;
 
 pub use super::rules::Direction;
+use super::rules::{Protection, Rules};
 
 /// Which side of the sync this site is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,53 +23,45 @@ impl Role {
     }
 }
 
-/// A single-column foreign key: `table.column` holds ids of `ref_table`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reference {
-    pub table: String,
-    pub column: String,
-    pub ref_table: String,
-}
-
 pub struct Policy {
-    directions: HashMap<String, Direction>,
-    /// For tables the rules do not list (a plugin installed after the rules were read).
-    fallback: Box<dyn Fn(&str) -> Direction + Send + Sync>,
+    rules: Rules,
+    /// table → (column, referenced table), the inverse of the rules' `referenced_by`.
     outgoing: HashMap<String, Vec<(String, String)>>,
-    incoming: HashMap<String, Vec<(String, String)>>,
 }
 
 impl Policy {
-    pub fn new(
-        directions: impl IntoIterator<Item = (String, Direction)>,
-        references: impl IntoIterator<Item = Reference>,
-        fallback: impl Fn(&str) -> Direction + Send + Sync + 'static,
-    ) -> Policy {
+    pub fn new(rules: Rules) -> Policy {
         let mut outgoing: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        let mut incoming: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        for r in references {
-            outgoing
-                .entry(r.table.clone())
-                .or_default()
-                .push((r.column.clone(), r.ref_table.clone()));
-            incoming
-                .entry(r.ref_table)
-                .or_default()
-                .push((r.table, r.column));
+        for rule in rules.tables.values() {
+            for r in rule.referenced_by.iter().filter(|r| r.ref_column == "id") {
+                outgoing
+                    .entry(r.table.clone())
+                    .or_default()
+                    .push((r.column.clone(), rule.table.clone()));
+            }
         }
-        Policy {
-            directions: directions.into_iter().collect(),
-            fallback: Box::new(fallback),
-            outgoing,
-            incoming,
+        Policy { rules, outgoing }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// A table XMLDB does not know (a plugin installed after the rules were read) follows the
+    /// name lists, with Moodle's `id` as its key.
+    pub fn direction(&self, table: &str) -> Direction {
+        match self.rules.get(table) {
+            Some(rule) => rule.direction,
+            None => {
+                self.rules
+                    .for_unknown_table(table, &[("id", "bigint")])
+                    .direction
+            }
         }
     }
 
-    pub fn direction(&self, table: &str) -> Direction {
-        self.directions
-            .get(table)
-            .copied()
-            .unwrap_or_else(|| (self.fallback)(table))
+    pub fn protection(&self, table: &str) -> Option<Protection> {
+        self.rules.get(table).and_then(|r| r.protect)
     }
 
     /// (column, referenced table) pairs of `table`.
@@ -78,6 +71,15 @@ impl Policy {
 
     /// (table, column) pairs that hold ids of `table`.
     pub fn referenced_by(&self, table: &str) -> Vec<(String, String)> {
-        self.incoming.get(table).cloned().unwrap_or_default()
+        self.rules
+            .get(table)
+            .map(|rule| {
+                rule.referenced_by
+                    .iter()
+                    .filter(|r| r.ref_column == "id")
+                    .map(|r| (r.table.clone(), r.column.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }

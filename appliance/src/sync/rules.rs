@@ -1,0 +1,748 @@
+//! Per-table sync rules, derived from the XMLDB [`Schema`] and a small data file.
+//!
+//! The lists of which table travels which way are data, not code: `appliance/sync-rules.ini` (built in) and
+//! an optional override file of the same format holding only a site's exceptions. The keys each table
+//! needs for merging (primary key, other unique keys, the columns that refer to it) come from XMLDB.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::schema::Schema;
+use crate::ini::{ConfigError, Document, Section};
+
+/// The built-in rule lists.
+pub const BUILTIN: &str = include_str!("../../sync-rules.ini");
+/// Where a site keeps its exceptions.
+pub const OVERRIDES_PATH: &str = "/etc/kituo/sync-overrides.ini";
+
+/// Which way a table's changes travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Both,
+    HubToCenters,
+    CentersToHub,
+    Never,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 4] = [
+        Direction::Both,
+        Direction::HubToCenters,
+        Direction::CentersToHub,
+        Direction::Never,
+    ];
+
+    /// Its name in the rule files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Both => "both",
+            Direction::HubToCenters => "hub_to_centers",
+            Direction::CentersToHub => "centers_to_hub",
+            Direction::Never => "never",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Direction> {
+        Direction::ALL.into_iter().find(|d| d.name() == s)
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Rows of a table that a center may not change (enforced by the hub's apply step, not here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// Rows whose id is listed in config `siteadmins`.
+    SiteAdmins,
+}
+
+/// Where a rule was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// A table name, or a prefix when `prefix` is set (written with a trailing `*`).
+    name: String,
+    prefix: bool,
+    direction: Direction,
+    reason: String,
+    source: Source,
+}
+
+/// One parsed rule file (the built-in one or an override file).
+#[derive(Debug, Clone)]
+pub struct RuleFile {
+    entries: Vec<Entry>,
+    default: Option<(Direction, Source)>,
+    /// `None` as the protection: an override that lifts the built-in one.
+    protect: BTreeMap<String, (Option<Protection>, Source)>,
+}
+
+const SECTIONS: &[Section] = &[
+    Section {
+        name: "defaults",
+        keys: &[],
+        free_keys: true,
+        help: "direction = for tables no list names",
+    },
+    Section {
+        name: "protect",
+        keys: &[],
+        free_keys: true,
+        help: "table = siteadmins | none",
+    },
+    Section {
+        name: "both",
+        keys: &[],
+        free_keys: true,
+        help: "tables edited at every site",
+    },
+    Section {
+        name: "hub_to_centers",
+        keys: &[],
+        free_keys: true,
+        help: "tables authored at the hub",
+    },
+    Section {
+        name: "centers_to_hub",
+        keys: &[],
+        free_keys: true,
+        help: "logs",
+    },
+    Section {
+        name: "never",
+        keys: &[],
+        free_keys: true,
+        help: "volatile or per-site tables",
+    },
+];
+
+impl RuleFile {
+    pub fn builtin() -> Result<RuleFile, ConfigError> {
+        RuleFile::parse(Path::new("appliance/sync-rules.ini"), BUILTIN)
+    }
+
+    pub fn load(path: &Path) -> Result<RuleFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        RuleFile::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<RuleFile, ConfigError> {
+        let doc = Document::parse(path, text, SECTIONS)?;
+        let at = |line: usize, message: String| ConfigError {
+            file: path.to_owned(),
+            line: Some(line),
+            message,
+        };
+        let mut file = RuleFile {
+            entries: Vec::new(),
+            default: None,
+            protect: BTreeMap::new(),
+        };
+        for (key, value, line) in doc.free_entries("defaults") {
+            if key != "direction" {
+                return Err(at(
+                    line,
+                    format!(
+                        "invalid key '{key}' in section [defaults]; the only key is 'direction'"
+                    ),
+                ));
+            }
+            let direction = Direction::from_name(&value).ok_or_else(|| {
+                doc.error(
+                    "defaults",
+                    &key,
+                    format!(
+                        "expected both, hub_to_centers, centers_to_hub or never, got '{value}'"
+                    ),
+                )
+            })?;
+            let source = Source {
+                file: path.to_owned(),
+                line,
+            };
+            file.default = Some((direction, source));
+        }
+        for (key, value, line) in doc.free_entries("protect") {
+            if !is_table_name(&key) {
+                return Err(doc.error("protect", &key, "expected a table name (no patterns)"));
+            }
+            let protection = match value.as_str() {
+                "siteadmins" => Some(Protection::SiteAdmins),
+                "none" => None,
+                other => {
+                    return Err(doc.error(
+                        "protect",
+                        &key,
+                        format!("expected siteadmins or none, got '{other}'"),
+                    ))
+                }
+            };
+            let source = Source {
+                file: path.to_owned(),
+                line,
+            };
+            file.protect.insert(key, (protection, source));
+        }
+        for direction in Direction::ALL {
+            let section = direction.name();
+            for (key, value, line) in doc.free_entries(section) {
+                let (name, prefix) = match key.strip_suffix('*') {
+                    Some(p) => (p.to_owned(), true),
+                    None => (key.clone(), false),
+                };
+                if !is_table_name(&name) {
+                    return Err(doc.error(
+                        section,
+                        &key,
+                        "expected a table name, or a prefix ending in '*' (like cache_*)",
+                    ));
+                }
+                if value.is_empty() {
+                    return Err(doc.error(
+                        section,
+                        &key,
+                        "say why after '=': the reason is kept with the rule",
+                    ));
+                }
+                if let Some(first) = file
+                    .entries
+                    .iter()
+                    .find(|e| e.name == name && e.prefix == prefix)
+                {
+                    return Err(at(
+                        line,
+                        format!(
+                            "key '{key}' in section [{section}]: '{key}' is already in [{}] on line {}",
+                            first.direction, first.source.line
+                        ),
+                    ));
+                }
+                file.entries.push(Entry {
+                    name,
+                    prefix,
+                    direction,
+                    reason: value,
+                    source: Source {
+                        file: path.to_owned(),
+                        line,
+                    },
+                });
+            }
+        }
+        Ok(file)
+    }
+
+    /// The entry for `table`: its own name first, else the longest matching prefix.
+    fn lookup(&self, table: &str) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .find(|e| !e.prefix && e.name == table)
+            .or_else(|| {
+                self.entries
+                    .iter()
+                    .filter(|e| e.prefix && table.starts_with(&e.name))
+                    .max_by_key(|e| e.name.len())
+            })
+    }
+}
+
+/// Moodle table names: lower-case letters, digits and underscores.
+fn is_table_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A column that refers to a table's rows (from an XMLDB foreign key).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reference {
+    pub table: String,
+    pub column: String,
+    /// The referred column, nearly always `id`.
+    pub ref_column: String,
+}
+
+/// Everything the sync engine needs to know about one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRule {
+    pub table: String,
+    pub direction: Direction,
+    /// Why: the rule's text and where it was written, or the reason it was forced.
+    pub reason: String,
+    pub source: Option<Source>,
+    /// The single integer primary key column (`None` only for `Never` tables).
+    pub primary_key: Option<String>,
+    /// Unique column sets other than the primary key: rows two sites created independently that clash
+    /// on one of these are merged.
+    pub unique_keys: Vec<Vec<String>>,
+    /// Columns of other tables that hold this table's ids: what to remap when rows merge.
+    pub referenced_by: Vec<Reference>,
+    pub protect: Option<Protection>,
+}
+
+/// Rule counts per direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub both: usize,
+    pub hub_to_centers: usize,
+    pub centers_to_hub: usize,
+    pub never: usize,
+}
+
+impl Summary {
+    pub fn total(&self) -> usize {
+        self.both + self.hub_to_centers + self.centers_to_hub + self.never
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} tables: both {}, hub_to_centers {}, centers_to_hub {}, never {}",
+            self.total(),
+            self.both,
+            self.hub_to_centers,
+            self.centers_to_hub,
+            self.never
+        )
+    }
+}
+
+/// The rules of every table of a schema, and the lists for tables found later.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub tables: BTreeMap<String, TableRule>,
+    builtin: RuleFile,
+    overrides: Option<RuleFile>,
+}
+
+impl Rules {
+    /// The built-in lists plus the override file at `overrides`, if that file exists.
+    pub fn load(schema: &Schema, overrides: Option<&Path>) -> Result<Rules> {
+        let builtin = RuleFile::builtin().context("the built-in sync rules are broken")?;
+        let overrides = match overrides {
+            Some(path) if path.exists() => Some(RuleFile::load(path)?),
+            _ => None,
+        };
+        Ok(Rules::derive(schema, builtin, overrides))
+    }
+
+    pub fn derive(schema: &Schema, builtin: RuleFile, overrides: Option<RuleFile>) -> Rules {
+        let mut referenced_by: BTreeMap<&str, Vec<Reference>> = BTreeMap::new();
+        for table in schema.tables.values() {
+            for fk in &table.foreign_keys {
+                for (column, ref_column) in fk.fields.iter().zip(&fk.ref_fields) {
+                    referenced_by
+                        .entry(fk.ref_table.as_str())
+                        .or_default()
+                        .push(Reference {
+                            table: table.name.clone(),
+                            column: column.clone(),
+                            ref_column: ref_column.clone(),
+                        });
+                }
+            }
+        }
+        let mut rules = Rules {
+            tables: BTreeMap::new(),
+            builtin,
+            overrides,
+        };
+        for table in schema.tables.values() {
+            let pk = table.single_int_primary_key();
+            let mut rule = rules.by_lists(&table.name, pk);
+            rule.unique_keys = table
+                .unique_keys
+                .iter()
+                .filter(|k| **k != table.primary_key)
+                .cloned()
+                .collect();
+            let mut refs = referenced_by
+                .remove(table.name.as_str())
+                .unwrap_or_default();
+            refs.sort();
+            refs.dedup();
+            rule.referenced_by = refs;
+            rules.tables.insert(table.name.clone(), rule);
+        }
+        rules
+    }
+
+    pub fn get(&self, table: &str) -> Option<&TableRule> {
+        self.tables.get(table)
+    }
+
+    /// The rule for a table the database has but XMLDB does not (yet): the lists decide the direction;
+    /// `primary_key` is the table's primary key from information_schema as (column, DATA_TYPE) pairs.
+    /// Nothing is known about its unique keys or references.
+    pub fn for_unknown_table(&self, name: &str, primary_key: &[(&str, &str)]) -> TableRule {
+        let pk = match primary_key {
+            [(column, data_type)]
+                if matches!(
+                    data_type.to_ascii_lowercase().as_str(),
+                    "tinyint" | "smallint" | "mediumint" | "int" | "bigint"
+                ) =>
+            {
+                Some(*column)
+            }
+            _ => None,
+        };
+        let mut rule = self.by_lists(name, pk);
+        if rule.direction != Direction::Never {
+            rule.reason
+                .push_str(" (table not in XMLDB: no unique keys or references known)");
+        }
+        rule
+    }
+
+    fn by_lists(&self, table: &str, pk: Option<&str>) -> TableRule {
+        let protect = self
+            .overrides
+            .iter()
+            .chain([&self.builtin])
+            .find_map(|f| f.protect.get(table))
+            .and_then(|(p, _)| *p);
+        let mut rule = TableRule {
+            table: table.to_owned(),
+            direction: Direction::Never,
+            reason: String::new(),
+            source: None,
+            primary_key: pk.map(str::to_owned),
+            unique_keys: Vec::new(),
+            referenced_by: Vec::new(),
+            protect,
+        };
+        if pk.is_none() {
+            rule.reason =
+                "no single-column integer primary key: rows cannot be told apart across sites"
+                    .into();
+            return rule;
+        }
+        let entry = self
+            .overrides
+            .iter()
+            .chain([&self.builtin])
+            .find_map(|f| f.lookup(table));
+        match entry {
+            Some(e) => {
+                rule.direction = e.direction;
+                let key = if e.prefix {
+                    format!("{}*", e.name)
+                } else {
+                    e.name.clone()
+                };
+                rule.reason = format!("[{}] {key}: {}", e.direction, e.reason);
+                rule.source = Some(e.source.clone());
+            }
+            None => {
+                let (direction, source) = self
+                    .overrides
+                    .as_ref()
+                    .and_then(|f| f.default.clone())
+                    .or_else(|| self.builtin.default.clone())
+                    .unwrap_or((
+                        Direction::Both,
+                        Source {
+                            file: PathBuf::from("(program default)"),
+                            line: 0,
+                        },
+                    ));
+                rule.direction = direction;
+                rule.reason =
+                    format!("[defaults] direction = {direction}: no list names this table");
+                rule.source = Some(source);
+            }
+        }
+        rule
+    }
+
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for rule in self.tables.values() {
+            match rule.direction {
+                Direction::Both => s.both += 1,
+                Direction::HubToCenters => s.hub_to_centers += 1,
+                Direction::CentersToHub => s.centers_to_hub += 1,
+                Direction::Never => s.never += 1,
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::schema::tests::moodle_450;
+
+    fn rules_with(overrides: Option<&str>) -> Rules {
+        let builtin = RuleFile::builtin().expect("built-in rules parse");
+        let overrides = overrides.map(|text| {
+            RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text)
+                .expect("override parses")
+        });
+        Rules::derive(&moodle_450(), builtin, overrides)
+    }
+
+    fn direction(rules: &Rules, table: &str) -> Direction {
+        rules
+            .get(table)
+            .map(|r| r.direction)
+            .unwrap_or_else(|| panic!("no rule for {table}"))
+    }
+
+    #[test]
+    fn every_450_table_gets_a_rule_from_a_list() {
+        let rules = rules_with(None);
+        assert_eq!(rules.tables.len(), 494);
+        let summary = rules.summary();
+        assert_eq!(summary.total(), 494);
+        // Every table is named by a list: none falls through to [defaults].
+        let unlisted: Vec<&str> = rules
+            .tables
+            .values()
+            .filter(|r| r.reason.starts_with("[defaults]"))
+            .map(|r| r.table.as_str())
+            .collect();
+        assert!(unlisted.is_empty(), "not in any list: {unlisted:?}");
+        for rule in rules.tables.values() {
+            assert_eq!(rule.primary_key.as_deref(), Some("id"), "{}", rule.table);
+            assert!(rule.source.is_some(), "{}", rule.table);
+        }
+        assert!(
+            summary.both > 100 && summary.hub_to_centers > 100 && summary.never > 50,
+            "{summary}"
+        );
+        assert!(summary.centers_to_hub >= 4, "{summary}");
+    }
+
+    #[test]
+    fn spot_checks_of_each_list() {
+        let rules = rules_with(None);
+        for t in [
+            "forum_posts",
+            "forum_discussions",
+            "assign_submission",
+            "grade_grades",
+            "user",
+            "user_enrolments",
+            "question_attempts",
+            "question_attempt_step_data",
+            "files",
+            "context",
+            "message_conversations",
+        ] {
+            assert_eq!(direction(&rules, t), Direction::Both, "{t}");
+        }
+        for t in [
+            "config",
+            "config_plugins",
+            "role",
+            "role_capabilities",
+            "capabilities",
+            "course",
+            "course_sections",
+            "course_modules",
+            "modules",
+            "forum",
+            "question",
+            "question_categories",
+            "qtype_multichoice_options",
+            "grade_items",
+            "quizaccess_seb_quizsettings",
+        ] {
+            assert_eq!(direction(&rules, t), Direction::HubToCenters, "{t}");
+        }
+        for t in ["logstore_standard_log", "log"] {
+            assert_eq!(direction(&rules, t), Direction::CentersToHub, "{t}");
+        }
+        for t in [
+            "sessions",
+            "cache_flags",
+            "cache_filters",
+            "lock_db",
+            "task_adhoc",
+            "task_log",
+            "context_temp",
+            "stats_daily",
+            "question_statistics",
+            "external_tokens",
+            "mnet_host",
+        ] {
+            assert_eq!(direction(&rules, t), Direction::Never, "{t}");
+        }
+        // Longest prefix and names win: message* is both, its per-site queues are never.
+        assert_eq!(
+            direction(&rules, "message_email_messages"),
+            Direction::Never
+        );
+        let cache = rules.get("cache_flags").expect("cache_flags");
+        assert!(
+            cache.reason.starts_with("[never] cache_*: caches"),
+            "{}",
+            cache.reason
+        );
+        assert_eq!(
+            cache.source.as_ref().map(|s| s.file.clone()),
+            Some(PathBuf::from("appliance/sync-rules.ini"))
+        );
+    }
+
+    #[test]
+    fn keys_references_and_protection() {
+        let rules = rules_with(None);
+        let gg = rules.get("grade_grades").expect("grade_grades");
+        assert_eq!(
+            gg.unique_keys,
+            [vec!["userid".to_string(), "itemid".to_string()]]
+        );
+        let posts = rules.get("forum_posts").expect("forum_posts");
+        assert!(posts.unique_keys.is_empty());
+        let refs: Vec<(&str, &str)> = posts
+            .referenced_by
+            .iter()
+            .map(|r| (r.table.as_str(), r.column.as_str()))
+            .collect();
+        assert!(refs.contains(&("forum_posts", "parent")), "{refs:?}");
+        // Only declared foreign keys count: forum_read.postid has none in 4.5, forum_queue.postid has.
+        assert!(refs.contains(&("forum_queue", "postid")), "{refs:?}");
+        assert!(!refs.contains(&("forum_read", "postid")), "{refs:?}");
+        let user = rules.get("user").expect("user");
+        assert_eq!(user.protect, Some(Protection::SiteAdmins));
+        assert!(
+            user.referenced_by.len() > 100,
+            "{}",
+            user.referenced_by.len()
+        );
+        assert_eq!(rules.get("forum_posts").and_then(|r| r.protect), None);
+    }
+
+    #[test]
+    fn override_file_wins() {
+        let rules = rules_with(Some(
+            "; this center keeps its own log\n[never]\nlogstore_standard_log = local only\n\n[both]\ncache_flags = we want it\nforum = teachers here edit forums\n\n[protect]\nuser = none\n",
+        ));
+        assert_eq!(direction(&rules, "logstore_standard_log"), Direction::Never);
+        // A name in the override beats a pattern in the built-in file, and vice versa patterns there
+        // still apply to the rest.
+        assert_eq!(direction(&rules, "cache_flags"), Direction::Both);
+        assert_eq!(direction(&rules, "cache_filters"), Direction::Never);
+        assert_eq!(direction(&rules, "forum"), Direction::Both);
+        assert_eq!(direction(&rules, "forum_posts"), Direction::Both);
+        let log = rules.get("logstore_standard_log").expect("log");
+        assert_eq!(log.source.as_ref().map(|s| s.line), Some(3));
+        assert_eq!(rules.get("user").and_then(|r| r.protect), None);
+        let defaults = rules_with(Some("[defaults]\ndirection = never\n"));
+        assert_eq!(
+            defaults
+                .for_unknown_table("local_thing", &[("id", "bigint")])
+                .direction,
+            Direction::Never
+        );
+        assert_eq!(direction(&defaults, "forum_posts"), Direction::Both);
+    }
+
+    #[test]
+    fn bad_override_names_file_line_and_key() {
+        let cases = [
+            ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [both], [hub_to_centers], [centers_to_hub], [never]"),
+            ("[never]\nsessions = x\n\nCache-* = y\n", "/etc/kituo/sync-overrides.ini:4: key 'Cache-*' in section [never]: expected a table name, or a prefix ending in '*' (like cache_*)"),
+            ("[never]\nsessions =\n", "/etc/kituo/sync-overrides.ini:2: key 'sessions' in section [never]: say why after '=': the reason is kept with the rule"),
+            ("[both]\nsessions = a\n[never]\nsessions = b\n", "/etc/kituo/sync-overrides.ini:4: key 'sessions' in section [never]: 'sessions' is already in [both] on line 2"),
+            ("[defaults]\ndirection = sideways\n", "/etc/kituo/sync-overrides.ini:2: key 'direction' in section [defaults]: expected both, hub_to_centers, centers_to_hub or never, got 'sideways'"),
+            ("[defaults]\ndirektion = both\n", "/etc/kituo/sync-overrides.ini:2: invalid key 'direktion' in section [defaults]; the only key is 'direction'"),
+            ("[protect]\nuser = teachers\n", "/etc/kituo/sync-overrides.ini:2: key 'user' in section [protect]: expected siteadmins or none, got 'teachers'"),
+        ];
+        for (text, want) in cases {
+            let e = RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text).unwrap_err();
+            assert_eq!(e.to_string(), want);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sync-overrides.ini");
+        std::fs::write(&path, "[never]\nforum_posts\n").expect("write");
+        let e = Rules::load(&moodle_450(), Some(&path)).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "{}:2: expected '[section]' or 'key = value', got 'forum_posts'",
+                path.display()
+            )
+        );
+        // A missing override file is no error: the file is optional.
+        let rules =
+            Rules::load(&moodle_450(), Some(&dir.path().join("absent.ini"))).expect("loads");
+        assert_eq!(rules.tables.len(), 494);
+    }
+
+    #[test]
+    fn unknown_tables_fall_back_to_the_lists() {
+        let rules = rules_with(None);
+        let r = rules.for_unknown_table("cache_newthing", &[("id", "bigint")]);
+        assert_eq!(r.direction, Direction::Never);
+        let r = rules.for_unknown_table("forum_newthing", &[("id", "BIGINT")]);
+        assert_eq!(
+            (r.direction, r.primary_key.as_deref()),
+            (Direction::Both, Some("id"))
+        );
+        assert!(r.reason.contains("table not in XMLDB"), "{}", r.reason);
+        let r = rules.for_unknown_table("local_plugin_data", &[("id", "int")]);
+        assert_eq!(r.direction, Direction::Both);
+        assert!(r.reason.starts_with("[defaults]"), "{}", r.reason);
+        for pk in [
+            &[("a", "bigint"), ("b", "bigint")][..],
+            &[("code", "varchar")],
+            &[],
+        ] {
+            let r = rules.for_unknown_table("forum_newthing", pk);
+            assert_eq!(r.direction, Direction::Never, "{pk:?}");
+            assert!(
+                r.reason.starts_with("no single-column integer primary key"),
+                "{}",
+                r.reason
+            );
+        }
+    }
+
+    #[test]
+    fn summary_counts() {
+        let rules = rules_with(None);
+        let s = rules.summary();
+        println!("{s}");
+        let never = rules
+            .tables
+            .values()
+            .filter(|r| r.direction == Direction::Never)
+            .count();
+        assert_eq!(s.never, never);
+        assert_eq!(
+            s.to_string(),
+            format!(
+                "494 tables: both {}, hub_to_centers {}, centers_to_hub {}, never {}",
+                s.both, s.hub_to_centers, s.centers_to_hub, s.never
+            )
+        );
+    }
+}
