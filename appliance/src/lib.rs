@@ -6,12 +6,14 @@
 //! - [`status`]: the technician's page, JSON API and metrics, and the [`status::Feed`] for sync and updates
 //! - [`history`]: power transitions and the 24-hour chart, persisted sparingly
 //! - [`supervisor`]: wires them together (`appliance supervise`)
+//! - [`testbed`], [`linkem`]: real services and an emulated bad link, for the tests and `appliance bench`
 
 pub mod center;
 pub mod config;
 pub mod health;
 pub mod history;
 pub mod ini;
+pub mod linkem;
 pub mod power;
 pub mod status;
 pub mod supervisor;
