@@ -47,7 +47,12 @@ pub fn push_once(site: &mut Site, link: &mut dyn Link, max: usize) -> Result<u64
 }
 
 /// Applies one page of the hub's log; returns whether more is waiting.
-pub fn pull_once(site: &mut Site, policy: &Policy, link: &mut dyn Link, max: usize) -> Result<bool> {
+pub fn pull_once(
+    site: &mut Site,
+    policy: &Policy,
+    link: &mut dyn Link,
+    max: usize,
+) -> Result<bool> {
     let after = store::get_u64(site.conn(), HUB_CURSOR)?;
     let page = link.pull(after, max)?;
     if page.last > after {
@@ -73,7 +78,12 @@ pub fn backlog(site: &mut Site) -> Result<u64> {
 }
 
 /// Captures, pushes everything, pulls everything: one full exchange.
-pub fn sync_once(site: &mut Site, policy: &Policy, link: &mut dyn Link, batch: usize) -> Result<()> {
+pub fn sync_once(
+    site: &mut Site,
+    policy: &Policy,
+    link: &mut dyn Link,
+    batch: usize,
+) -> Result<()> {
     site.capture(policy)?;
     while push_once(site, link, batch)? > 0 {}
     while pull_once(site, policy, link, batch)? {}

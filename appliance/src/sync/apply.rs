@@ -112,24 +112,26 @@ impl<'p> Applier<'p> {
         &mut self,
         tx: &mut Transaction<'_>,
         changes: &[Change],
-        catch_up: &mut dyn FnMut() -> Result<()>,
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
     ) -> Result<Tally> {
         let mut pre = Prefetched::default();
         self.lock_rows(tx, changes, &mut pre)?;
-        catch_up().context("cannot record local changes before applying")?;
+        catch_up(tx).context("cannot record local changes before applying")?;
         self.read_clocks(tx, changes, &mut pre)?;
         let mut tally = Tally::new();
         for change in changes {
-            let outcome = self.apply_one(tx, change, &mut pre, catch_up).with_context(|| {
-                format!(
-                    "cannot apply change {}#{} ({:?} {} id {})",
-                    change.origin,
-                    change.seq,
-                    change.kind(),
-                    change.table,
-                    change.id
-                )
-            })?;
+            let outcome = self
+                .apply_one(tx, change, &mut pre, catch_up)
+                .with_context(|| {
+                    format!(
+                        "cannot apply change {}#{} ({:?} {} id {})",
+                        change.origin,
+                        change.seq,
+                        change.kind(),
+                        change.table,
+                        change.id
+                    )
+                })?;
             *tally.entry(outcome).or_default() += 1;
         }
         self.write_clocks(tx, &pre)?;
@@ -216,7 +218,7 @@ impl<'p> Applier<'p> {
         tx: &mut Transaction<'_>,
         change: &Change,
         pre: &mut Prefetched,
-        catch_up: &mut dyn FnMut() -> Result<()>,
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
     ) -> Result<Outcome> {
         let table = change.table.as_str();
         let direction = self.policy.direction(table);
@@ -312,7 +314,7 @@ impl<'p> Applier<'p> {
         stamp: Stamp,
         row: Row,
         pre: &mut Prefetched,
-        catch_up: &mut dyn FnMut() -> Result<()>,
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
     ) -> Result<Outcome> {
         let key = (table.to_owned(), id);
         let row = self.park_unknown(tx, table, id, stamp, row)?;
@@ -326,7 +328,7 @@ impl<'p> Applier<'p> {
             Err(e) if is_duplicate(&e) => {
                 // The clashing row may be a local insert not yet recorded: record it first, so its
                 // birth stamp is known (it is committed, or our insert would wait for it).
-                catch_up()?;
+                catch_up(tx)?;
                 self.resolve_clash(tx, table, id, stamp, row, pre)
             }
             Err(e) => Err(e).context("insert failed"),
@@ -411,7 +413,12 @@ impl<'p> Applier<'p> {
         Ok(Outcome::Merged)
     }
 
-    fn find_clash(&mut self, tx: &mut Transaction<'_>, table: &str, row: &Row) -> Result<Option<i64>> {
+    fn find_clash(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        row: &Row,
+    ) -> Result<Option<i64>> {
         let shape = self.shape(tx, table)?.context("table vanished")?;
         for unique in &shape.uniques {
             let values: Option<Vec<&Value>> = unique.iter().map(|c| row.get(c)).collect();
@@ -562,7 +569,11 @@ pub fn from_sql(v: mysql::Value) -> Value {
     }
 }
 
-fn read_shape(tx: &mut Transaction<'_>, target: &Target, table: &str) -> Result<Option<TableShape>> {
+fn read_shape(
+    tx: &mut Transaction<'_>,
+    target: &Target,
+    table: &str,
+) -> Result<Option<TableShape>> {
     let name = format!("{}{table}", target.prefix);
     let columns: Vec<String> = tx
         .exec(
@@ -614,7 +625,10 @@ pub fn read_row(
             .iter()
             .map(|c| c.name_str().into_owned())
             .collect();
-        names.into_iter().zip(r.unwrap().into_iter().map(from_sql)).collect()
+        names
+            .into_iter()
+            .zip(r.unwrap().into_iter().map(from_sql))
+            .collect()
     }))
 }
 

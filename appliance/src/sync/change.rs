@@ -101,13 +101,22 @@ mod tests {
     use super::*;
 
     fn row(pairs: &[(&str, Value)]) -> Row {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     #[test]
     fn only_differing_columns_are_edits() {
-        let before = row(&[("id", Value::Int(1)), ("subject", Value::Bytes(b"a".to_vec()))]);
-        let after = row(&[("id", Value::Int(1)), ("subject", Value::Bytes(b"b".to_vec()))]);
+        let before = row(&[
+            ("id", Value::Int(1)),
+            ("subject", Value::Bytes(b"a".to_vec())),
+        ]);
+        let after = row(&[
+            ("id", Value::Int(1)),
+            ("subject", Value::Bytes(b"b".to_vec())),
+        ]);
         let changed = changed_columns(&before, &after);
         assert_eq!(changed.keys().collect::<Vec<_>>(), vec!["subject"]);
     }
@@ -133,6 +142,9 @@ mod tests {
         let mid = corrupt.len() / 2;
         corrupt[mid] ^= 0xff;
         assert!(decode(&corrupt, 1 << 20).is_err());
-        assert!(decode(&bytes, 8).is_err(), "a size cap below the batch must refuse it");
+        assert!(
+            decode(&bytes, 8).is_err(),
+            "a size cap below the batch must refuse it"
+        );
     }
 }

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 const COUNTER_BITS: u32 = 16;
 
 /// A clock value together with the site that produced it: the total order every merge decision uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Stamp {
     pub hlc: u64,
     pub site: u32,

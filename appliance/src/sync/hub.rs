@@ -41,7 +41,12 @@ pub fn relayed(direction: Direction) -> bool {
 
 /// Applies a center's batch. Changes its rules do not allow are refused and recorded, never applied:
 /// a stolen or misconfigured card must not rewrite the university's configuration.
-pub fn accept(site: &mut Site, policy: &Policy, center: u32, changes: &[Change]) -> Result<Receipt> {
+pub fn accept(
+    site: &mut Site,
+    policy: &Policy,
+    center: u32,
+    changes: &[Change],
+) -> Result<Receipt> {
     if let Some(c) = changes.iter().find(|c| c.origin != center) {
         bail!(
             "center {center} sent a change made by site {} (#{}); refused",
@@ -60,7 +65,11 @@ pub fn accept(site: &mut Site, policy: &Policy, center: u32, changes: &[Change])
             store::append(tx, change)?;
         }
         for change in refused.iter().filter(|c| c.seq > already) {
-            reject(tx, change, "the rules do not let a center change this table")?;
+            reject(
+                tx,
+                change,
+                "the rules do not let a center change this table",
+            )?;
         }
         store::set_applied(tx, center, top)
     })?;
@@ -79,13 +88,7 @@ fn reject(tx: &mut impl Queryable, change: &Change, reason: &str) -> Result<()> 
 }
 
 /// The changes after log position `after` that `center` has not seen: everything relayed, except its own.
-pub fn page(
-    site: &mut Site,
-    policy: &Policy,
-    center: u32,
-    after: u64,
-    max: usize,
-) -> Result<Page> {
+pub fn page(site: &mut Site, policy: &Policy, center: u32, after: u64, max: usize) -> Result<Page> {
     let rows: Vec<(u64, Vec<u8>)> = site
         .conn()
         .exec(

@@ -48,16 +48,18 @@ impl<'p> Recorder<'p> {
         }
     }
 
-    /// Logs the changes of `txns` and moves the capture position to the end of the last one. The clock
-    /// and sequence counter are read and written in `tx`, so a rolled-back transaction leaves no trace.
-    pub fn record(&self, tx: &mut Transaction<'_>, txns: &[CapturedTxn]) -> Result<Recorded> {
+    /// Logs the changes of `txns` and moves the capture position to `end` (the reader's position after
+    /// them, which also passes transactions that produced no rows here). The clock and sequence
+    /// counter are read and written in `tx`, so a rolled-back transaction leaves no trace.
+    pub fn record(
+        &self,
+        tx: &mut Transaction<'_>,
+        txns: &[CapturedTxn],
+        end: &BinlogPos,
+    ) -> Result<Recorded> {
         let mut done = Recorded::default();
-        let Some(last) = txns.last() else {
-            return Ok(done);
-        };
-        let mut hlc = Hlc::resume(
-            store::get_u64(tx, HLC)?.max(store::get_u64(tx, super::site::HLC_SEEN)?),
-        );
+        let mut hlc =
+            Hlc::resume(store::get_u64(tx, HLC)?.max(store::get_u64(tx, super::site::HLC_SEEN)?));
         let mut next_seq = store::get_u64(tx, NEXT_SEQ)?.max(1);
         for txn in txns {
             for row in &txn.rows {
@@ -79,7 +81,7 @@ impl<'p> Recorder<'p> {
         done.last_hlc = hlc.last();
         store::set(tx, HLC, &hlc.last().to_string())?;
         store::set(tx, NEXT_SEQ, &next_seq.to_string())?;
-        store::set(tx, CAPTURE_POS, &last.end.to_string())?;
+        store::set(tx, CAPTURE_POS, &end.to_string())?;
         Ok(done)
     }
 
@@ -117,7 +119,11 @@ impl<'p> Recorder<'p> {
                 }
                 Op::Update(cols)
             }
-            _ => anyhow::bail!("captured {:?} of {} without its images", row.kind, row.table),
+            _ => anyhow::bail!(
+                "captured {:?} of {} without its images",
+                row.kind,
+                row.table
+            ),
         };
         Ok(Some(Change {
             origin: self.site,

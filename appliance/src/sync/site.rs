@@ -48,7 +48,8 @@ pub struct Site {
 
 impl Site {
     pub fn open(cfg: SiteConfig) -> Result<Site> {
-        let mut conn = Conn::new(cfg.opts.clone()).context("cannot connect to the local MariaDB")?;
+        let mut conn =
+            Conn::new(cfg.opts.clone()).context("cannot connect to the local MariaDB")?;
         capture::check_settings(&mut conn)?;
         store::init(&mut conn)?;
         // Changes applied here are written with skip_replication: capture skips them (no echo),
@@ -76,7 +77,8 @@ impl Site {
             let end = capture::current_end(&mut tx)?;
             store::set(&mut tx, record::CAPTURE_POS, &end.to_string())?;
         }
-        tx.commit().context("cannot store the first capture position")
+        tx.commit()
+            .context("cannot store the first capture position")
     }
 
     fn begin(&mut self) -> Result<Transaction<'_>> {
@@ -125,17 +127,13 @@ impl Site {
 /// Reads the binlog from the stored position to its end and records it, in `tx`.
 fn catch_up(cfg: &SiteConfig, policy: &Policy, tx: &mut Transaction<'_>) -> Result<Recorded> {
     let start = record::position(tx)?;
-    let mut reader = BinlogReader::new(
-        cfg.opts.clone(),
-        cfg.reader_id,
-        &cfg.target.database,
-        start,
-    )?;
+    let mut reader =
+        BinlogReader::new(cfg.opts.clone(), cfg.reader_id, &cfg.target.database, start)?;
     let recorder = Recorder::new(cfg.site, cfg.role, policy, &cfg.target.prefix);
     let mut total = Recorded::default();
     loop {
-        let txns: Vec<CapturedTxn> = reader.read_available(READ_CAP)?;
-        let done = recorder.record(tx, &txns)?;
+        let txns: Vec<CapturedTxn> = reader.poll(READ_CAP)?;
+        let done = recorder.record(tx, &txns, reader.position())?;
         total.changes += done.changes;
         total.kept_local += done.kept_local;
         total.unchanged += done.unchanged;

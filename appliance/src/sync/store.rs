@@ -214,7 +214,7 @@ pub fn bury(conn: &mut impl Queryable, table: &str, id: i64, stamp: Stamp) -> Re
 }
 
 /// Drops tombstones older than `days`; a change for such a row arriving later would be applied.
-pub fn prune_tombstones(conn: &mut impl Queryable, days: u32) -> Result<u64> {
+pub fn prune_tombstones(conn: &mut mysql::Conn, days: u32) -> Result<u64> {
     conn.exec_drop(
         "DELETE FROM kituo_sync.tombstone WHERE deleted_at < NOW() - INTERVAL ? DAY",
         (days,),
