@@ -4,4 +4,5 @@
 //! table come from Moodle's own XMLDB schema, and concurrent edits merge column by column under a hybrid
 //! logical clock, so every site ends with the same bytes.
 
+pub mod capture;
 pub mod change;
