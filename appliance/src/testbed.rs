@@ -197,6 +197,11 @@ impl MariaDb {
         require("mariadb-install-db", "mariadb-server")?;
         require("mariadb", "mariadb-client")?;
         let data = dir.join("data");
+        // A temp folder of its own: servers installed side by side in /tmp were seen failing on each
+        // other's (or a cleaner's) vanished temp tables.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         if !data.join("mysql").exists() {
             let out = Command::new("mariadb-install-db")
                 .args([
@@ -206,6 +211,7 @@ impl MariaDb {
                     "--skip-test-db",
                 ])
                 .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .output()
                 .context("cannot run mariadb-install-db")?;
             if !out.status.success() {
@@ -234,6 +240,7 @@ impl MariaDb {
             .arg(format!("--socket={}", self.socket.display()))
             .arg(format!("--pid-file={}", self.pid_file.display()))
             .arg(format!("--log-error={}", self.error_log.display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .args([
                 "--skip-networking",
                 "--user=root",
