@@ -17,6 +17,7 @@ pub mod linkem;
 pub mod power;
 pub mod status;
 pub mod supervisor;
+#[cfg(feature = "sync")]
 pub mod sync;
 pub mod testbed;
 
