@@ -68,13 +68,8 @@ pub enum Outcome {
 /// Counts of outcomes, for logs and the status page.
 pub type Tally = BTreeMap<Outcome, u64>;
 
-/// The columns and unique keys the database really has, read from information_schema: the binlog and the
+/// The columns and unique keys a table really has, read from information_schema: the binlog and the
 /// sender may know a newer or older version of a table than this site.
-#[derive(Default)]
-struct Catalog {
-    tables: HashMap<String, Option<TableShape>>,
-}
-
 #[derive(Clone)]
 struct TableShape {
     columns: BTreeSet<String>,
@@ -84,7 +79,8 @@ struct TableShape {
 pub struct Applier<'p> {
     policy: &'p Policy,
     target: Target,
-    catalog: Catalog,
+    /// Shapes read so far; `None` for a table this site does not have.
+    catalog: HashMap<String, Option<TableShape>>,
 }
 
 /// The rows of one batch, read under lock before any decision.
@@ -102,7 +98,7 @@ impl<'p> Applier<'p> {
         Applier {
             policy,
             target,
-            catalog: Catalog::default(),
+            catalog: HashMap::new(),
         }
     }
 
@@ -139,17 +135,17 @@ impl<'p> Applier<'p> {
     }
 
     fn shape(&mut self, tx: &mut Transaction<'_>, table: &str) -> Result<Option<TableShape>> {
-        if let Some(shape) = self.catalog.tables.get(table) {
+        if let Some(shape) = self.catalog.get(table) {
             return Ok(shape.clone());
         }
         let shape = read_shape(tx, &self.target, table)?;
-        self.catalog.tables.insert(table.to_owned(), shape.clone());
+        self.catalog.insert(table.to_owned(), shape.clone());
         Ok(shape)
     }
 
     /// Forgets what it knew of a table's columns, after a change named one it had not seen.
     fn refresh(&mut self, tx: &mut Transaction<'_>, table: &str) -> Result<Option<TableShape>> {
-        self.catalog.tables.remove(table);
+        self.catalog.remove(table);
         self.shape(tx, table)
     }
 
@@ -238,11 +234,7 @@ impl<'p> Applier<'p> {
         match &change.op {
             Op::Delete => {
                 if pre.present.remove(&key) {
-                    tx.exec_drop(
-                        format!("DELETE FROM {} WHERE id = ?", self.target.table(table)),
-                        (id,),
-                    )
-                    .context("delete failed")?;
+                    self.delete_row(tx, table, id).context("delete failed")?;
                 }
                 store::bury(tx, table, id, stamp)?;
                 pre.tombstones.insert(key.clone());
@@ -335,6 +327,14 @@ impl<'p> Applier<'p> {
         }
     }
 
+    fn delete_row(&self, tx: &mut Transaction<'_>, table: &str, id: i64) -> Result<()> {
+        tx.exec_drop(
+            format!("DELETE FROM {} WHERE id = ?", self.target.table(table)),
+            (id,),
+        )
+        .map_err(anyhow::Error::from)
+    }
+
     fn insert_row(&self, tx: &mut Transaction<'_>, table: &str, row: &Row) -> Result<()> {
         let names: Vec<String> = row.keys().map(|c| quote(c)).collect();
         let params: Vec<mysql::Value> = row.values().map(to_sql).collect();
@@ -385,11 +385,8 @@ impl<'p> Applier<'p> {
             ClashWinner::Incoming => {
                 let old = read_row(tx, &self.target, table, existing)?
                     .context("the clashing row vanished")?;
-                tx.exec_drop(
-                    format!("DELETE FROM {} WHERE id = ?", self.target.table(table)),
-                    (existing,),
-                )
-                .context("cannot remove the row that lost a clash")?;
+                self.delete_row(tx, table, existing)
+                    .context("cannot remove the row that lost a clash")?;
                 let (merged, clock) = if hub_owned {
                     (row.clone(), incoming_clock)
                 } else {

@@ -1,8 +1,6 @@
 //! Turns transactions captured from this site's binlog into logged changes, stamped and numbered, with
 //! the row clocks the merge needs, in the caller's transaction together with the new capture position.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, Result};
 use mysql::Transaction;
 
@@ -147,9 +145,7 @@ impl<'p> Recorder<'p> {
             Op::Update(cols) => {
                 let mut clock = read_clock(tx, &change.table, change.id)?
                     .unwrap_or_else(|| RowClock::born(Stamp::ORIGIN));
-                let stamped: BTreeMap<String, Stamp> =
-                    cols.keys().map(|c| (c.clone(), stamp)).collect();
-                clock.cols.extend(stamped);
+                clock.cols.extend(cols.keys().map(|c| (c.clone(), stamp)));
                 write_clock(tx, &change.table, change.id, &clock)
             }
         }

@@ -206,11 +206,7 @@ pub fn bury(conn: &mut impl Queryable, table: &str, id: i64, stamp: Stamp) -> Re
         (table, id, stamp.hlc, stamp.site),
     )
     .context("cannot write a tombstone")?;
-    conn.exec_drop(
-        "DELETE FROM kituo_sync.clock WHERE tbl = ? AND row_id = ?",
-        (table, id),
-    )
-    .context("cannot drop a deleted row's clock")
+    drop_clock(conn, table, id)
 }
 
 /// Drops tombstones older than `days`; a change for such a row arriving later would be applied.
