@@ -17,7 +17,6 @@ pub mod linkem;
 pub mod power;
 pub mod status;
 pub mod supervisor;
-#[cfg(feature = "sync")]
 pub mod sync;
 pub mod testbed;
 

@@ -270,7 +270,6 @@ impl MariaDb {
     }
 
     /// Connection options for the `mysql` crate: root over the socket (socket authentication).
-    #[cfg(feature = "sync")]
     pub fn opts(&self) -> mysql::Opts {
         mysql::OptsBuilder::new()
             .socket(Some(self.socket.to_string_lossy()))

@@ -93,7 +93,7 @@ pub fn appliance(
         "set -e; cd /build/src; export CARGO_HOME=/build/cargo-home CARGO_TARGET_DIR=/build/target \
          CARGO_HTTP_CAINFO=/build/ca.crt SOURCE_DATE_EPOCH={epoch} CARGO_TARGET_{env_triple}_LINKER={linker} \
          RUSTFLAGS='--remap-path-prefix=/build/src=/kituo --remap-path-prefix=/build/cargo-home=/cargo'; \
-         cargo build --release --locked -p appliance --no-default-features --target {triple}"
+         cargo build --release --locked -p appliance --target {triple}"
     );
     let log = cache_root
         .join("appliance")
