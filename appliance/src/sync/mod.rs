@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod bed;
 pub mod capture;
 pub mod change;
 pub mod hlc;

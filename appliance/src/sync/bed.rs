@@ -1,0 +1,209 @@
+//! A hub and centers for the sync tests and benchmarks: each site a real MariaDB with binlog, Moodle's
+//! whole schema and the same seed, as a university's sites look once a center is commissioned from the
+//! hub. Nothing here runs on an appliance.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use mysql::prelude::Queryable;
+
+use super::agent::{self, Link};
+use super::apply::Target;
+use super::change::Change;
+use super::hub::{self, Page, Receipt};
+use super::policy::{Policy, Role};
+use super::rules::Rules;
+use super::schema::{create_table, Schema};
+use super::site::{Site, SiteConfig};
+use crate::testbed::MariaDb;
+
+pub const HUB: u32 = 1;
+pub const DB: &str = "moodle";
+pub const PREFIX: &str = "mdl_";
+/// Every site's share of the auto-increment ids: up to 64 sites.
+pub const INCREMENT: u32 = 64;
+
+/// The folder of Moodle schemas (`4.5.0/`, `4.5.5plus/`): `$KITUO_MOODLE_SCHEMA`, else the project's
+/// shared folder beside the checkout, else `/work/shared/moodle-schema`.
+pub fn schema_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KITUO_MOODLE_SCHEMA") {
+        return dir.into();
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/moodle-schema");
+    if beside.is_dir() {
+        return beside;
+    }
+    PathBuf::from("/work/shared/moodle-schema")
+}
+
+/// The same seed at every site: one course with a forum, one discussion with its first post, three
+/// users, a grade item.
+pub const SEED: &[&str] = &[
+    "INSERT INTO mdl_user (id, username, firstname, lastname, email, auth, confirmed, mnethostid, lastaccess)
+     VALUES (2, 'admin', 'Admin', 'User', 'a@example.org', 'manual', 1, 1, 0),
+            (3, 'amina', 'Amina', 'Juma', 'amina@example.org', 'manual', 1, 1, 0),
+            (4, 'baraka', 'Baraka', 'Mushi', 'baraka@example.org', 'manual', 1, 1, 0)",
+    "INSERT INTO mdl_config (name, value) VALUES ('siteadmins', '2')",
+    "INSERT INTO mdl_course (id, category, fullname, shortname, summary) VALUES (2, 1, 'Biology', 'BIO', '')",
+    "INSERT INTO mdl_forum (id, course, type, name, intro) VALUES (1, 2, 'general', 'Questions', '')",
+    "INSERT INTO mdl_forum_discussions (id, course, forum, name, firstpost, userid, timemodified, usermodified)
+     VALUES (1, 2, 1, 'Photosynthesis', 1, 2, 1000, 2)",
+    "INSERT INTO mdl_forum_posts (id, discussion, parent, userid, created, modified, subject, message)
+     VALUES (1, 1, 0, 2, 1000, 1000, 'Photosynthesis', 'Ask here.')",
+    "INSERT INTO mdl_grade_items (id, courseid, itemname, itemtype, itemmodule, iteminstance, grademax)
+     VALUES (1, 2, 'Essay', 'mod', 'assign', 1, 100)",
+];
+
+/// One site: its server and its sync engine.
+pub struct Node {
+    pub id: u32,
+    pub db: MariaDb,
+    pub site: Site,
+}
+
+impl Node {
+    /// A connection as Moodle has one: its database selected, binlogged like any Moodle write.
+    pub fn sql(&self) -> Result<mysql::Conn> {
+        let mut c = mysql::Conn::new(self.db.opts()).context("cannot connect to the site")?;
+        c.query_drop(format!("USE {DB}"))?;
+        Ok(c)
+    }
+
+    /// A table's rows ordered by id, as SQL literals: what "identical at every site" compares.
+    pub fn dump(&self, table: &str) -> Result<Vec<Vec<Option<String>>>> {
+        let rows: Vec<mysql::Row> = self
+            .sql()?
+            .query(format!("SELECT * FROM {PREFIX}{table} ORDER BY id"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                r.unwrap()
+                    .into_iter()
+                    .map(|v| match v {
+                        mysql::Value::NULL => None,
+                        v => Some(v.as_sql(true)),
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Opens the sync engine again, e.g. after the server restarted.
+    pub fn reopen(&mut self) -> Result<()> {
+        self.site = open_site(self.id, &self.db)?;
+        Ok(())
+    }
+}
+
+pub struct World {
+    /// Removed when the world is dropped.
+    pub dir: tempfile::TempDir,
+    pub schema: Schema,
+    pub policy: Policy,
+    pub hub: Node,
+    pub centers: Vec<Node>,
+}
+
+/// Starts the hub (site 1) and `centers` centers (sites 2, 3, ...), each with the Moodle 4.5.0 schema
+/// and [`SEED`].
+pub fn world(name: &str, centers: u32) -> Result<World> {
+    let dir = tempfile::Builder::new().prefix(name).tempdir()?;
+    let schema = Schema::load_moodle_dir(&schema_root().join("4.5.0"))?;
+    let mut nodes = Vec::new();
+    for id in HUB..=HUB + centers {
+        nodes.push(node(dir.path(), id, &schema)?);
+    }
+    let policy = Policy::new(Rules::load(&schema, None)?);
+    let hub = nodes.remove(0);
+    Ok(World {
+        dir,
+        schema,
+        policy,
+        hub,
+        centers: nodes,
+    })
+}
+
+/// One site's server with the schema and seed, and its engine open.
+pub fn node(dir: &Path, id: u32, schema: &Schema) -> Result<Node> {
+    let db = MariaDb::start_with(
+        &dir.join(format!("site{id}")),
+        &MariaDb::sync_site_args(id, INCREMENT, id),
+    )?;
+    let mut c = mysql::Conn::new(db.opts())?;
+    c.query_drop(format!(
+        "CREATE DATABASE {DB} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    ))?;
+    c.query_drop(format!("USE {DB}"))?;
+    for table in schema.tables.values() {
+        c.query_drop(create_table(table, PREFIX))
+            .with_context(|| format!("cannot create {}", table.name))?;
+    }
+    for sql in SEED {
+        c.query_drop(*sql).with_context(|| sql.to_string())?;
+    }
+    let site = open_site(id, &db)?;
+    Ok(Node { id, db, site })
+}
+
+fn open_site(id: u32, db: &MariaDb) -> Result<Site> {
+    let role = if id == HUB { Role::Hub } else { Role::Center };
+    Site::open(SiteConfig {
+        site: id,
+        role,
+        target: Target {
+            database: DB.into(),
+            prefix: PREFIX.into(),
+        },
+        opts: db.opts(),
+        reader_id: 1000 + id,
+    })
+}
+
+/// The hub, reached in-process.
+pub struct Direct<'a> {
+    pub hub: &'a mut Site,
+    pub policy: &'a Policy,
+    pub center: u32,
+}
+
+impl Link for Direct<'_> {
+    fn push(&mut self, changes: &[Change]) -> Result<Receipt> {
+        hub::accept(self.hub, self.policy, self.center, changes)
+    }
+    fn pull(&mut self, after: u64, max: usize) -> Result<Page> {
+        self.hub.capture(self.policy)?;
+        hub::page(self.hub, self.policy, self.center, after, max)
+    }
+}
+
+impl World {
+    /// Every center exchanges with the hub, twice, so that what one center sent reaches the other.
+    pub fn sync_all(&mut self) -> Result<()> {
+        for _ in 0..2 {
+            self.hub.site.capture(&self.policy)?;
+            for c in &mut self.centers {
+                let mut link = Direct {
+                    hub: &mut self.hub.site,
+                    policy: &self.policy,
+                    center: c.id,
+                };
+                agent::sync_once(&mut c.site, &self.policy, &mut link, 100)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails naming the first site whose `table` differs from the hub's; returns the hub's rows.
+    pub fn assert_same_everywhere(&self, table: &str) -> Result<Vec<Vec<Option<String>>>> {
+        let hub = self.hub.dump(table)?;
+        for c in &self.centers {
+            anyhow::ensure!(
+                c.dump(table)? == hub,
+                "{table} differs between the hub and center {}",
+                c.id
+            );
+        }
+        Ok(hub)
+    }
+}
