@@ -8,6 +8,7 @@ use crate::health;
 use crate::ini::{ConfigError, Document, Key, Schema, Section};
 use crate::power::shutdown::{Cmd, Plan};
 use crate::power::state::Thresholds;
+use crate::sync::settings::AgentSettings;
 
 pub const SCHEMA: Schema = &[
     Section {
@@ -221,6 +222,8 @@ pub const SCHEMA: Schema = &[
             ),
         ],
     },
+    crate::sync::settings::SYNC_SECTION,
+    crate::sync::settings::MOODLE_SECTION,
 ];
 
 /// Which power source a `[power] sources` word names.
@@ -293,6 +296,8 @@ pub struct Config {
     pub power: PowerConfig,
     pub shutdown: Plan,
     pub health: HealthTemplate,
+    /// `None`: no hub configured, sync is off.
+    pub sync: Option<AgentSettings>,
 }
 
 /// The `[health]` settings; the build epoch is filled in at start from the build-info file.
@@ -498,6 +503,7 @@ impl Config {
             power,
             shutdown,
             health: HealthTemplate(health),
+            sync: AgentSettings::read(&doc)?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! `appliance`: the program that runs on every Kituo card.
 
 mod bench;
+mod sync_cmd;
 mod terminal;
 
 use std::io::BufRead;
@@ -37,11 +38,49 @@ enum Command {
     ConfigHelp,
     /// Read a password from standard input and print its hash for `[status] technician_password_hash`.
     HashPassword,
+    /// The hub: the central side of sync, beside the university's Moodle.
+    Hub {
+        #[arg(long, default_value = "/etc/kituo/hub.ini")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: Option<HubAction>,
+    },
+    /// The sync agent's commands.
+    Sync {
+        #[command(subcommand)]
+        action: SyncAction,
+    },
     /// Measure the supervisor: memory, idle CPU, page latency, page weight, low battery to power-off.
     Bench {
         /// Seconds of idle measurement.
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum HubAction {
+    /// Serve the centers (the default).
+    Serve,
+    /// Register a center (or renew its secret) and write its secret to a file for its card.
+    AddCenter {
+        /// The center's site number (its auto-increment offset), 2 to 255.
+        #[arg(long)]
+        site: u32,
+        #[arg(long)]
+        name: String,
+        /// Where to write the secret (mode 0600).
+        #[arg(long)]
+        secret_out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncAction {
+    /// Run the agent in the foreground (`appliance supervise` runs it too when [sync] hub_url is set).
+    Run {
+        #[arg(long, default_value = "/etc/kituo/appliance.ini")]
+        config: PathBuf,
     },
 }
 
@@ -77,6 +116,17 @@ fn run() -> Result<()> {
             println!("{}", appliance::status::auth::hash_password(password)?);
             Ok(())
         }
+        Command::Hub { config, action } => match action.unwrap_or(HubAction::Serve) {
+            HubAction::Serve => sync_cmd::serve_hub(&config),
+            HubAction::AddCenter {
+                site,
+                name,
+                secret_out,
+            } => sync_cmd::add_center(&config, site, &name, &secret_out),
+        },
+        Command::Sync { action } => match action {
+            SyncAction::Run { config } => sync_cmd::run_agent(&config),
+        },
         Command::Bench { idle_seconds } => bench::run(idle_seconds),
     }
 }

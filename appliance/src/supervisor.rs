@@ -18,6 +18,7 @@ use crate::power::{self, gpio, hat, nut, sysfs, BulkSyncGate, PowerSource, Readi
 use crate::status::api::Identity;
 use crate::status::server::Site;
 use crate::status::{PowerView, Shared, SourceStatus};
+use crate::sync::runner;
 
 /// A source whose hardware may not be there yet (I2C bus not enabled, HAT not seated): it is opened on
 /// first use and again after every failure to open.
@@ -240,8 +241,17 @@ pub fn run(config: Config) -> Result<()> {
     let gate = BulkSyncGate::new();
     let heartbeat = Arc::new(AtomicU64::new(unix_now()));
 
-    let mut watch = PowerWatch::new(&config.power, config.shutdown.clone(), shared.clone(), gate);
     let shutting_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(sync) = config.sync.clone() {
+        let controls = runner::Controls {
+            gate: gate.clone(),
+            // The shutdown sequence begins by stopping sync: no batch should be cut by the power-off.
+            hold: shutting_down.clone(),
+            feed: Some(shared.feed()),
+        };
+        runner::spawn(sync, u32::from(config.site_id), controls)?;
+    }
+    let mut watch = PowerWatch::new(&config.power, config.shutdown.clone(), shared.clone(), gate);
     {
         let (poll, beat, flag) = (config.power.poll, heartbeat.clone(), shutting_down.clone());
         std::thread::Builder::new()

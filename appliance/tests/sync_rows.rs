@@ -3,38 +3,11 @@
 //! transport and the fault proxy come with the agent service); what is tested is capture, merge,
 //! relay and apply against real servers.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use appliance::sync::agent::Link;
-use appliance::sync::bed::{world, Direct, Node};
+use appliance::sync::bed::{reply, world, Direct};
 use appliance::sync::change::Change;
 use mysql::prelude::Queryable;
-
-/// What Moodle does when a user replies in a discussion (forum_add_new_post and its event).
-fn reply(node: &Node, user: u32, text: &str, now: u64) -> Result<u64> {
-    let mut c = node.sql()?;
-    let mut tx = c.start_transaction(mysql::TxOpts::default())?;
-    tx.exec_drop(
-        "INSERT INTO mdl_forum_posts (discussion, parent, userid, created, modified, subject, message,
-                                      messageformat, wordcount, charcount)
-         VALUES (1, 1, ?, ?, ?, 'Re: Photosynthesis', ?, 1, 3, ?)",
-        (user, now, now, text, text.len()),
-    )?;
-    let post = tx.last_insert_id().context("no post id")?;
-    tx.exec_drop(
-        "UPDATE mdl_forum_discussions SET timemodified = ?, usermodified = ? WHERE id = 1",
-        (now, user),
-    )?;
-    tx.exec_drop(
-        "INSERT INTO mdl_logstore_standard_log (eventname, component, action, target, objecttable,
-             objectid, crud, edulevel, contextid, contextlevel, contextinstanceid, userid, courseid,
-             anonymous, timecreated, origin)
-         VALUES ('\\\\mod_forum\\\\event\\\\post_created', 'mod_forum', 'created', 'post', 'forum_posts',
-                 ?, 'c', 2, 30, 70, 5, ?, 2, 0, ?, 'web')",
-        (post, user, now),
-    )?;
-    tx.commit()?;
-    Ok(post)
-}
 
 #[test]
 fn thesis_forum_case_both_replies_survive_and_the_discussion_converges() -> Result<()> {

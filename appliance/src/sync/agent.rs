@@ -46,35 +46,59 @@ pub fn push_once(site: &mut Site, link: &mut dyn Link, max: usize) -> Result<u64
     Ok(acked)
 }
 
-/// Applies one page of the hub's log; returns whether more is waiting.
+/// What one pull did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pulled {
+    /// The cursor moved: the hub had something new.
+    pub advanced: bool,
+    /// More is waiting after this page.
+    pub more: bool,
+}
+
+/// Applies one page of the hub's log.
 pub fn pull_once(
     site: &mut Site,
     policy: &Policy,
     link: &mut dyn Link,
     max: usize,
-) -> Result<bool> {
+) -> Result<Pulled> {
     let after = store::get_u64(site.conn(), HUB_CURSOR)?;
     let page = link.pull(after, max)?;
-    if page.last > after {
+    let advanced = page.last > after;
+    if advanced {
         site.apply(policy, &page.changes, |tx, _| {
             store::set(tx, HUB_CURSOR, &page.last.to_string())
         })?;
     }
-    Ok(page.more)
+    Ok(Pulled {
+        advanced,
+        more: page.more,
+    })
 }
 
 /// Own changes the hub has not acknowledged yet.
-pub fn backlog(site: &mut Site) -> Result<u64> {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub changes: u64,
+    /// The stamp of the oldest of them.
+    pub oldest_hlc: Option<u64>,
+}
+
+pub fn backlog(site: &mut Site) -> Result<Backlog> {
     let pushed = store::get_u64(site.conn(), PUSHED)?;
     let origin = site.id();
-    let n: Option<u64> = site
+    let row: Option<(u64, Option<u64>)> = site
         .conn()
         .exec_first(
-            "SELECT COUNT(*) FROM kituo_sync.log WHERE origin = ? AND seq > ?",
+            "SELECT COUNT(*), MIN(hlc) FROM kituo_sync.log WHERE origin = ? AND seq > ?",
             (origin, pushed),
         )
         .context("cannot count the outbox")?;
-    Ok(n.unwrap_or(0))
+    let (changes, oldest_hlc) = row.unwrap_or((0, None));
+    Ok(Backlog {
+        changes,
+        oldest_hlc,
+    })
 }
 
 /// Captures, pushes everything, pulls everything: one full exchange.
@@ -86,6 +110,6 @@ pub fn sync_once(
 ) -> Result<()> {
     site.capture(policy)?;
     while push_once(site, link, batch)? > 0 {}
-    while pull_once(site, policy, link, batch)? {}
+    while pull_once(site, policy, link, batch)?.more {}
     Ok(())
 }

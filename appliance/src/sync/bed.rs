@@ -160,6 +160,33 @@ fn open_site(id: u32, db: &MariaDb) -> Result<Site> {
     })
 }
 
+/// What Moodle does when a user replies in a discussion (forum_add_new_post and its event).
+pub fn reply(node: &Node, user: u32, text: &str, now: u64) -> Result<u64> {
+    let mut c = node.sql()?;
+    let mut tx = c.start_transaction(mysql::TxOpts::default())?;
+    tx.exec_drop(
+        "INSERT INTO mdl_forum_posts (discussion, parent, userid, created, modified, subject, message,
+                                      messageformat, wordcount, charcount)
+         VALUES (1, 1, ?, ?, ?, 'Re: Photosynthesis', ?, 1, 3, ?)",
+        (user, now, now, text, text.len()),
+    )?;
+    let post = tx.last_insert_id().context("no post id")?;
+    tx.exec_drop(
+        "UPDATE mdl_forum_discussions SET timemodified = ?, usermodified = ? WHERE id = 1",
+        (now, user),
+    )?;
+    tx.exec_drop(
+        "INSERT INTO mdl_logstore_standard_log (eventname, component, action, target, objecttable,
+             objectid, crud, edulevel, contextid, contextlevel, contextinstanceid, userid, courseid,
+             anonymous, timecreated, origin)
+         VALUES ('\\\\mod_forum\\\\event\\\\post_created', 'mod_forum', 'created', 'post', 'forum_posts',
+                 ?, 'c', 2, 30, 70, 5, ?, 2, 0, ?, 'web')",
+        (post, user, now),
+    )?;
+    tx.commit()?;
+    Ok(post)
+}
+
 /// The hub, reached in-process.
 pub struct Direct<'a> {
     pub hub: &'a mut Site,
@@ -173,7 +200,7 @@ impl Link for Direct<'_> {
     }
     fn pull(&mut self, after: u64, max: usize) -> Result<Page> {
         self.hub.capture(self.policy)?;
-        hub::page(self.hub, self.policy, self.center, after, max)
+        hub::page(self.hub, self.policy, self.center, after, max, usize::MAX)
     }
 }
 
@@ -192,6 +219,23 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Waits until every center's `tables` equal the hub's, or fails naming the first that differs.
+    pub fn wait_converged(&self, tables: &[&str], timeout: std::time::Duration) -> Result<()> {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            let last = tables
+                .iter()
+                .try_for_each(|t| self.assert_same_everywhere(t).map(|_| ()));
+            match last {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= end => {
+                    return Err(e.context(format!("no convergence within {timeout:?}")))
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(250)),
+            }
+        }
     }
 
     /// Fails naming the first site whose `table` differs from the hub's; returns the hub's rows.

@@ -87,8 +87,16 @@ fn reject(tx: &mut impl Queryable, change: &Change, reason: &str) -> Result<()> 
     .context("cannot record a refused change")
 }
 
-/// The changes after log position `after` that `center` has not seen: everything relayed, except its own.
-pub fn page(site: &mut Site, policy: &Policy, center: u32, after: u64, max: usize) -> Result<Page> {
+/// The changes after log position `after` that `center` has not seen: everything relayed, except its own,
+/// up to `max` changes or about `max_bytes` of logged data (at least one change), whichever comes first.
+pub fn page(
+    site: &mut Site,
+    policy: &Policy,
+    center: u32,
+    after: u64,
+    max: usize,
+    max_bytes: usize,
+) -> Result<Page> {
     let rows: Vec<(u64, Vec<u8>)> = site
         .conn()
         .exec(
@@ -96,12 +104,18 @@ pub fn page(site: &mut Site, policy: &Policy, center: u32, after: u64, max: usiz
             (after, center, max as u64 + 1),
         )
         .context("cannot read the hub's log")?;
-    let more = rows.len() > max;
     let mut last = after;
+    let mut bytes = 0;
+    let mut taken = 0;
     let mut changes = Vec::new();
-    for (lseq, data) in rows.into_iter().take(max) {
-        last = lseq;
-        let change = store::decode_logged(&data)?;
+    for (lseq, data) in rows.iter().take(max) {
+        if taken > 0 && bytes + data.len() > max_bytes {
+            break;
+        }
+        taken += 1;
+        bytes += data.len();
+        last = *lseq;
+        let change = store::decode_logged(data)?;
         if relayed(policy.direction(&change.table)) {
             changes.push(change);
         }
@@ -109,6 +123,6 @@ pub fn page(site: &mut Site, policy: &Policy, center: u32, after: u64, max: usiz
     Ok(Page {
         changes,
         last,
-        more,
+        more: rows.len() > taken,
     })
 }

@@ -46,3 +46,10 @@ pub struct RowChange {
     pub before: Option<Row>,
     pub after: Option<Row>,
 }
+
+/// The server id the engine's binlog reader announces at site `site`. A server drops an older replica
+/// connection that announces the same id, and real servers use the site numbers (1 to 255), so readers
+/// take ids well above them.
+pub fn reader_server_id(site: u32) -> u32 {
+    1_000_000 + site
+}

@@ -1,0 +1,188 @@
+//! The agent's way to the hub: authenticated HTTP(S) requests (ureq, rustls), under a bandwidth cap.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::agent::Link;
+use super::change::Change;
+use super::hub::{Page, Receipt};
+use super::wire::{self, RequestParts, Secret};
+
+pub struct LinkOptions {
+    /// The hub's base URL, without a trailing '/'.
+    pub hub_url: String,
+    pub site: u32,
+    pub secret: Secret,
+    /// A request silent this long fails (the link counts as cut).
+    pub timeout: Duration,
+    /// Bytes per second; `None`: no cap.
+    pub rate_limit: Option<u64>,
+    /// Largest page to ask for, in logged bytes.
+    pub page_bytes: usize,
+}
+
+/// Bytes moved over the link so far, both ways, bodies only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub sent: u64,
+    pub received: u64,
+}
+
+pub struct HttpLink {
+    agent: ureq::Agent,
+    opts: LinkOptions,
+    throttle: Option<Throttle>,
+    traffic: Traffic,
+}
+
+impl HttpLink {
+    pub fn new(opts: LinkOptions) -> HttpLink {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(opts.timeout.min(Duration::from_secs(15)))
+            .timeout_read(opts.timeout)
+            .timeout_write(opts.timeout)
+            .build();
+        HttpLink {
+            agent,
+            throttle: opts.rate_limit.map(Throttle::new),
+            opts,
+            traffic: Traffic::default(),
+        }
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// One authenticated exchange; the answer's body once its MAC checks out.
+    fn call(&mut self, method: &str, target: &str, body: &[u8]) -> Result<Vec<u8>> {
+        let nonce = wire::nonce()?;
+        let parts = RequestParts {
+            method,
+            target,
+            site: self.opts.site,
+            nonce: &nonce,
+            body,
+        };
+        let auth = wire::sign_request(&self.opts.secret, &parts);
+        if let Some(t) = self.throttle.as_mut() {
+            t.spend(body.len());
+        }
+        self.traffic.sent += body.len() as u64;
+        let url = format!("{}{target}", self.opts.hub_url);
+        let request = self
+            .agent
+            .request(method, &url)
+            .set(wire::SITE_HEADER, &self.opts.site.to_string())
+            .set(wire::NONCE_HEADER, &nonce)
+            .set(wire::AUTH_HEADER, &auth);
+        let response = match request.send_bytes(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                let text = r.into_string().unwrap_or_default();
+                bail!(
+                    "the hub answered {code}: {}",
+                    text.chars().take(300).collect::<String>()
+                );
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot reach the hub at {url}")),
+        };
+        let status = response.status();
+        let mac = response.header(wire::AUTH_HEADER).unwrap_or("").to_owned();
+        let data = self.read_body(response.into_reader())?;
+        if !wire::verify_response(&self.opts.secret, &auth, status, &data, &mac) {
+            bail!("the hub's answer failed authentication (wrong secret, or something on the link altered it)");
+        }
+        Ok(data)
+    }
+
+    fn read_body(&mut self, reader: impl Read) -> Result<Vec<u8>> {
+        let mut reader = reader.take(wire::MAX_BODY as u64 + 1);
+        let mut data = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = reader
+                .read(&mut chunk)
+                .context("the link broke while reading the hub's answer")?;
+            if n == 0 {
+                break;
+            }
+            data.extend_from_slice(&chunk[..n]);
+            self.traffic.received += n as u64;
+            if let Some(t) = self.throttle.as_mut() {
+                t.spend(n);
+            }
+        }
+        if data.len() > wire::MAX_BODY {
+            bail!("the hub's answer is larger than {} bytes", wire::MAX_BODY);
+        }
+        Ok(data)
+    }
+}
+
+impl Link for HttpLink {
+    fn push(&mut self, changes: &[Change]) -> Result<Receipt> {
+        let body = wire::encode_batch(changes)?;
+        let answer = self.call("POST", wire::PUSH, &body)?;
+        wire::decode_receipt(&answer)
+    }
+
+    fn pull(&mut self, after: u64, max: usize) -> Result<Page> {
+        let target = format!(
+            "{}?after={after}&max={max}&bytes={}",
+            wire::PULL,
+            self.opts.page_bytes
+        );
+        let answer = self.call("GET", &target, &[])?;
+        wire::decode_page(&answer)
+    }
+}
+
+/// A token bucket over wall time: spending more than the rate allows sleeps until the average is back
+/// under it. A short burst is allowed so that small requests are not delayed at all.
+struct Throttle {
+    bytes_per_second: u64,
+    /// When the bucket is empty again (in the past: it is full).
+    free_at: Instant,
+}
+
+const BURST: Duration = Duration::from_millis(250);
+
+impl Throttle {
+    fn new(bytes_per_second: u64) -> Throttle {
+        Throttle {
+            bytes_per_second: bytes_per_second.max(1),
+            free_at: Instant::now(),
+        }
+    }
+
+    fn spend(&mut self, bytes: usize) {
+        let now = Instant::now();
+        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
+        let full = now.checked_sub(BURST).unwrap_or(now);
+        self.free_at = self.free_at.max(full) + cost;
+        if self.free_at > now {
+            std::thread::sleep(self.free_at - now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throttle_holds_the_average_rate() {
+        let mut t = Throttle::new(100_000);
+        let start = Instant::now();
+        for _ in 0..50 {
+            t.spend(2_000);
+        }
+        // 100 kB at 100 kB/s, less the allowed burst.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(700), "{took:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
+}

@@ -1,0 +1,358 @@
+//! `appliance hub`: the hub's HTTP service. Each worker thread owns a connection to the central MariaDB
+//! and serves whole requests; all state is in that database (the log, cursors, watermarks), so any number
+//! of hub processes can serve behind nginx and a restart loses nothing.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use mysql::prelude::Queryable;
+use tiny_http::{Header, Method, Request, Response, Server};
+
+use super::hub;
+use super::policy::Policy;
+use super::site::{Site, SiteConfig};
+use super::wire::{self, RequestParts, Secret};
+
+/// Most changes and bytes a center may ask for in one page (it may ask for less).
+const PAGE_MAX_CHANGES: usize = 10_000;
+const PAGE_MAX_BYTES: usize = 16 << 20;
+
+pub struct HubOptions {
+    pub site: SiteConfig,
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub capture_every: Duration,
+}
+
+/// A running hub service; stops its threads when dropped.
+pub struct HubServer {
+    server: Arc<Server>,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl HubServer {
+    pub fn start(opts: HubOptions, policy: Arc<Policy>) -> Result<HubServer> {
+        // Opening a site first checks the binlog settings and creates the bookkeeping tables: a
+        // misconfigured server fails here, at start, with the reason.
+        drop(Site::open(opts.site.clone())?);
+        let server = Server::http(opts.listen)
+            .map_err(|e| anyhow!("cannot listen on {}: {e}", opts.listen))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .context("the hub listens on an IP address")?;
+        let server = Arc::new(server);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for n in 0..opts.workers.max(1) {
+            let worker = Worker {
+                cfg: opts.site.clone(),
+                site: None,
+                policy: policy.clone(),
+            };
+            let (server, stop) = (server.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("hub-{n}"))
+                    .spawn(move || worker.serve(&server, &stop))?,
+            );
+        }
+        let (cfg, every, stop2) = (opts.site.clone(), opts.capture_every, stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("hub-capture".into())
+                .spawn(move || capture_loop(cfg, &policy, every, &stop2))?,
+        );
+        Ok(HubServer {
+            server,
+            addr,
+            stop,
+            threads,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until the process is stopped.
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for HubServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for _ in 0..self.threads.len() {
+            self.server.unblock();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Records the hub's own Moodle changes for the centers, continually, so pulls need not wait for it.
+fn capture_loop(cfg: SiteConfig, policy: &Policy, every: Duration, stop: &AtomicBool) {
+    let mut site: Option<Site> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let done = match site.as_mut() {
+            Some(s) => s.capture(policy).map(|_| ()),
+            None => Site::open(cfg.clone()).map(|s| site = Some(s)),
+        };
+        if let Err(e) = done {
+            eprintln!("hub: capture: {e:#}");
+            site = None;
+        }
+        sleep_unless(stop, every);
+    }
+}
+
+fn sleep_unless(stop: &AtomicBool, total: Duration) {
+    let step = Duration::from_millis(50);
+    let mut left = total;
+    while !stop.load(Ordering::Relaxed) && !left.is_zero() {
+        let nap = left.min(step);
+        std::thread::sleep(nap);
+        left -= nap;
+    }
+}
+
+struct Worker {
+    cfg: SiteConfig,
+    /// Opened on first use and dropped after a database error, so a restarted MariaDB is reconnected.
+    site: Option<Site>,
+    policy: Arc<Policy>,
+}
+
+/// An answer other than 200, with a message for the center's log.
+struct Refusal {
+    status: u16,
+    message: String,
+}
+
+fn refuse(status: u16, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+    }
+}
+
+impl Worker {
+    fn serve(mut self, server: &Server, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(request) = server.recv() else { break };
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            self.answer(request);
+        }
+    }
+
+    fn answer(&mut self, mut request: Request) {
+        let target = request.url().to_owned();
+        if target == wire::HEALTH {
+            let _ = request.respond(Response::from_string("ok"));
+            return;
+        }
+        let method = request.method().clone();
+        let (site, nonce, auth) = (
+            header(&request, wire::SITE_HEADER),
+            header(&request, wire::NONCE_HEADER),
+            header(&request, wire::AUTH_HEADER),
+        );
+        let mut body = Vec::new();
+        let read = request
+            .as_reader()
+            .take(wire::MAX_BODY as u64 + 1)
+            .read_to_end(&mut body);
+        let outcome = match read {
+            Err(e) => Err(refuse(400, format!("cannot read the request: {e}"))),
+            Ok(_) if body.len() > wire::MAX_BODY => Err(refuse(413, "request too large")),
+            Ok(_) => self.authenticate(&method, &target, site, nonce, auth.clone(), &body),
+        };
+        let response = match outcome {
+            Err(r) => text_response(r),
+            Ok((center, secret)) => {
+                let auth = auth.unwrap_or_default();
+                match self.dispatch(&method, &target, center, &body) {
+                    Ok(data) => signed(&secret, &auth, 200, data),
+                    Err(r) => {
+                        let status = r.status;
+                        signed(&secret, &auth, status, r.message.into_bytes())
+                    }
+                }
+            }
+        };
+        let _ = request.respond(response);
+    }
+
+    fn site(&mut self) -> Result<&mut Site, Refusal> {
+        if self.site.is_none() {
+            let site = Site::open(self.cfg.clone()).map_err(|e| {
+                eprintln!("hub: cannot open the central database: {e:#}");
+                refuse(503, "the hub's database is unavailable; try again later")
+            })?;
+            self.site = Some(site);
+        }
+        Ok(self.site.as_mut().expect("just opened"))
+    }
+
+    /// The center named in the request, if its MAC is right under that center's secret.
+    fn authenticate(
+        &mut self,
+        method: &Method,
+        target: &str,
+        site: Option<String>,
+        nonce: Option<String>,
+        auth: Option<String>,
+        body: &[u8],
+    ) -> Result<(u32, Secret), Refusal> {
+        // One message for every failure: a prober learns nothing about which centers exist.
+        let denied = || refuse(401, "authentication failed");
+        let (Some(site), Some(nonce), Some(auth)) = (site, nonce, auth) else {
+            return Err(denied());
+        };
+        let center: u32 = site.trim().parse().map_err(|_| denied())?;
+        let secret = self.secret_of(center)?.ok_or_else(denied)?;
+        let parts = RequestParts {
+            method: method.as_str(),
+            target,
+            site: center,
+            nonce: &nonce,
+            body,
+        };
+        if wire::verify_request(&secret, &parts, &auth) {
+            Ok((center, secret))
+        } else {
+            eprintln!("hub: a request claiming center {center} failed authentication");
+            Err(denied())
+        }
+    }
+
+    fn secret_of(&mut self, center: u32) -> Result<Option<Secret>, Refusal> {
+        let found = self.site()?.conn().exec_first::<Vec<u8>, _, _>(
+            "SELECT secret FROM kituo_sync.centers WHERE site = ?",
+            (center,),
+        );
+        found
+            .map(|s| s.map(Secret::from_bytes))
+            .map_err(|e| self.database_failed(e.into()))
+    }
+
+    fn dispatch(
+        &mut self,
+        method: &Method,
+        target: &str,
+        center: u32,
+        body: &[u8],
+    ) -> Result<Vec<u8>, Refusal> {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        match (method, path) {
+            (Method::Post, wire::PUSH) => {
+                let changes =
+                    wire::decode_batch(body).map_err(|e| refuse(400, format!("{e:#}")))?;
+                let policy = self.policy.clone();
+                let receipt = hub::accept(self.site()?, &policy, center, &changes)
+                    .map_err(|e| self.failed(e))?;
+                wire::encode_receipt(&receipt).map_err(|e| self.failed(e))
+            }
+            (Method::Get, wire::PULL) => {
+                let after = query_u64(query, "after")?.unwrap_or(0);
+                let max = query_u64(query, "max")?.unwrap_or(500) as usize;
+                let bytes = query_u64(query, "bytes")?.unwrap_or(64 << 10) as usize;
+                let policy = self.policy.clone();
+                let page = hub::page(
+                    self.site()?,
+                    &policy,
+                    center,
+                    after,
+                    max.clamp(1, PAGE_MAX_CHANGES),
+                    bytes.clamp(1, PAGE_MAX_BYTES),
+                )
+                .map_err(|e| self.failed(e))?;
+                wire::encode_page(&page).map_err(|e| self.failed(e))
+            }
+            _ => Err(refuse(404, format!("no such sync call: {method} {path}"))),
+        }
+    }
+
+    /// A refusal for an engine error: a center's fault (bad data) is 400 with the reason, anything
+    /// with the database drops the connection so the next request reconnects.
+    fn failed(&mut self, e: anyhow::Error) -> Refusal {
+        let database = e
+            .chain()
+            .any(|c| c.downcast_ref::<mysql::Error>().is_some());
+        if database {
+            self.database_failed(e)
+        } else {
+            refuse(400, format!("{e:#}"))
+        }
+    }
+
+    fn database_failed(&mut self, e: anyhow::Error) -> Refusal {
+        eprintln!("hub: database error: {e:#}");
+        self.site = None;
+        refuse(503, "the hub's database failed; try again")
+    }
+}
+
+fn header(request: &Request, name: &'static str) -> Option<String> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str().to_owned())
+}
+
+fn query_u64(query: &str, key: &str) -> Result<Option<u64>, Refusal> {
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix(key).and_then(|r| r.strip_prefix('=')) {
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|_| refuse(400, format!("query parameter {key} is not a number")));
+        }
+    }
+    Ok(None)
+}
+
+fn text_response(r: Refusal) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(r.message).with_status_code(r.status)
+}
+
+fn signed(
+    secret: &Secret,
+    request_auth: &str,
+    status: u16,
+    body: Vec<u8>,
+) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mac = wire::sign_response(secret, request_auth, status, &body);
+    let mut response = Response::from_data(body).with_status_code(status);
+    if let Ok(h) = Header::from_bytes(wire::AUTH_HEADER.as_bytes(), mac.as_bytes()) {
+        response.add_header(h);
+    }
+    response
+}
+
+/// Registers a center (or gives it a new secret) and returns its secret.
+pub fn add_center(conn: &mut impl Queryable, center: u32, name: &str) -> Result<Secret> {
+    let secret = Secret::generate()?;
+    conn.exec_drop(
+        "INSERT INTO kituo_sync.centers (site, name, secret) VALUES (?, ?, ?)
+         ON DUPLICATE KEY UPDATE name = VALUES(name), secret = VALUES(secret)",
+        (center, name, secret.as_bytes()),
+    )
+    .context("cannot register the center")?;
+    Ok(secret)
+}

@@ -1,0 +1,260 @@
+//! The sync agent as a service: exchanges with the hub for as long as the appliance runs, inside
+//! `appliance supervise` or alone (`appliance sync run`).
+//!
+//! Every step is acknowledged and resumable (see [`super::agent`]), so the loop's only job on a failure
+//! is to wait and try again: a growing, jittered wait, so that thirty centers coming back after a hub
+//! outage do not all knock at once. Batches shrink after failures and grow back after successes, so a
+//! link that cuts often still moves whole batches.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use rand::Rng;
+
+use super::agent;
+use super::hlc;
+use super::http_link::{HttpLink, LinkOptions, Traffic};
+use super::policy::{Policy, Role};
+use super::settings::AgentSettings;
+use super::site::{Site, SiteConfig};
+use super::wire::Secret;
+use crate::power::BulkSyncGate;
+use crate::status::{Feed, LinkState, SyncStatus};
+
+/// How the supervisor steers the agent.
+#[derive(Clone, Default)]
+pub struct Controls {
+    /// Closed while on battery: the agent pauses.
+    pub gate: BulkSyncGate,
+    /// Set while the supervisor shuts the appliance down (cleared if power returns): the agent starts
+    /// no new request.
+    pub hold: Arc<AtomicBool>,
+    /// Where the status page reads the agent's state; `None` when run alone.
+    pub feed: Option<Feed>,
+}
+
+impl Controls {
+    /// True when the agent should not start another request.
+    fn interrupted(&self) -> bool {
+        self.hold.load(Ordering::Relaxed) || !self.gate.is_open()
+    }
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const MIN_BATCH: usize = 10;
+
+pub struct Runner {
+    settings: AgentSettings,
+    site_cfg: SiteConfig,
+    policy: Policy,
+    link: HttpLink,
+    controls: Controls,
+    /// Open while the database answers; reopened after a database error.
+    site: Option<Site>,
+    status: SyncStatus,
+    failures: u32,
+    batch: usize,
+}
+
+impl Runner {
+    pub fn new(settings: AgentSettings, site_id: u32, controls: Controls) -> Result<Runner> {
+        let policy = settings.moodle.policy()?;
+        let secret = Secret::read(&settings.secret_file)?;
+        let site_cfg = settings.moodle.site_config(site_id, Role::Center)?;
+        let link = HttpLink::new(LinkOptions {
+            hub_url: settings.hub_url.clone(),
+            site: site_id,
+            secret,
+            timeout: settings.timeout,
+            rate_limit: settings.rate_limit,
+            page_bytes: settings.batch_bytes,
+        });
+        Ok(Runner {
+            batch: settings.batch_changes,
+            settings,
+            site_cfg,
+            policy,
+            link,
+            controls,
+            site: None,
+            status: SyncStatus {
+                link: LinkState::Down,
+                last_success: None,
+                backlog_changes: 0,
+                backlog_oldest: None,
+                backlog_files: 0,
+                backlog_bytes: 0,
+                last_error: None,
+            },
+            failures: 0,
+        })
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        self.link.traffic()
+    }
+
+    /// Runs for as long as the process does.
+    pub fn run(&mut self) -> ! {
+        loop {
+            if self.held() {
+                self.pause(Duration::from_secs(1));
+                continue;
+            }
+            if !self.controls.gate.is_open() {
+                self.status.link = LinkState::PausedOnBattery;
+                self.publish();
+                self.pause(Duration::from_secs(1));
+                continue;
+            }
+            match self.exchange() {
+                Ok(moved) => {
+                    self.succeeded();
+                    if !moved {
+                        self.pause(self.settings.interval);
+                    }
+                }
+                Err(e) => {
+                    let wait = self.failed(&e);
+                    self.pause(wait);
+                }
+            }
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.controls.hold.load(Ordering::Relaxed)
+    }
+
+    fn interrupted(&self) -> bool {
+        self.controls.interrupted()
+    }
+
+    /// Captures, then pushes and pulls until both sides are level; true if anything moved.
+    pub fn exchange(&mut self) -> Result<bool> {
+        if self.site.is_none() {
+            self.site = Some(Site::open(self.site_cfg.clone())?);
+        }
+        let site = self.site.as_mut().expect("just opened");
+        site.capture(&self.policy)?;
+        let mut moved = false;
+        loop {
+            if self.controls.interrupted() {
+                return Ok(moved);
+            }
+            let acked = agent::push_once(site, &mut self.link, self.batch)?;
+            if acked == 0 {
+                break;
+            }
+            moved = true;
+            self.batch = (self.batch * 2).min(self.settings.batch_changes);
+        }
+        loop {
+            if self.controls.interrupted() {
+                return Ok(moved);
+            }
+            let step = agent::pull_once(site, &self.policy, &mut self.link, self.batch)?;
+            moved |= step.advanced;
+            self.batch = (self.batch * 2).min(self.settings.batch_changes);
+            if !step.more {
+                break;
+            }
+        }
+        let backlog = agent::backlog(site)?;
+        self.status.backlog_changes = backlog.changes;
+        self.status.backlog_oldest = backlog.oldest_hlc.map(|h| hlc::millis_of(h) / 1000);
+        Ok(moved)
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.status.link = LinkState::Up;
+        self.status.last_success = Some(unix_now());
+        self.status.last_error = None;
+        self.publish();
+    }
+
+    /// Records the failure and returns how long to wait: full jitter over an exponential ceiling.
+    fn failed(&mut self, e: &anyhow::Error) -> Duration {
+        let database = e
+            .chain()
+            .any(|c| c.downcast_ref::<mysql::Error>().is_some());
+        if database {
+            // The connection may be dead (MariaDB restarted): reopen next time.
+            self.site = None;
+        } else {
+            self.batch = (self.batch / 2).max(MIN_BATCH);
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.status.link = LinkState::Down;
+        self.status.last_error = Some(format!("{e:#}"));
+        self.publish();
+        eprintln!("sync: {e:#}");
+        let ceiling = BACKOFF_FIRST
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(self.settings.backoff_max);
+        ceiling.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    fn publish(&self) {
+        if let Some(feed) = &self.controls.feed {
+            feed.set_sync(self.status.clone());
+        }
+    }
+
+    /// Sleeps up to `total`, waking early when the hold or the gate changes, or for a "sync now" from
+    /// the page.
+    fn pause(&self, total: Duration) {
+        let was = self.interrupted();
+        let end = Instant::now() + total;
+        while Instant::now() < end {
+            if self.interrupted() != was {
+                return;
+            }
+            if let Some(feed) = &self.controls.feed {
+                if feed.take_sync_now_request() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Starts the agent on its own thread (the supervisor's way). A setup error (no secret file, no Moodle
+/// code) is shown on the status page and retried, so fixing the file needs no restart.
+pub fn spawn(settings: AgentSettings, site_id: u32, controls: Controls) -> Result<()> {
+    std::thread::Builder::new()
+        .name("sync".into())
+        .spawn(move || loop {
+            match Runner::new(settings.clone(), site_id, controls.clone()) {
+                Ok(mut runner) => runner.run(),
+                Err(e) => {
+                    eprintln!("sync: cannot start: {e:#}");
+                    if let Some(feed) = &controls.feed {
+                        feed.set_sync(SyncStatus {
+                            link: LinkState::Down,
+                            last_success: None,
+                            backlog_changes: 0,
+                            backlog_oldest: None,
+                            backlog_files: 0,
+                            backlog_bytes: 0,
+                            last_error: Some(format!("cannot start: {e:#}")),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_secs(60));
+                }
+            }
+        })
+        .context("cannot start the sync thread")?;
+    Ok(())
+}

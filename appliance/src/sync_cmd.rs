@@ -1,0 +1,75 @@
+//! `appliance hub ...` and `appliance sync ...`: the sync engine's commands.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use appliance::config::Config;
+use appliance::sync::hub_server::{self, HubOptions, HubServer};
+use appliance::sync::policy::Role;
+use appliance::sync::runner::{Controls, Runner};
+use appliance::sync::settings::HubSettings;
+use appliance::sync::site::Site;
+
+/// Serves centers until the process is stopped.
+pub fn serve_hub(config: &Path) -> Result<()> {
+    let settings = HubSettings::load(config)?;
+    let policy = Arc::new(settings.moodle.policy()?);
+    let server = HubServer::start(
+        HubOptions {
+            site: settings.moodle.site_config(settings.site_id, Role::Hub)?,
+            listen: settings.listen,
+            workers: settings.workers,
+            capture_every: settings.capture_every,
+        },
+        policy,
+    )?;
+    eprintln!("hub: serving centers on {}", server.addr());
+    server.wait();
+    Ok(())
+}
+
+/// Registers a center at the hub, or gives it a new secret, and writes the secret for its card.
+pub fn add_center(config: &Path, center: u32, name: &str, secret_out: &Path) -> Result<()> {
+    let settings = HubSettings::load(config)?;
+    anyhow::ensure!(
+        center != settings.site_id,
+        "site {center} is the hub itself; centers take other numbers"
+    );
+    let mut site = Site::open(settings.moodle.site_config(settings.site_id, Role::Hub)?)?;
+    let secret = hub_server::add_center(site.conn(), center, name)?;
+    write_private(secret_out, &format!("{}\n", secret.to_hex()))?;
+    eprintln!(
+        "hub: center {center} ({name}) registered; its secret is in {} (copy it to the card's [sync] secret_file)",
+        secret_out.display()
+    );
+    Ok(())
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The agent alone, in the foreground (the supervisor runs the same loop on a thread).
+pub fn run_agent(config: &Path) -> Result<()> {
+    let config = Config::load(config)?;
+    let settings = config.sync.with_context(|| {
+        format!(
+            "{}: [sync] hub_url is empty: this appliance does not sync",
+            config.file.display()
+        )
+    })?;
+    let mut runner = Runner::new(settings, u32::from(config.site_id), Controls::default())?;
+    runner.run()
+}

@@ -1,0 +1,212 @@
+//! The sync engine over its real transport: `appliance hub` and the centers' agents as processes, HTTP
+//! with per-center MACs, through the fault-injecting proxy; one agent runs inside `appliance supervise`
+//! and reports to the status page.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use appliance::linkem::{LinkProfile, LinkProxy};
+use appliance::sync::bed::{reply, world, World};
+use appliance::sync::bed_services::{
+    center_config, engine_account, AgentOptions, AgentService, HubService, Proc,
+};
+use appliance::sync::wire::{self, RequestParts, Secret};
+use appliance::testbed::{free_port, wait_for};
+use mysql::prelude::Queryable;
+
+const EXE: &str = env!("CARGO_BIN_EXE_appliance");
+const TABLES: &[&str] = &[
+    "forum_posts",
+    "forum_discussions",
+    "logstore_standard_log",
+    "user",
+];
+
+fn exe() -> &'static std::path::Path {
+    std::path::Path::new(EXE)
+}
+
+/// What a center's status page says about sync, as JSON.
+fn sync_status(port: u16) -> Option<serde_json::Value> {
+    let body = ureq::get(&format!("http://127.0.0.1:{port}/api/status"))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some(v["sync"].clone())
+}
+
+fn logs_at(w: &World, site: usize) -> Result<usize> {
+    let node = if site == 0 {
+        &w.hub
+    } else {
+        &w.centers[site - 1]
+    };
+    Ok(node.dump("logstore_standard_log")?.len())
+}
+
+#[test]
+fn centers_sync_over_http_through_a_cutting_link_and_report_to_the_status_page() -> Result<()> {
+    let w = world("kituo-sync-http", 2)?;
+    let dir = w.dir.path().to_owned();
+    let hub = HubService::start(exe(), &w.hub, &dir)?;
+    let mut proxies = Vec::new();
+    let mut agents: Vec<Proc> = Vec::new();
+    let status_port = free_port()?;
+    for c in &w.centers {
+        let secret = hub.add_center(exe(), c.id)?;
+        // Cuts every ~30 kB on average: most requests of a busy exchange see one.
+        let proxy = LinkProxy::start(
+            hub.addr,
+            LinkProfile::default()
+                .rate_bps(4_000_000)
+                .latency(Duration::from_millis(20))
+                .seed(u64::from(c.id))
+                .cut_mean_bytes(30_000),
+        )?;
+        let password = engine_account(c, &dir)?;
+        let opts = AgentOptions::new(proxy.addr(), secret);
+        if c.id == 2 {
+            let config = center_config(c, &dir, &opts, &password, "")?;
+            agents.push(AgentService::start(exe(), &config, dir.join("agent2.log"))?.proc);
+        } else {
+            // The other center's agent runs inside the supervisor, as on a card.
+            let status = format!(
+                "[status]\nlisten = 127.0.0.1:{status_port}\nbuild_info = {}\n\
+                 [health]\ninterval_seconds = 5\nweb_url =\nfpm_ping_url =\nmariadb_socket =\n\
+                 hostapd_control =\npartitions = /\nrestart_command =\n",
+                dir.join("none.ini").display()
+            );
+            let config = center_config(c, &dir, &opts, &password, &status)?;
+            let child = std::process::Command::new(EXE)
+                .args(["supervise", "--config"])
+                .arg(&config)
+                .stderr(std::fs::File::create(dir.join("supervisor3.log"))?)
+                .spawn()?;
+            agents.push(Proc {
+                child,
+                log: dir.join("supervisor3.log"),
+            });
+        }
+        proxies.push(proxy);
+    }
+
+    // Both centers and the hub reply in the same thread, in bursts, while the links cut.
+    for round in 0..6u64 {
+        for (i, c) in w.centers.iter().enumerate() {
+            for k in 0..10u64 {
+                reply(
+                    c,
+                    3 + i as u32,
+                    &format!("c{} r{round} k{k}", c.id),
+                    10_000 + round * 100 + k,
+                )?;
+            }
+        }
+        reply(
+            &w.hub,
+            2,
+            &format!("hub r{round}"),
+            10_000 + round * 100 + 50,
+        )?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let converged = w.wait_converged(&TABLES[..2], Duration::from_secs(120));
+    if let Err(e) = converged {
+        for a in &agents {
+            eprintln!("--- {}\n{}", a.log.display(), a.log_text());
+        }
+        eprintln!("--- hub\n{}", hub.proc.log_text());
+        return Err(e);
+    }
+    let posts = w.hub.dump("forum_posts")?;
+    ensure!(
+        posts.len() == 1 + 2 * 60 + 6,
+        "every post once: {} rows",
+        posts.len()
+    );
+    // Logs go to the hub only: it has both centers' 120 post events and its own 6.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while logs_at(&w, 0)? < 126 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(logs_at(&w, 0)? == 126, "hub logs: {}", logs_at(&w, 0)?);
+    ensure!(logs_at(&w, 1)? == 60, "center 2 keeps its own logs only");
+    let cuts: u64 = proxies.iter().map(|p| p.stats().cuts).sum();
+    ensure!(cuts >= 3, "the links were cut ({cuts} times)");
+
+    // The supervised agent reports a live link and an empty backlog.
+    let status = wait_for(Duration::from_secs(30), || {
+        sync_status(status_port).filter(|s| s["link"] == "up" && s["backlog_changes"] == 0)
+    });
+    ensure!(
+        status.is_some(),
+        "status page: {:?}",
+        sync_status(status_port)
+    );
+    Ok(())
+}
+
+#[test]
+fn the_hub_refuses_unauthenticated_requests_and_a_center_posing_as_another() -> Result<()> {
+    let w = world("kituo-sync-auth", 2)?;
+    let dir = w.dir.path().to_owned();
+    let hub = HubService::start(exe(), &w.hub, &dir)?;
+    let secret2 = Secret::read(&hub.add_center(exe(), 2)?)?;
+    hub.add_center(exe(), 3)?;
+    let url = |target: &str| format!("http://{}{target}", hub.addr);
+    let call = |site: u32, secret: &Secret, body: &[u8]| {
+        let nonce = wire::nonce().unwrap();
+        let auth = wire::sign_request(
+            secret,
+            &RequestParts {
+                method: "POST",
+                target: wire::PUSH,
+                site,
+                nonce: &nonce,
+                body,
+            },
+        );
+        ureq::post(&url(wire::PUSH))
+            .set(wire::SITE_HEADER, &site.to_string())
+            .set(wire::NONCE_HEADER, &nonce)
+            .set(wire::AUTH_HEADER, &auth)
+            .send_bytes(body)
+    };
+    let batch = wire::encode_batch(&[])?;
+    // No headers at all; a made-up secret; center 2's secret used to speak as center 3.
+    let bare = ureq::post(&url(wire::PUSH)).send_bytes(&batch);
+    let made_up = call(2, &Secret::generate()?, &batch);
+    let posing = call(3, &secret2, &batch);
+    for (what, answer) in [("bare", bare), ("made up", made_up), ("posing", posing)] {
+        match answer {
+            Err(ureq::Error::Status(401, _)) => {}
+            other => anyhow::bail!("{what}: expected 401, got {other:?}"),
+        }
+    }
+    // The right secret is accepted, and the answer carries the hub's MAC.
+    let ok = call(2, &secret2, &batch)?;
+    ensure!(ok.status() == 200);
+    ensure!(ok.header(wire::AUTH_HEADER).is_some());
+    // A forged change claiming center 3's origin, sent with center 2's own secret, is refused.
+    let mut c = w.centers[0].sql()?;
+    c.query_drop("UPDATE mdl_user SET lastaccess = 5 WHERE id = 3")?;
+    let forged = appliance::sync::change::Change {
+        origin: 3,
+        seq: 1,
+        hlc: 1 << 20,
+        table: "forum_posts".into(),
+        id: 1,
+        op: appliance::sync::change::Op::Delete,
+    };
+    match call(2, &secret2, &wire::encode_batch(&[forged])?) {
+        Err(ureq::Error::Status(400, r)) => {
+            let text = r.into_string()?;
+            ensure!(text.contains("refused"), "{text}");
+        }
+        other => anyhow::bail!("forged origin: expected 400, got {other:?}"),
+    }
+    ensure!(w.hub.dump("forum_posts")?.len() == 1, "nothing was applied");
+    Ok(())
+}
