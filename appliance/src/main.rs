@@ -62,16 +62,23 @@ enum Command {
 enum HubAction {
     /// Serve the centers (the default).
     Serve,
-    /// Register a center (or renew its secret) and write its secret to a file for its card.
+    /// Register a center, or replace its secret.
     AddCenter {
         /// The center's site number (its auto-increment offset), 2 to 255.
         #[arg(long)]
         site: u32,
         #[arg(long)]
         name: String,
-        /// Where to write the secret (mode 0600).
+        /// The center's secret as the image builder made it (its secrets.ini `sync_secret`, in a file).
+        #[arg(
+            long,
+            conflicts_with = "secret_out",
+            required_unless_present = "secret_out"
+        )]
+        secret_from: Option<PathBuf>,
+        /// Make a new secret and write it here (mode 0600) for the card's [sync] secret_file.
         #[arg(long)]
-        secret_out: PathBuf,
+        secret_out: Option<PathBuf>,
     },
 }
 
@@ -121,8 +128,16 @@ fn run() -> Result<()> {
             HubAction::AddCenter {
                 site,
                 name,
+                secret_from,
                 secret_out,
-            } => sync_cmd::add_center(&config, site, &name, &secret_out),
+            } => {
+                let source = match (&secret_from, &secret_out) {
+                    (Some(from), _) => sync_cmd::SecretSource::From(from),
+                    (None, Some(to)) => sync_cmd::SecretSource::NewTo(to),
+                    (None, None) => anyhow::bail!("give --secret-from or --secret-out"),
+                };
+                sync_cmd::add_center(&config, site, &name, source)
+            }
         },
         Command::Sync { action } => match action {
             SyncAction::Run { config } => sync_cmd::run_agent(&config),

@@ -11,6 +11,7 @@ use appliance::sync::policy::Role;
 use appliance::sync::runner::{Controls, Runner};
 use appliance::sync::settings::HubSettings;
 use appliance::sync::site::Site;
+use appliance::sync::wire::Secret;
 
 /// Serves centers until the process is stopped.
 pub fn serve_hub(config: &Path) -> Result<()> {
@@ -30,20 +31,36 @@ pub fn serve_hub(config: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Registers a center at the hub, or gives it a new secret, and writes the secret for its card.
-pub fn add_center(config: &Path, center: u32, name: &str, secret_out: &Path) -> Result<()> {
+/// How `add-center` gets the center's secret.
+pub enum SecretSource<'a> {
+    /// The image builder made it (the card already holds it).
+    From(&'a Path),
+    /// Make a new one and write it here for the card.
+    NewTo(&'a Path),
+}
+
+/// Registers a center at the hub, or gives it a new secret.
+pub fn add_center(config: &Path, center: u32, name: &str, source: SecretSource<'_>) -> Result<()> {
     let settings = HubSettings::load(config)?;
     anyhow::ensure!(
         center != settings.site_id,
         "site {center} is the hub itself; centers take other numbers"
     );
     let mut site = Site::open(settings.moodle.site_config(settings.site_id, Role::Hub)?)?;
-    let secret = hub_server::add_center(site.conn(), center, name)?;
-    write_private(secret_out, &format!("{}\n", secret.to_hex()))?;
-    eprintln!(
-        "hub: center {center} ({name}) registered; its secret is in {} (copy it to the card's [sync] secret_file)",
-        secret_out.display()
-    );
+    let secret = match source {
+        SecretSource::From(file) => Secret::read(file)?,
+        SecretSource::NewTo(file) => {
+            let secret = Secret::generate()?;
+            write_private(file, &format!("{}\n", secret.to_hex()))?;
+            eprintln!(
+                "hub: the new secret is in {} (copy it to the card's [sync] secret_file)",
+                file.display()
+            );
+            secret
+        }
+    };
+    hub_server::add_center(site.conn(), center, name, &secret)?;
+    eprintln!("hub: center {center} ({name}) registered");
     Ok(())
 }
 

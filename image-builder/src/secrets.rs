@@ -15,7 +15,19 @@ const NAMES: &[(&str, usize)] = &[
     ("moodle_db_password", 32),
     ("kituo_db_password", 32),
     ("wifi_passphrase", 20),
+    // The center's sync secret with the hub: 32 random bytes as hex, the form `appliance` reads.
+    ("sync_secret", 64),
 ];
+
+fn generate(name: &str, len: usize) -> String {
+    if name.ends_with("_secret") {
+        let mut bytes = vec![0u8; len / 2];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        hex::encode(bytes)
+    } else {
+        Alphanumeric.sample_string(&mut rand::rngs::OsRng, len)
+    }
+}
 
 pub struct Secrets {
     pub values: BTreeMap<String, String>,
@@ -41,10 +53,7 @@ impl Secrets {
         let mut changed = false;
         for (name, len) in NAMES {
             if values.get(*name).is_none_or(|v| v.len() < 8) {
-                values.insert(
-                    (*name).to_owned(),
-                    Alphanumeric.sample_string(&mut rand::rngs::OsRng, *len),
-                );
+                values.insert((*name).to_owned(), generate(name, *len));
                 changed = true;
             }
         }

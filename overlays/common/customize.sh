@@ -50,6 +50,10 @@ chmod 0755 /usr/lib/kituo/firstboot
 chown root:root /usr/lib/kituo/db-init
 chmod 0700 /usr/lib/kituo/db-init
 chmod 0644 /etc/kituo/appliance.ini
+# The sync engine's database password and its secret with the hub.
+chown -R root:root /etc/kituo/secrets
+chmod 0700 /etc/kituo/secrets
+chmod 0600 /etc/kituo/secrets/kituo-db-password /etc/kituo/secrets/sync-secret
 
 # --- PHP -----------------------------------------------------------------------------
 # The CLI (Moodle's cron and upgrade scripts) gets the same settings as FPM.

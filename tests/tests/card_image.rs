@@ -159,6 +159,11 @@ fn check_web_and_database(vm: &mut Vm) {
     assert_eq!(db["auto_increment_offset"], 5, "{health}");
     assert_eq!(db["server_id"], 5, "{health}");
     assert_eq!(db["skip_networking"], "ON", "{health}");
+    // The supervisor runs the sync agent; with no Moodle code on this test card it says why it waits.
+    let status: Value =
+        serde_json::from_str(&vm.http_get("/api/status").expect("status API")).expect("JSON");
+    let sync_error = status["sync"]["last_error"].as_str().unwrap_or_default();
+    assert!(sync_error.contains("install.xml"), "{status}");
     let missing: Vec<_> = health["extensions"]
         .as_object()
         .expect("extensions")
@@ -205,6 +210,27 @@ fn check_first_boot_and_services(vm: &Vm) {
     );
     vm.ssh("test -s /data/kituo/firstboot.done && test -d /data/mysql/mysql && test -s /etc/ssh/ssh_host_ed25519_key")
         .unwrap();
+
+    // The sync engine's account can do what the agent does (binlog, skip_replication, its bookkeeping
+    // database), with the card's own password, and its secrets are root's only.
+    let engine = vm
+        .ssh(
+            "stat -c '%a %U %n' /etc/kituo/secrets /etc/kituo/secrets/*; \
+             mariadb --protocol=socket -u kituo -p\"$(cat /etc/kituo/secrets/kituo-db-password)\" -N -B -e \
+             'SET SESSION skip_replication = 1; CREATE DATABASE IF NOT EXISTS kituo_sync; SHOW MASTER STATUS' \
+             && echo engine-ok",
+        )
+        .unwrap();
+    assert!(engine.contains("engine-ok"), "{engine}");
+    assert!(engine.contains("700 root /etc/kituo/secrets\n"), "{engine}");
+    assert!(
+        engine.contains("600 root /etc/kituo/secrets/sync-secret"),
+        "{engine}"
+    );
+    assert!(
+        engine.contains("600 root /etc/kituo/secrets/kituo-db-password"),
+        "{engine}"
+    );
 
     let failed = vm
         .ssh("systemctl list-units --state=failed --no-legend --plain")

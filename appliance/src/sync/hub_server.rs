@@ -345,14 +345,17 @@ fn signed(
     response
 }
 
-/// Registers a center (or gives it a new secret) and returns its secret.
-pub fn add_center(conn: &mut impl Queryable, center: u32, name: &str) -> Result<Secret> {
-    let secret = Secret::generate()?;
+/// Registers a center with its secret, or replaces the secret of a registered one.
+pub fn add_center(
+    conn: &mut impl Queryable,
+    center: u32,
+    name: &str,
+    secret: &Secret,
+) -> Result<()> {
     conn.exec_drop(
         "INSERT INTO kituo_sync.centers (site, name, secret) VALUES (?, ?, ?)
          ON DUPLICATE KEY UPDATE name = VALUES(name), secret = VALUES(secret)",
         (center, name, secret.as_bytes()),
     )
-    .context("cannot register the center")?;
-    Ok(secret)
+    .context("cannot register the center")
 }

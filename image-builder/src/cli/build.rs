@@ -302,7 +302,11 @@ fn template_context(
             "name": board.name, "description": board.description, "arch": board.arch, "family": board.family,
             "ram_mib": board.ram_mib.to_string(), "console": board.console,
         },
-        "secrets": { "moodle_db_password": secrets.get("moodle_db_password"), "kituo_db_password": secrets.get("kituo_db_password") },
+        "secrets": {
+            "moodle_db_password": secrets.get("moodle_db_password"),
+            "kituo_db_password": secrets.get("kituo_db_password"),
+            "sync_secret": secrets.get("sync_secret"),
+        },
         "build": { "version": appliance::VERSION, "id": build_id, "source_date_epoch": epoch.to_string() },
         "disk": {
             "id": layout.disk_id,
