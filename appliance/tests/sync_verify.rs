@@ -9,9 +9,34 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use appliance::sync::agent;
 use appliance::sync::bed::{world, Direct, Node, World};
-use appliance::sync::verify::{row_hash_sql, verify, Kind, Options, Report};
+use appliance::sync::verify::{
+    row_hash_sql, verify, Catalog, CatalogRequest, Kind, Options, Reference, Report, RowsReply,
+    RowsRequest, SumsReply, SumsRequest,
+};
 use appliance::testbed::MariaDb;
 use mysql::prelude::Queryable;
+
+/// The hub, with a Moodle user editing the center just before the hub's rows arrive for repair.
+struct EditDuringRepair<'a> {
+    hub: Direct<'a>,
+    moodle: mysql::Conn,
+    edit: Option<&'static str>,
+}
+
+impl Reference for EditDuringRepair<'_> {
+    fn catalog(&mut self, req: &CatalogRequest) -> Result<Catalog> {
+        self.hub.catalog(req)
+    }
+    fn sums(&mut self, req: &SumsRequest) -> Result<SumsReply> {
+        self.hub.sums(req)
+    }
+    fn rows(&mut self, req: &RowsRequest) -> Result<RowsReply> {
+        if let Some(sql) = self.edit.take() {
+            self.moodle.query_drop(sql)?;
+        }
+        self.hub.rows(req)
+    }
+}
 
 fn verify_center(w: &mut World, center: usize, opts: &Options) -> Result<Report> {
     let node = &mut w.centers[center];
@@ -81,7 +106,7 @@ fn many_posts(node: &Node, first: i64, n: i64) -> Result<()> {
 }
 
 #[test]
-fn a_synced_world_is_identical_and_unsent_local_edits_are_kept() -> Result<()> {
+fn a_synced_world_is_identical_and_repair_keeps_local_edits() -> Result<()> {
     let mut w = world("kituo-verify-fresh", 1)?;
     w.centers[0]
         .sql()?
@@ -147,6 +172,45 @@ fn a_synced_world_is_identical_and_unsent_local_edits_are_kept() -> Result<()> {
     assert_eq!(
         text(&w.hub, "SELECT subject FROM mdl_forum_posts WHERE id = 1")?.as_deref(),
         Some("not sent yet")
+    );
+
+    // Drift, and a Moodle edit of the same row after it was compared: repair leaves the row alone.
+    behind_the_engines_back(
+        &w.centers[0],
+        &["UPDATE mdl_forum_posts SET message = 'drift' WHERE id = 1"],
+    )?;
+    let center = &mut w.centers[0];
+    let mut hub = EditDuringRepair {
+        moodle: center.sql()?,
+        hub: Direct {
+            hub: &mut w.hub.site,
+            policy: &w.policy,
+            center: center.id,
+        },
+        edit: Some("UPDATE mdl_forum_posts SET subject = 'edited during repair' WHERE id = 1"),
+    };
+    let report = verify(&mut center.site, &w.policy, &mut hub, &opts)?;
+    println!("{report}");
+    assert_eq!(
+        differences(&report),
+        expect(&[("forum_posts", 1, Kind::Different)])
+    );
+    let repair = &report.table("forum_posts").context("forum_posts")?.repair;
+    assert_eq!((repair.repaired, repair.moved), (0, 1), "{report}");
+    let post = "SELECT CONCAT(subject, ' / ', message) FROM mdl_forum_posts WHERE id = 1";
+    assert_eq!(
+        text(&w.centers[0], post)?.as_deref(),
+        Some("edited during repair / drift")
+    );
+    // The edit travels; the drift stays until repaired.
+    w.sync_all()?;
+    let report = verify_center(&mut w, 0, &opts)?;
+    assert_eq!(report.repaired(), 1, "{report}");
+    assert!(verify_center(&mut w, 0, &Options::default())?.identical());
+    w.assert_same_everywhere("forum_posts")?;
+    assert_eq!(
+        text(&w.hub, post)?.as_deref(),
+        Some("edited during repair / edited at the center")
     );
     Ok(())
 }
