@@ -24,3 +24,4 @@ pub mod settings;
 pub mod site;
 pub mod store;
 pub mod wire;
+pub mod verify;

@@ -69,6 +69,11 @@ impl Site {
         &mut self.conn
     }
 
+    /// Where this site's Moodle tables are.
+    pub fn target(&self) -> &Target {
+        &self.cfg.target
+    }
+
     /// A new site captures from the binlog's current end: what came before is its seed.
     fn start_capture_here_if_new(&mut self) -> Result<()> {
         let mut tx = self.begin()?;
