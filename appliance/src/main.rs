@@ -89,6 +89,20 @@ enum SyncAction {
         #[arg(long, default_value = "/etc/kituo/appliance.ini")]
         config: PathBuf,
     },
+    /// Compare every synced table with the hub by chunk checksums, list the differing rows, and with
+    /// --repair copy the hub's rows over them.
+    Verify {
+        #[arg(long, default_value = "/etc/kituo/appliance.ini")]
+        config: PathBuf,
+        #[arg(long)]
+        repair: bool,
+        /// Ids per checksum chunk.
+        #[arg(long, default_value_t = 1000)]
+        chunk: u64,
+        /// Only these tables (comma-separated, without Moodle's prefix).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+    },
 }
 
 fn main() {
@@ -141,6 +155,20 @@ fn run() -> Result<()> {
         },
         Command::Sync { action } => match action {
             SyncAction::Run { config } => sync_cmd::run_agent(&config),
+            SyncAction::Verify {
+                config,
+                repair,
+                chunk,
+                tables,
+            } => {
+                let opts = appliance::sync::verify::Options {
+                    repair,
+                    chunk,
+                    tables: (!tables.is_empty()).then(|| tables.into_iter().collect()),
+                    ..Default::default()
+                };
+                sync_cmd::verify(&config, &opts)
+            }
         },
         Command::Bench { idle_seconds } => bench::run(idle_seconds),
     }

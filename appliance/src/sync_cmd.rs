@@ -11,6 +11,7 @@ use appliance::sync::policy::Role;
 use appliance::sync::runner::{Controls, Runner};
 use appliance::sync::settings::HubSettings;
 use appliance::sync::site::Site;
+use appliance::sync::verify;
 use appliance::sync::wire::Secret;
 
 /// Serves centers until the process is stopped.
@@ -78,8 +79,8 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The agent alone, in the foreground (the supervisor runs the same loop on a thread).
-pub fn run_agent(config: &Path) -> Result<()> {
+/// The agent for this appliance's config, not yet running.
+fn runner(config: &Path) -> Result<Runner> {
     let config = Config::load(config)?;
     let settings = config.sync.with_context(|| {
         format!(
@@ -87,6 +88,21 @@ pub fn run_agent(config: &Path) -> Result<()> {
             config.file.display()
         )
     })?;
-    let mut runner = Runner::new(settings, u32::from(config.site_id), Controls::default())?;
-    runner.run()
+    Runner::new(settings, u32::from(config.site_id), Controls::default())
+}
+
+/// The agent alone, in the foreground (the supervisor runs the same loop on a thread).
+pub fn run_agent(config: &Path) -> Result<()> {
+    runner(config)?.run()
+}
+
+/// Compares this site with the hub; exits non-zero when they differ (after repair, if it still does).
+pub fn verify(config: &Path, opts: &verify::Options) -> Result<()> {
+    let report = runner(config)?.verify(opts)?;
+    print!("{report}");
+    if opts.repair || report.identical() {
+        Ok(())
+    } else {
+        anyhow::bail!("this site differs from the hub; `appliance sync verify --repair` copies the hub's rows")
+    }
 }

@@ -135,6 +135,18 @@ fn centers_sync_over_http_through_a_cutting_link_and_report_to_the_status_page()
     let cuts: u64 = proxies.iter().map(|p| p.stats().cuts).sum();
     ensure!(cuts >= 3, "the links were cut ({cuts} times)");
 
+    // `sync verify` over HTTP, as a technician runs it: every relayed table identical.
+    let verify = std::process::Command::new(EXE)
+        .args(["sync", "verify", "--config"])
+        .arg(dir.join("site2-appliance.ini"))
+        .output()?;
+    let said = String::from_utf8_lossy(&verify.stdout);
+    ensure!(
+        verify.status.success() && said.contains(": identical"),
+        "verify: {said}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
     // The supervised agent reports a live link and an empty backlog.
     let status = wait_for(Duration::from_secs(30), || {
         sync_status(status_port).filter(|s| s["link"] == "up" && s["backlog_changes"] == 0)

@@ -167,6 +167,11 @@ fn open_site(id: u32, db: &MariaDb) -> Result<Site> {
 
 /// What Moodle does when a user replies in a discussion (forum_add_new_post and its event).
 pub fn reply(node: &Node, user: u32, text: &str, now: u64) -> Result<u64> {
+    // Like a user pressing the button again when the request lost a deadlock to sync's apply.
+    super::site::retry(|| reply_once(node, user, text, now))
+}
+
+fn reply_once(node: &Node, user: u32, text: &str, now: u64) -> Result<u64> {
     let mut c = node.sql()?;
     let mut tx = c.start_transaction(mysql::TxOpts::default())?;
     tx.exec_drop(

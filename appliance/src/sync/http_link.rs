@@ -8,6 +8,9 @@ use anyhow::{bail, Context, Result};
 use super::agent::Link;
 use super::change::Change;
 use super::hub::{Page, Receipt};
+use super::verify::{
+    Catalog, CatalogRequest, Reference, RowsReply, RowsRequest, SumsReply, SumsRequest,
+};
 use super::wire::{self, RequestParts, Secret};
 
 pub struct LinkOptions {
@@ -98,6 +101,17 @@ impl HttpLink {
         Ok(data)
     }
 
+    /// POSTs a MessagePack request, decodes the reply.
+    fn exchange<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+        &mut self,
+        target: &str,
+        request: &Q,
+    ) -> Result<A> {
+        let body = wire::encode(request)?;
+        let answer = self.call("POST", target, &body)?;
+        wire::decode(&answer)
+    }
+
     fn read_body(&mut self, reader: impl Read) -> Result<Vec<u8>> {
         let mut reader = reader.take(wire::MAX_BODY as u64 + 1);
         let mut data = Vec::new();
@@ -137,6 +151,19 @@ impl Link for HttpLink {
         );
         let answer = self.call("GET", &target, &[])?;
         wire::decode_page(&answer)
+    }
+}
+
+/// `sync verify` over the same link.
+impl Reference for HttpLink {
+    fn catalog(&mut self, req: &CatalogRequest) -> Result<Catalog> {
+        self.exchange(wire::VERIFY_CATALOG, req)
+    }
+    fn sums(&mut self, req: &SumsRequest) -> Result<SumsReply> {
+        self.exchange(wire::VERIFY_SUMS, req)
+    }
+    fn rows(&mut self, req: &RowsRequest) -> Result<RowsReply> {
+        self.exchange(wire::VERIFY_ROWS, req)
     }
 }
 

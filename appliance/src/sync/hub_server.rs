@@ -16,6 +16,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 use super::hub;
 use super::policy::Policy;
 use super::site::{Site, SiteConfig};
+use super::verify;
 use super::wire::{self, RequestParts, Secret};
 
 /// Most changes and bytes a center may ask for in one page (it may ask for less).
@@ -283,8 +284,30 @@ impl Worker {
                 .map_err(|e| self.failed(e))?;
                 wire::encode_page(&page).map_err(|e| self.failed(e))
             }
+            (Method::Post, wire::VERIFY_CATALOG) => {
+                let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
+                self.run_verify(|site, policy| verify::serve_catalog(site, policy, center, &req))
+            }
+            (Method::Post, wire::VERIFY_SUMS) => {
+                let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
+                self.run_verify(|site, policy| verify::serve_sums(site, policy, &req))
+            }
+            (Method::Post, wire::VERIFY_ROWS) => {
+                let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
+                self.run_verify(|site, policy| verify::serve_rows(site, policy, &req))
+            }
             _ => Err(refuse(404, format!("no such sync call: {method} {path}"))),
         }
+    }
+
+    /// Runs a verify call on this worker's site and encodes its reply.
+    fn run_verify<T: serde::Serialize>(
+        &mut self,
+        call: impl FnOnce(&mut Site, &Policy) -> Result<T>,
+    ) -> Result<Vec<u8>, Refusal> {
+        let policy = self.policy.clone();
+        let reply = call(self.site()?, &policy).map_err(|e| self.failed(e))?;
+        wire::encode(&reply).map_err(|e| self.failed(e))
     }
 
     /// A refusal for an engine error: a center's fault (bad data) is 400 with the reason, anything

@@ -23,5 +23,5 @@ pub mod schema;
 pub mod settings;
 pub mod site;
 pub mod store;
-pub mod wire;
 pub mod verify;
+pub mod wire;

@@ -19,6 +19,7 @@ use super::http_link::{HttpLink, LinkOptions, Traffic};
 use super::policy::{Policy, Role};
 use super::settings::AgentSettings;
 use super::site::{Site, SiteConfig};
+use super::verify;
 use super::wire::Secret;
 use crate::power::BulkSyncGate;
 use crate::status::{Feed, LinkState, SyncStatus};
@@ -166,6 +167,13 @@ impl Runner {
         self.status.backlog_changes = backlog.changes;
         self.status.backlog_oldest = backlog.oldest_hlc.map(|h| hlc::millis_of(h) / 1000);
         Ok(moved)
+    }
+
+    /// Exchanges once, then compares this site with the hub (and repairs it when asked).
+    pub fn verify(&mut self, opts: &verify::Options) -> Result<verify::Report> {
+        self.exchange()?;
+        let site = self.site.as_mut().expect("opened by the exchange");
+        verify::verify(site, &self.policy, &mut self.link, opts)
     }
 
     fn succeeded(&mut self) {

@@ -193,7 +193,7 @@ fn mark_applied(tx: &mut Transaction<'_>, changes: &[Change]) -> Result<()> {
 
 /// Runs `f` again when MariaDB chose it as a deadlock victim or a lock wait timed out (Moodle's own
 /// transactions may hold the rows); other errors pass through.
-fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+pub(crate) fn retry<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let mut attempt = 0;
     loop {
         match f() {

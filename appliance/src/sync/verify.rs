@@ -558,7 +558,7 @@ pub fn verify(
         site.capture(policy)
             .context("cannot record local changes before verifying")?;
     }
-    let backlog = agent::backlog(site)?;
+    let backlog = agent::backlog(site)?.changes;
     let pulled = store::get_u64(site.conn(), agent::HUB_CURSOR)?;
     let theirs = hub
         .catalog(&CatalogRequest { pulled })

@@ -16,6 +16,10 @@ use super::hub::{Page, Receipt};
 
 pub const PUSH: &str = "/sync/v1/push";
 pub const PULL: &str = "/sync/v1/pull";
+/// `sync verify`: the hub's tables, chunk checksums and rows (bodies are MessagePack requests).
+pub const VERIFY_CATALOG: &str = "/sync/v1/verify/catalog";
+pub const VERIFY_SUMS: &str = "/sync/v1/verify/sums";
+pub const VERIFY_ROWS: &str = "/sync/v1/verify/rows";
 /// Unauthenticated liveness, for nginx and load balancers.
 pub const HEALTH: &str = "/sync/v1/health";
 
@@ -178,6 +182,15 @@ pub fn encode_receipt(receipt: &Receipt) -> Result<Vec<u8>> {
 
 pub fn decode_receipt(bytes: &[u8]) -> Result<Receipt> {
     rmp_serde::from_slice(bytes).context("the hub's receipt does not decode")
+}
+
+/// A verify request or reply.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    rmp_serde::to_vec(value).context("cannot encode a message")
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    rmp_serde::from_slice(bytes).context("a message does not decode")
 }
 
 pub fn encode_batch(changes: &[Change]) -> Result<Vec<u8>> {
