@@ -12,6 +12,7 @@ use appliance::sync::bed_services::{
 };
 use appliance::sync::wire::{self, RequestParts, Secret};
 use appliance::testbed::{free_port, wait_for};
+use mysql::prelude::Queryable;
 
 const EXE: &str = env!("CARGO_BIN_EXE_appliance");
 const TABLES: &[&str] = &[
@@ -47,7 +48,7 @@ fn logs_at(w: &World, site: usize) -> Result<usize> {
 
 #[test]
 fn centers_sync_over_http_through_a_cutting_link_and_report_to_the_status_page() -> Result<()> {
-    let w = world("kituo-sync-http", 2)?;
+    let mut w = world("kituo-sync-http", 2)?;
     let dir = w.dir.path().to_owned();
     let hub = HubService::start(exe(), &w.hub, &dir)?;
     let mut proxies = Vec::new();
@@ -146,6 +147,42 @@ fn centers_sync_over_http_through_a_cutting_link_and_report_to_the_status_page()
         "verify: {said}{}",
         String::from_utf8_lossy(&verify.stderr)
     );
+
+    // Acknowledged changes leave the center's outbox; the hub drops what both centers have pulled.
+    let outbox: u64 = w.centers[0]
+        .sql()?
+        .query_first("SELECT COUNT(*) FROM kituo_sync.log")?
+        .unwrap_or(u64::MAX);
+    ensure!(
+        outbox == 0,
+        "center 2's outbox still holds {outbox} changes"
+    );
+    let logged = |w: &mut World| -> Result<u64> {
+        Ok(w.hub
+            .sql()?
+            .query_first("SELECT COUNT(*) FROM kituo_sync.log")?
+            .unwrap_or(0))
+    };
+    let before = logged(&mut w)?;
+    let pruned = appliance::sync::hub::prune(&mut w.hub.site)?;
+    ensure!(
+        pruned > 0 && logged(&mut w)? == before - pruned,
+        "{pruned} of {before}"
+    );
+    let floor: u64 = w
+        .hub
+        .sql()?
+        .query_first("SELECT MIN(pulled) FROM kituo_sync.centers")?
+        .unwrap_or(0);
+    let below: u64 = w
+        .hub
+        .sql()?
+        .exec_first(
+            "SELECT COUNT(*) FROM kituo_sync.log WHERE lseq <= ?",
+            (floor,),
+        )?
+        .unwrap_or(1);
+    ensure!(floor > 0 && below == 0);
 
     // The supervised agent reports a live link and an empty backlog.
     let status = wait_for(Duration::from_secs(30), || {

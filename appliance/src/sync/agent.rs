@@ -101,6 +101,13 @@ pub fn backlog(site: &mut Site) -> Result<Backlog> {
     })
 }
 
+/// Drops own changes the hub has acknowledged: it holds them durably, and this outbox is on an SD card.
+pub fn prune_outbox(site: &mut Site) -> Result<u64> {
+    let pushed = store::get_u64(site.conn(), PUSHED)?;
+    let origin = site.id();
+    store::prune_log(site.conn(), "origin = ? AND seq <= ?", (origin, pushed))
+}
+
 /// Captures, pushes everything, pulls everything: one full exchange.
 pub fn sync_once(
     site: &mut Site,

@@ -126,3 +126,26 @@ pub fn page(
         more: rows.len() > taken,
     })
 }
+
+/// Records that `center` has everything up to log position `pulled` (its next pull starts after it).
+pub fn note_pulled(site: &mut Site, center: u32, pulled: u64) -> Result<()> {
+    site.conn()
+        .exec_drop(
+            "UPDATE kituo_sync.centers SET pulled = GREATEST(pulled, ?) WHERE site = ?",
+            (pulled, center),
+        )
+        .context("cannot record a center's position")
+}
+
+/// Drops the log rows every registered center has pulled; returns how many. A center never seen yet
+/// holds everything back.
+pub fn prune(site: &mut Site) -> Result<u64> {
+    let floor: Option<Option<u64>> = site
+        .conn()
+        .query_first("SELECT MIN(pulled) FROM kituo_sync.centers")
+        .context("cannot read the centers' positions")?;
+    match floor.flatten() {
+        Some(upto) if upto > 0 => store::prune_log(site.conn(), "lseq <= ?", (upto,)),
+        _ => Ok(0),
+    }
+}

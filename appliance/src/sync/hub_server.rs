@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use mysql::prelude::Queryable;
@@ -103,12 +103,22 @@ impl Drop for HubServer {
     }
 }
 
-/// Records the hub's own Moodle changes for the centers, continually, so pulls need not wait for it.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Records the hub's own Moodle changes for the centers, continually, so pulls need not wait for it;
+/// now and then drops the log every center has pulled.
 fn capture_loop(cfg: SiteConfig, policy: &Policy, every: Duration, stop: &AtomicBool) {
     let mut site: Option<Site> = None;
+    let mut last_prune = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let done = match site.as_mut() {
-            Some(s) => s.capture(policy).map(|_| ()),
+            Some(s) => s.capture(policy).and_then(|_| {
+                if last_prune.elapsed() >= PRUNE_EVERY {
+                    last_prune = Instant::now();
+                    hub::prune(s)?;
+                }
+                Ok(())
+            }),
             None => Site::open(cfg.clone()).map(|s| site = Some(s)),
         };
         if let Err(e) = done {
@@ -282,6 +292,8 @@ impl Worker {
                     bytes.clamp(1, PAGE_MAX_BYTES),
                 )
                 .map_err(|e| self.failed(e))?;
+                // Asking for what follows `after` says everything up to it is applied there.
+                hub::note_pulled(self.site()?, center, after).map_err(|e| self.failed(e))?;
                 wire::encode_page(&page).map_err(|e| self.failed(e))
             }
             (Method::Post, wire::VERIFY_CATALOG) => {

@@ -163,6 +163,7 @@ impl Runner {
                 break;
             }
         }
+        agent::prune_outbox(site)?;
         let backlog = agent::backlog(site)?;
         self.status.backlog_changes = backlog.changes;
         self.status.backlog_oldest = backlog.oldest_hlc.map(|h| hlc::millis_of(h) / 1000);

@@ -86,12 +86,15 @@ const TABLES: &[&str] = &[
         reason VARCHAR(255) NOT NULL,
         at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
     ) ENGINE=InnoDB",
-    // Hub only: the centers and their shared secrets.
+    // Hub only: the centers, their shared secrets, and how far each has pulled the log (what may be
+    // pruned).
     "CREATE TABLE IF NOT EXISTS kituo_sync.centers (
         site INT UNSIGNED NOT NULL PRIMARY KEY,
         name VARCHAR(100) NOT NULL,
-        secret VARBINARY(64) NOT NULL
+        secret VARBINARY(64) NOT NULL,
+        pulled BIGINT UNSIGNED NOT NULL DEFAULT 0
     ) ENGINE=InnoDB",
+    "ALTER TABLE kituo_sync.centers ADD COLUMN IF NOT EXISTS pulled BIGINT UNSIGNED NOT NULL DEFAULT 0",
 ];
 
 /// Creates the bookkeeping database if needed; safe to run on every start.
@@ -184,6 +187,26 @@ pub fn append(tx: &mut mysql::Transaction<'_>, change: &Change) -> Result<u64> {
 }
 
 /// Decodes a change stored by [`append`].
+/// Deletes log rows matching `filter` (a condition on `lseq`, `origin`, `seq` with `args`), a slice at
+/// a time so that no transaction grows large; returns how many went.
+pub fn prune_log(
+    conn: &mut mysql::Conn,
+    filter: &str,
+    args: impl Into<mysql::Params> + Clone,
+) -> Result<u64> {
+    let sql = format!("DELETE FROM kituo_sync.log WHERE {filter} LIMIT 10000");
+    let mut total = 0;
+    loop {
+        conn.exec_drop(&sql, args.clone())
+            .context("cannot prune the log")?;
+        let n = conn.affected_rows();
+        total += n;
+        if n < 10_000 {
+            return Ok(total);
+        }
+    }
+}
+
 pub fn decode_logged(data: &[u8]) -> Result<Change> {
     rmp_serde::from_slice(data).context("a logged change does not decode")
 }
