@@ -81,6 +81,8 @@ pub struct Applier<'p> {
     target: Target,
     /// Shapes read so far; `None` for a table this site does not have.
     catalog: HashMap<String, Option<TableShape>>,
+    /// Tables with parked values: a newer write to such a column makes its parked value obsolete.
+    parked: Option<BTreeSet<String>>,
 }
 
 /// The rows of one batch, read under lock before any decision.
@@ -88,7 +90,7 @@ pub struct Applier<'p> {
 struct Prefetched {
     present: HashSet<(String, i64)>,
     clocks: HashMap<(String, i64), RowClock>,
-    tombstones: HashSet<(String, i64)>,
+    tombstones: HashMap<(String, i64), store::Grave>,
     aliases: HashMap<(String, i64), i64>,
     dirty: HashSet<(String, i64)>,
 }
@@ -99,6 +101,7 @@ impl<'p> Applier<'p> {
             policy,
             target,
             catalog: HashMap::new(),
+            parked: None,
         }
     }
 
@@ -202,8 +205,8 @@ impl<'p> Applier<'p> {
             if let Some(clock) = read_clock(tx, &table, id)? {
                 pre.clocks.insert((table.clone(), id), clock);
             }
-            if store::tombstone(tx, &table, id)?.is_some() {
-                pre.tombstones.insert((table, id));
+            if let Some(grave) = store::grave(tx, &table, id)? {
+                pre.tombstones.insert((table, id), grave);
             }
         }
         Ok(())
@@ -227,17 +230,31 @@ impl<'p> Applier<'p> {
         }
         let id = pre.resolve(table, change.id);
         let key = (table.to_owned(), id);
-        if pre.tombstones.contains(&key) {
-            return Ok(Outcome::Buried);
-        }
         let stamp = change.stamp();
+        if let Some(grave) = pre.tombstones.get(&key).copied() {
+            return match &change.op {
+                // Only the hub re-creates a deleted row, stamped after the delete (it refused it);
+                // an older insert (a replay, a deferred change) stays buried.
+                Op::Insert(row) if stamp > grave.deleted => {
+                    self.restore(tx, table, id, stamp, grave, row, pre, catch_up)
+                }
+                _ => Ok(Outcome::Buried),
+            };
+        }
         match &change.op {
             Op::Delete => {
                 if pre.present.remove(&key) {
                     self.delete_row(tx, table, id).context("delete failed")?;
                 }
-                store::bury(tx, table, id, stamp)?;
-                pre.tombstones.insert(key.clone());
+                let born = pre.clocks.get(&key).map_or(Stamp::ORIGIN, |c| c.born);
+                store::bury_born(tx, table, id, stamp, born)?;
+                pre.tombstones.insert(
+                    key.clone(),
+                    store::Grave {
+                        deleted: stamp,
+                        born,
+                    },
+                );
                 pre.clocks.remove(&key);
                 pre.dirty.remove(&key);
                 Ok(Outcome::Applied)
@@ -278,23 +295,143 @@ impl<'p> Applier<'p> {
             return Ok(Outcome::Superseded);
         }
         let won = self.park_unknown(tx, table, id, stamp, won)?;
-        if !won.is_empty() {
-            let sets: Vec<String> = won.keys().map(|c| format!("{} = ?", quote(c))).collect();
-            let mut params: Vec<mysql::Value> = won.values().map(to_sql).collect();
-            params.push(mysql::Value::Int(id));
-            tx.exec_drop(
-                format!(
-                    "UPDATE {} SET {} WHERE id = ?",
-                    self.target.table(table),
-                    sets.join(", ")
-                ),
-                params,
-            )
-            .context("update failed")?;
+        if self.has_parked(tx, table)? {
+            for column in won.keys() {
+                store::unpark_older(tx, table, id, column, stamp)?;
+            }
         }
+        self.write_columns(tx, table, id, &won)?;
         pre.clocks.insert(key.clone(), next);
         pre.dirty.insert(key);
         Ok(Outcome::Applied)
+    }
+
+    fn write_columns(
+        &self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        cols: &Row,
+    ) -> Result<()> {
+        if cols.is_empty() {
+            return Ok(());
+        }
+        let sets: Vec<String> = cols.keys().map(|c| format!("{} = ?", quote(c))).collect();
+        let mut params: Vec<mysql::Value> = cols.values().map(to_sql).collect();
+        params.push(mysql::Value::Int(id));
+        tx.exec_drop(
+            format!(
+                "UPDATE {} SET {} WHERE id = ?",
+                self.target.table(table),
+                sets.join(", ")
+            ),
+            params,
+        )
+        .context("update failed")
+    }
+
+    /// Re-creates a row deleted here that the hub restored because it refused the delete. The row is
+    /// born again with the birth stamp it had and every column written at `stamp`: the clock that
+    /// the sites which kept the row reach by merging the same insert as an update.
+    #[allow(clippy::too_many_arguments)]
+    fn restore(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        stamp: Stamp,
+        grave: store::Grave,
+        row: &Row,
+        pre: &mut Prefetched,
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
+    ) -> Result<Outcome> {
+        let key = (table.to_owned(), id);
+        store::unbury(tx, table, id)?;
+        pre.tombstones.remove(&key);
+        let mut row = self.remap_references(table, row, pre);
+        row.insert(ID.to_owned(), Value::Int(id));
+        if pre.present.contains(&key) {
+            return self.update(tx, table, id, stamp, &row, pre);
+        }
+        let outcome = self.insert(tx, table, id, stamp, row.clone(), pre, catch_up)?;
+        if outcome == Outcome::Applied {
+            let (_, clock) = winning_columns(&RowClock::born(grave.born), stamp, &row);
+            pre.clocks.insert(key, clock);
+        }
+        Ok(outcome)
+    }
+
+    fn has_parked(&mut self, tx: &mut Transaction<'_>, table: &str) -> Result<bool> {
+        if self.parked.is_none() {
+            self.parked = Some(store::parked_tables(tx)?.into_iter().collect());
+        }
+        Ok(self.parked.as_ref().is_some_and(|p| p.contains(table)))
+    }
+
+    /// The columns `table` has now, read afresh (Moodle's upgrade may just have changed it); `None`
+    /// when this site has no such table.
+    pub fn columns_now(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+    ) -> Result<Option<BTreeSet<String>>> {
+        Ok(self.refresh(tx, table)?.map(|shape| shape.columns))
+    }
+
+    /// Writes values parked while this site lacked their columns, now that it has them. A value is
+    /// written only when no later write of its column is known here: parking recorded the value's
+    /// stamp in the row's clock, so a local edit or a newer change since then shows as a later stamp.
+    /// Values of rows deleted meanwhile (or never here) are dropped. Returns (written, dropped).
+    pub fn replay_parked(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        values: &[store::Parked],
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
+    ) -> Result<(u64, u64)> {
+        let probes: Vec<Change> = values
+            .iter()
+            .map(|p| Change {
+                origin: p.stamp.site,
+                seq: 0,
+                hlc: p.stamp.hlc,
+                table: p.table.clone(),
+                id: p.id,
+                op: Op::Delete,
+            })
+            .collect();
+        let mut pre = Prefetched::default();
+        self.lock_rows(tx, &probes, &mut pre)?;
+        catch_up(tx).context("cannot record local changes before replaying parked values")?;
+        self.read_clocks(tx, &probes, &mut pre)?;
+        let (mut written, mut dropped) = (0, 0);
+        let mut rows: BTreeMap<(String, i64), Row> = BTreeMap::new();
+        for p in values {
+            let key = (p.table.clone(), pre.resolve(&p.table, p.id));
+            if pre.tombstones.contains_key(&key) || !pre.present.contains(&key) {
+                dropped += 1;
+                continue;
+            }
+            let clock = pre.clocks.entry(key.clone()).or_default();
+            let last = clock.column(&p.column);
+            if p.stamp < last {
+                dropped += 1;
+                continue;
+            }
+            if p.stamp > last {
+                clock.cols.insert(p.column.clone(), p.stamp);
+                pre.dirty.insert(key.clone());
+            }
+            rows.entry(key)
+                .or_default()
+                .insert(p.column.clone(), p.value.clone());
+            written += 1;
+        }
+        for ((table, id), cols) in &rows {
+            self.write_columns(tx, table, *id, cols)
+                .with_context(|| format!("cannot write parked values of {table} id {id}"))?;
+        }
+        self.write_clocks(tx, &pre)?;
+        Ok((written, dropped))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -503,6 +640,9 @@ impl<'p> Applier<'p> {
         for column in unknown {
             if let Some(value) = row.remove(&column) {
                 store::park(tx, table, id, &column, stamp, &value)?;
+                if let Some(parked) = self.parked.as_mut() {
+                    parked.insert(table.to_owned());
+                }
             }
         }
         Ok(row)

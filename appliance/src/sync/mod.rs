@@ -14,6 +14,7 @@ pub mod hub;
 pub mod merge;
 pub mod policy;
 pub mod record;
+pub mod replay;
 pub mod rules;
 pub mod schema;
 pub mod site;

@@ -4,7 +4,7 @@
 //! an optional override file of the same format holding only a site's exceptions. The keys each table
 //! needs for merging (primary key, other unique keys, the columns that refer to it) come from XMLDB.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -56,11 +56,41 @@ impl fmt::Display for Direction {
     }
 }
 
-/// Rows of a table that a center may not change (enforced by the hub's apply step, not here).
+/// Rows of a table that a center may not change (enforced by the hub's accept step, not here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protection {
-    /// Rows whose id is listed in config `siteadmins`.
+    /// Rows whose id is listed in config `siteadmins`: the administrators' accounts.
     SiteAdmins,
+    /// Rows whose `userid` is listed in config `siteadmins`: what lets someone log in as an
+    /// administrator (linked logins, second factors).
+    SiteAdminsUserid,
+    /// Rows at the system context (`contextid`): a role assigned there holds over the whole site.
+    SystemContext,
+}
+
+impl Protection {
+    pub const ALL: [Protection; 3] = [
+        Protection::SiteAdmins,
+        Protection::SiteAdminsUserid,
+        Protection::SystemContext,
+    ];
+
+    /// Its name in the rule files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protection::SiteAdmins => "siteadmins",
+            Protection::SiteAdminsUserid => "siteadmins_userid",
+            Protection::SystemContext => "system_context",
+        }
+    }
+}
+
+/// Rows of a synced table that each site keeps for itself, told by one column's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRows {
+    pub column: String,
+    pub values: BTreeSet<String>,
+    pub source: Source,
 }
 
 /// Where a rule was written.
@@ -93,6 +123,7 @@ pub struct RuleFile {
     default: Option<(Direction, Source)>,
     /// `None` as the protection: an override that lifts the built-in one.
     protect: BTreeMap<String, (Option<Protection>, Source)>,
+    site_local: BTreeMap<String, LocalRows>,
 }
 
 const SECTIONS: &[Section] = &[
@@ -106,7 +137,13 @@ const SECTIONS: &[Section] = &[
         name: "protect",
         keys: &[],
         free_keys: true,
-        help: "table = siteadmins | none",
+        help: "table = siteadmins | siteadmins_userid | system_context | none",
+    },
+    Section {
+        name: "site_local",
+        keys: &[],
+        free_keys: true,
+        help: "table.column = values of the rows each site keeps for itself",
     },
     Section {
         name: "both",
@@ -159,6 +196,7 @@ impl RuleFile {
             entries: Vec::new(),
             default: None,
             protect: BTreeMap::new(),
+            site_local: BTreeMap::new(),
         };
         for (key, value, line) in doc.free_entries("defaults") {
             if key != "direction" {
@@ -188,14 +226,16 @@ impl RuleFile {
             if !is_table_name(&key) {
                 return Err(doc.error("protect", &key, "expected a table name (no patterns)"));
             }
-            let protection = match value.as_str() {
-                "siteadmins" => Some(Protection::SiteAdmins),
-                "none" => None,
-                other => {
+            let protection = match Protection::ALL.into_iter().find(|p| p.name() == value) {
+                Some(p) => Some(p),
+                None if value == "none" => None,
+                None => {
                     return Err(doc.error(
                         "protect",
                         &key,
-                        format!("expected siteadmins or none, got '{other}'"),
+                        format!(
+                            "expected siteadmins, siteadmins_userid, system_context or none, got '{value}'"
+                        ),
                     ))
                 }
             };
@@ -204,6 +244,45 @@ impl RuleFile {
                 line,
             };
             file.protect.insert(key, (protection, source));
+        }
+        for (key, value, line) in doc.free_entries("site_local") {
+            let parts = key.split_once('.');
+            let Some((table, column)) = parts.filter(|(t, c)| is_table_name(t) && is_table_name(c))
+            else {
+                return Err(doc.error(
+                    "site_local",
+                    &key,
+                    "expected table.column (like config.name)",
+                ));
+            };
+            let values: BTreeSet<String> = value
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if values.is_empty() {
+                return Err(doc.error(
+                    "site_local",
+                    &key,
+                    "list the column values of the rows each site keeps",
+                ));
+            }
+            if file.site_local.contains_key(table) {
+                return Err(doc.error(
+                    "site_local",
+                    &key,
+                    format!("table '{table}' is already given with another column"),
+                ));
+            }
+            let rows = LocalRows {
+                column: column.to_owned(),
+                values,
+                source: Source {
+                    file: path.to_owned(),
+                    line,
+                },
+            };
+            file.site_local.insert(table.to_owned(), rows);
         }
         for direction in Direction::ALL {
             let section = direction.name();
@@ -393,6 +472,15 @@ impl Rules {
 
     pub fn get(&self, table: &str) -> Option<&TableRule> {
         self.tables.get(table)
+    }
+
+    /// The rows of `table` that each site keeps for itself although the table syncs (the override
+    /// file's entry for the table replaces the built-in one).
+    pub fn site_local(&self, table: &str) -> Option<&LocalRows> {
+        self.overrides
+            .iter()
+            .chain([&self.builtin])
+            .find_map(|f| f.site_local.get(table))
     }
 
     /// The rule for a table the database has but XMLDB does not (yet): the lists decide the direction;
@@ -632,6 +720,18 @@ mod tests {
         assert!(!refs.contains(&("forum_read", "postid")), "{refs:?}");
         let user = rules.get("user").expect("user");
         assert_eq!(user.protect, Some(Protection::SiteAdmins));
+        let ra = rules.get("role_assignments").expect("role_assignments");
+        assert_eq!(ra.protect, Some(Protection::SystemContext));
+        let mfa = rules.get("tool_mfa").expect("tool_mfa");
+        assert_eq!(mfa.protect, Some(Protection::SiteAdminsUserid));
+        let local = rules
+            .site_local("config")
+            .expect("config has per-site rows");
+        assert_eq!(local.column, "name");
+        assert!(local.values.contains("version") && local.values.contains("allversionshash"));
+        assert!(!local.values.contains("siteadmins"));
+        let plugins = rules.site_local("config_plugins").expect("config_plugins");
+        assert_eq!(plugins.values.iter().collect::<Vec<_>>(), ["version"]);
         assert!(
             user.referenced_by.len() > 100,
             "{}",
@@ -668,13 +768,15 @@ mod tests {
     #[test]
     fn bad_override_names_file_line_and_key() {
         let cases = [
-            ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [both], [hub_to_centers], [centers_to_hub], [never]"),
+            ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [site_local], [both], [hub_to_centers], [centers_to_hub], [never]"),
             ("[never]\nsessions = x\n\nCache-* = y\n", "/etc/kituo/sync-overrides.ini:4: key 'Cache-*' in section [never]: expected a table name, or a prefix ending in '*' (like cache_*)"),
             ("[never]\nsessions =\n", "/etc/kituo/sync-overrides.ini:2: key 'sessions' in section [never]: say why after '=': the reason is kept with the rule"),
             ("[both]\nsessions = a\n[never]\nsessions = b\n", "/etc/kituo/sync-overrides.ini:4: key 'sessions' in section [never]: 'sessions' is already in [both] on line 2"),
             ("[defaults]\ndirection = sideways\n", "/etc/kituo/sync-overrides.ini:2: key 'direction' in section [defaults]: expected both, hub_to_centers, centers_to_hub or never, got 'sideways'"),
             ("[defaults]\ndirektion = both\n", "/etc/kituo/sync-overrides.ini:2: invalid key 'direktion' in section [defaults]; the only key is 'direction'"),
-            ("[protect]\nuser = teachers\n", "/etc/kituo/sync-overrides.ini:2: key 'user' in section [protect]: expected siteadmins or none, got 'teachers'"),
+            ("[protect]\nuser = teachers\n", "/etc/kituo/sync-overrides.ini:2: key 'user' in section [protect]: expected siteadmins, siteadmins_userid, system_context or none, got 'teachers'"),
+            ("[site_local]\nconfig = version\n", "/etc/kituo/sync-overrides.ini:2: key 'config' in section [site_local]: expected table.column (like config.name)"),
+            ("[site_local]\nconfig.name =\n", "/etc/kituo/sync-overrides.ini:2: key 'config.name' in section [site_local]: list the column values of the rows each site keeps"),
         ];
         for (text, want) in cases {
             let e = RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text).unwrap_err();
