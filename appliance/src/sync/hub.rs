@@ -194,13 +194,13 @@ fn refusal(
         return Ok(None);
     }
     let id = resolve(tx, table, change.id)?;
-    let current = read_row(tx, target, table, id)?;
     let reason = match protection {
         Protection::SiteAdmins => guard
             .admins(tx, target)?
             .contains(&id)
             .then(|| format!("{table} {id} is a site administrator: only the hub may change it")),
         Protection::SiteAdminsUserid => {
+            let current = read_row(tx, target, table, id)?;
             let admins = guard.admins(tx, target)?;
             ids_in(change, current.as_ref(), "userid")
                 .into_iter()
@@ -212,6 +212,7 @@ fn refusal(
                 })
         }
         Protection::SystemContext => {
+            let current = read_row(tx, target, table, id)?;
             let system = guard.system_context(tx, target)?;
             ids_in(change, current.as_ref(), "contextid")
                 .contains(&system)
