@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Result};
 use appliance::sync::bed::{world, Node, World};
 use appliance::sync::change::{Change, Op, Row, Value};
-use appliance::sync::hub;
+use appliance::sync::{hub, store};
 use mysql::prelude::Queryable;
 
 fn text(s: &str) -> Value {
@@ -60,7 +60,12 @@ fn same(w: &World, tables: &[&str]) -> Result<()> {
     Ok(())
 }
 
-const TABLES: &[&str] = &["user", "forum_posts", "role_assignments", "tool_mfa"];
+const TABLES: &[&str] = &[
+    "user",
+    "forum_posts",
+    "role_assignments",
+    "auth_oauth2_linked_login",
+];
 
 #[test]
 fn a_center_cannot_take_over_the_admin_account_and_is_put_back_in_step() -> Result<()> {
@@ -75,8 +80,8 @@ fn a_center_cannot_take_over_the_admin_account_and_is_put_back_in_step() -> Resu
     let hub_settings = settings(&w.hub)?;
     eprintln!("{:>6.1} s  world ready", started.elapsed().as_secs_f64());
 
-    // A stolen card at center A: the admin's password and email, a site-wide manager role, a second
-    // factor for the admin; and ordinary work made at the same time.
+    // A stolen card at center A: the admin's password and email, a site-wide manager role, the
+    // attacker's OAuth 2 account linked to the admin; and ordinary work made at the same time.
     let a = &w.centers[0];
     let mut c = a.sql()?;
     c.query_drop(
@@ -89,8 +94,9 @@ fn a_center_cannot_take_over_the_admin_account_and_is_put_back_in_step() -> Resu
          VALUES (1, 1, 4, 6000, 4, ''), (5, 30, 4, 6000, 3, '')",
     )?;
     c.query_drop(
-        "INSERT INTO mdl_tool_mfa (userid, factor, secret, revoked, lockcounter)
-         VALUES (2, 'totp', 'ATTACKER', 0, 0)",
+        "INSERT INTO mdl_auth_oauth2_linked_login (timecreated, timemodified, usermodified, userid,
+             issuerid, username, email, confirmtoken)
+         VALUES (6000, 6000, 2, 2, 1, 'mallory', 'mallory@mail.example', '')",
     )?;
     // A forged push for a hub-only table, from a card that is not even one of ours.
     let siteadmins: i64 = w
@@ -122,6 +128,23 @@ fn a_center_cannot_take_over_the_admin_account_and_is_put_back_in_step() -> Resu
     ];
     let receipt = hub::accept(&mut w.hub.site, &w.policy, 9, &forged)?;
     assert_eq!((receipt.acked, receipt.rejected), (2, 2));
+    // The hub answered each with its own state, stamped after the forged change.
+    let restoring: Vec<Vec<u8>> = w.hub.sql()?.query(
+        "SELECT data FROM kituo_sync.log WHERE origin = 1 AND tbl = 'config' ORDER BY lseq",
+    )?;
+    let restoring: Vec<Change> = restoring
+        .iter()
+        .map(|d| store::decode_logged(d))
+        .collect::<Result<_>>()?;
+    assert_eq!(restoring.len(), 2, "{restoring:#?}");
+    assert_eq!(
+        restoring[0].op,
+        Op::Update(Row::from([("value".to_string(), text("2"))]))
+    );
+    assert_eq!((&restoring[1].op, restoring[1].id), (&Op::Delete, 7777));
+    for (r, f) in restoring.iter().zip(&forged) {
+        assert!(r.hlc > f.hlc && r.id == f.id, "{r:?} after {f:?}");
+    }
     let again = hub::accept(&mut w.hub.site, &w.policy, 9, &forged)?;
     assert_eq!(
         (again.acked, again.rejected),
@@ -155,7 +178,7 @@ fn a_center_cannot_take_over_the_admin_account_and_is_put_back_in_step() -> Resu
         .sum::<Result<u64>>()?;
     assert_eq!(system_roles, 0, "the system role is gone everywhere");
     assert_eq!(w.hub.dump("role_assignments")?.len(), 1, "the course role");
-    assert!(w.hub.dump("tool_mfa")?.is_empty());
+    assert!(w.hub.dump("auth_oauth2_linked_login")?.is_empty());
     same(&w, TABLES)?;
     // The restoring change left the same clock everywhere: later merges decide alike.
     let hub_clock = clock(&w.hub, "user", 2)?;

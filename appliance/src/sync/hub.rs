@@ -6,7 +6,13 @@
 //! with a restoring change: the hub's own state of that row, stamped by the hub's clock after the
 //! refused change and appended to the hub's log like a hub edit. The offending center's merge takes it
 //! (its stamp is newer), so the center's copy returns to the hub's; the other centers receive it too and
-//! rewrite what they already hold.
+//! rewrite what they already hold. A row the center deleted comes back as an insert stamped after the
+//! delete: the one kind of insert that lifts a tombstone (see `apply`). The hub writes the row clock
+//! those merges produce into its own `clock`, so later merges decide alike everywhere.
+//!
+//! Protected rows ([protect] in the rules): the site administrators' accounts, linked OAuth 2 logins
+//! of administrators (a way in without the password) and role assignments at the system context (a
+//! site-wide role). Everything else a center sends to a two-way table is accepted as the center's work.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,12 +1,16 @@
 //! Replays what waited for this site's schema to catch up: values parked for columns it lacked and
 //! changes deferred for tables it lacked, once Moodle's upgrade has created them.
 //!
-//! It runs at the start of every capture and every apply, inside that pass's transaction, so a
-//! Moodle upgrade needs no restart and no signal: the first pass that finds the column or table
-//! replays the waiting entries and removes them in the same commit, which makes the replay happen
-//! exactly once. Deferred changes go through the ordinary merge, oldest first, before the batch that
-//! may bring newer changes to the same rows; parked values carry the stamp of their write, so a newer
-//! local edit of the column keeps its value and a row deleted meanwhile is not brought back.
+//! It runs after every capture (in its own transaction) and at the start of every apply (in the
+//! batch's transaction, before the batch, which may carry newer changes to the same rows), so a Moodle
+//! upgrade needs no restart and no signal: the first pass that finds the column or table replays the
+//! waiting entries and removes them in the same commit, which makes the replay happen exactly once.
+//! When nothing waits, a pass costs two small queries; while something waits for a column or table
+//! that is still missing, one information_schema lookup per such table.
+//!
+//! Deferred changes go through the ordinary merge, oldest first, so tombstones keep a row deleted
+//! meanwhile buried. Parked values carry the stamp of their write, which parking also wrote into the
+//! row's clock: a later local edit or change of the column shows as a later stamp and keeps its value.
 
 use anyhow::{Context, Result};
 use mysql::Transaction;

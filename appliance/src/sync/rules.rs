@@ -62,7 +62,7 @@ pub enum Protection {
     /// Rows whose id is listed in config `siteadmins`: the administrators' accounts.
     SiteAdmins,
     /// Rows whose `userid` is listed in config `siteadmins`: what lets someone log in as an
-    /// administrator (linked logins, second factors).
+    /// administrator (a linked OAuth 2 login).
     SiteAdminsUserid,
     /// Rows at the system context (`contextid`): a role assigned there holds over the whole site.
     SystemContext,

@@ -95,18 +95,20 @@ impl Site {
     }
 
     /// Records every local change committed so far, then replays what waited for a schema change
-    /// that has happened since (see [`replay`]); returns what it recorded.
+    /// that has happened since (see [`replay`]); returns what it recorded. The replay commits apart:
+    /// if it fails, what was recorded stays recorded.
     pub fn capture(&mut self, policy: &Policy) -> Result<Recorded> {
         let cfg = self.cfg.clone();
-        retry(|| {
+        let done = retry(|| {
             let mut tx = self.begin()?;
             store::lock_log(&mut tx)?;
             let done = catch_up(&cfg, policy, &mut tx)?;
-            let mut catch = |tx: &mut Transaction<'_>| catch_up(&cfg, policy, tx).map(|_| ());
-            replay::replay(&mut tx, policy, &cfg.target, &mut catch)?;
             tx.commit().context("cannot commit captured changes")?;
             Ok(done)
-        })
+        })?;
+        self.replay(policy)
+            .context("cannot replay what waited for a schema change")?;
+        Ok(done)
     }
 
     /// Replays parked values and deferred changes whose columns and tables exist now.

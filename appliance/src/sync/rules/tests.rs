@@ -138,8 +138,10 @@ fn keys_references_and_protection() {
     assert_eq!(user.protect, Some(Protection::SiteAdmins));
     let ra = rules.get("role_assignments").expect("role_assignments");
     assert_eq!(ra.protect, Some(Protection::SystemContext));
-    let mfa = rules.get("tool_mfa").expect("tool_mfa");
-    assert_eq!(mfa.protect, Some(Protection::SiteAdminsUserid));
+    let linked = rules
+        .get("auth_oauth2_linked_login")
+        .expect("auth_oauth2_linked_login");
+    assert_eq!(linked.protect, Some(Protection::SiteAdminsUserid));
     let local = rules
         .site_local("config")
         .expect("config has per-site rows");
