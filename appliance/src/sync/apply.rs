@@ -19,6 +19,8 @@ use super::merge::{clash_winner, merge_rows, winning_columns, ClashWinner, RowCl
 use super::policy::{Direction, Policy};
 use super::store;
 
+mod parked;
+
 /// Every Moodle table's primary key.
 pub const ID: &str = "id";
 
@@ -81,6 +83,8 @@ pub struct Applier<'p> {
     target: Target,
     /// Shapes read so far; `None` for a table this site does not have.
     catalog: HashMap<String, Option<TableShape>>,
+    /// Tables with parked values: a newer write to such a column makes its parked value obsolete.
+    parked: Option<BTreeSet<String>>,
 }
 
 /// The rows of one batch, read under lock before any decision.
@@ -88,7 +92,7 @@ pub struct Applier<'p> {
 struct Prefetched {
     present: HashSet<(String, i64)>,
     clocks: HashMap<(String, i64), RowClock>,
-    tombstones: HashSet<(String, i64)>,
+    tombstones: HashMap<(String, i64), store::Grave>,
     aliases: HashMap<(String, i64), i64>,
     dirty: HashSet<(String, i64)>,
 }
@@ -99,6 +103,7 @@ impl<'p> Applier<'p> {
             policy,
             target,
             catalog: HashMap::new(),
+            parked: None,
         }
     }
 
@@ -202,8 +207,8 @@ impl<'p> Applier<'p> {
             if let Some(clock) = read_clock(tx, &table, id)? {
                 pre.clocks.insert((table.clone(), id), clock);
             }
-            if store::tombstone(tx, &table, id)?.is_some() {
-                pre.tombstones.insert((table, id));
+            if let Some(grave) = store::grave(tx, &table, id)? {
+                pre.tombstones.insert((table, id), grave);
             }
         }
         Ok(())
@@ -227,17 +232,31 @@ impl<'p> Applier<'p> {
         }
         let id = pre.resolve(table, change.id);
         let key = (table.to_owned(), id);
-        if pre.tombstones.contains(&key) {
-            return Ok(Outcome::Buried);
-        }
         let stamp = change.stamp();
+        if let Some(grave) = pre.tombstones.get(&key).copied() {
+            return match &change.op {
+                // Only the hub re-creates a deleted row, stamped after the delete (it refused it);
+                // an older insert (a replay, a deferred change) stays buried.
+                Op::Insert(row) if stamp > grave.deleted => {
+                    self.restore(tx, table, id, stamp, grave, row, pre, catch_up)
+                }
+                _ => Ok(Outcome::Buried),
+            };
+        }
         match &change.op {
             Op::Delete => {
                 if pre.present.remove(&key) {
                     self.delete_row(tx, table, id).context("delete failed")?;
                 }
-                store::bury(tx, table, id, stamp)?;
-                pre.tombstones.insert(key.clone());
+                let born = pre.clocks.get(&key).map_or(Stamp::ORIGIN, |c| c.born);
+                store::bury_born(tx, table, id, stamp, born)?;
+                pre.tombstones.insert(
+                    key.clone(),
+                    store::Grave {
+                        deleted: stamp,
+                        born,
+                    },
+                );
                 pre.clocks.remove(&key);
                 pre.dirty.remove(&key);
                 Ok(Outcome::Applied)
@@ -278,23 +297,70 @@ impl<'p> Applier<'p> {
             return Ok(Outcome::Superseded);
         }
         let won = self.park_unknown(tx, table, id, stamp, won)?;
-        if !won.is_empty() {
-            let sets: Vec<String> = won.keys().map(|c| format!("{} = ?", quote(c))).collect();
-            let mut params: Vec<mysql::Value> = won.values().map(to_sql).collect();
-            params.push(mysql::Value::Int(id));
-            tx.exec_drop(
-                format!(
-                    "UPDATE {} SET {} WHERE id = ?",
-                    self.target.table(table),
-                    sets.join(", ")
-                ),
-                params,
-            )
-            .context("update failed")?;
+        if self.has_parked(tx, table)? {
+            for column in won.keys() {
+                store::unpark_older(tx, table, id, column, stamp)?;
+            }
         }
+        self.write_columns(tx, table, id, &won)?;
         pre.clocks.insert(key.clone(), next);
         pre.dirty.insert(key);
         Ok(Outcome::Applied)
+    }
+
+    fn write_columns(
+        &self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        cols: &Row,
+    ) -> Result<()> {
+        if cols.is_empty() {
+            return Ok(());
+        }
+        let sets: Vec<String> = cols.keys().map(|c| format!("{} = ?", quote(c))).collect();
+        let mut params: Vec<mysql::Value> = cols.values().map(to_sql).collect();
+        params.push(mysql::Value::Int(id));
+        tx.exec_drop(
+            format!(
+                "UPDATE {} SET {} WHERE id = ?",
+                self.target.table(table),
+                sets.join(", ")
+            ),
+            params,
+        )
+        .context("update failed")
+    }
+
+    /// Re-creates a row deleted here that the hub restored because it refused the delete. The row is
+    /// born again with the birth stamp it had and every column written at `stamp`: the clock that
+    /// the sites which kept the row reach by merging the same insert as an update.
+    #[allow(clippy::too_many_arguments)]
+    fn restore(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        stamp: Stamp,
+        grave: store::Grave,
+        row: &Row,
+        pre: &mut Prefetched,
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
+    ) -> Result<Outcome> {
+        let key = (table.to_owned(), id);
+        store::unbury(tx, table, id)?;
+        pre.tombstones.remove(&key);
+        let mut row = self.remap_references(table, row, pre);
+        row.insert(ID.to_owned(), Value::Int(id));
+        if pre.present.contains(&key) {
+            return self.update(tx, table, id, stamp, &row, pre);
+        }
+        let outcome = self.insert(tx, table, id, stamp, row.clone(), pre, catch_up)?;
+        if outcome == Outcome::Applied {
+            let (_, clock) = winning_columns(&RowClock::born(grave.born), stamp, &row);
+            pre.clocks.insert(key, clock);
+        }
+        Ok(outcome)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -480,32 +546,6 @@ impl<'p> Applier<'p> {
             }
         }
         row
-    }
-
-    /// Keeps aside values of columns this site's table does not have (yet), and returns the rest.
-    fn park_unknown(
-        &mut self,
-        tx: &mut Transaction<'_>,
-        table: &str,
-        id: i64,
-        stamp: Stamp,
-        mut row: Row,
-    ) -> Result<Row> {
-        let mut shape = self.shape(tx, table)?.context("table vanished")?;
-        if row.keys().any(|c| !shape.columns.contains(c)) {
-            shape = self.refresh(tx, table)?.context("table vanished")?;
-        }
-        let unknown: Vec<String> = row
-            .keys()
-            .filter(|c| !shape.columns.contains(*c))
-            .cloned()
-            .collect();
-        for column in unknown {
-            if let Some(value) = row.remove(&column) {
-                store::park(tx, table, id, &column, stamp, &value)?;
-            }
-        }
-        Ok(row)
     }
 
     fn write_clocks(&self, tx: &mut Transaction<'_>, pre: &Prefetched) -> Result<()> {

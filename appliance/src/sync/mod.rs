@@ -17,6 +17,7 @@ pub mod hub_server;
 pub mod merge;
 pub mod policy;
 pub mod record;
+pub mod replay;
 pub mod rules;
 pub mod runner;
 pub mod schema;

@@ -2,9 +2,16 @@
 //! tables (to follow an id that lost a unique-key clash), and who may change what.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
+use mysql::prelude::Queryable;
+
+use super::apply::Target;
+use super::change::{Row, Value};
 pub use super::rules::Direction;
 use super::rules::{Protection, Rules};
+use super::schema::Schema;
 
 /// Which side of the sync this site is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +68,25 @@ impl Policy {
     }
 
     pub fn protection(&self, table: &str) -> Option<Protection> {
-        self.rules.get(table).and_then(|r| r.protect)
+        match self.rules.get(table) {
+            Some(rule) => rule.protect,
+            None => {
+                self.rules
+                    .for_unknown_table(table, &[("id", "bigint")])
+                    .protect
+            }
+        }
+    }
+
+    /// Whether `row` (an image of a row of `table`) is one each site keeps for itself.
+    pub fn is_site_local(&self, table: &str, row: &Row) -> bool {
+        let Some(local) = self.rules.site_local(table) else {
+            return false;
+        };
+        match row.get(&local.column) {
+            Some(Value::Bytes(b)) => std::str::from_utf8(b).is_ok_and(|v| local.values.contains(v)),
+            _ => false,
+        }
     }
 
     /// (column, referenced table) pairs of `table`.
@@ -82,4 +107,82 @@ impl Policy {
             })
             .unwrap_or_default()
     }
+}
+
+/// The rules of the Moodle installed beside this site, derived again once Moodle's upgrade has run.
+///
+/// Moodle records every upgrade or plugin installation in its config (`version` for the core,
+/// `allversionshash` over every plugin's version) after the DDL is done, so a change of those rows is
+/// the moment to read the XMLDB files again: new tables get their keys and references from there
+/// instead of the lists' fallback. Until then, and if the new files cannot be read, a table the
+/// rules do not know follows the lists ([`Policy::direction`]) and its unique keys are read from the
+/// database by the apply step, so nothing waits for the reload.
+pub struct Rulebook {
+    moodle_dir: PathBuf,
+    overrides: Option<PathBuf>,
+    target: Target,
+    version: String,
+    policy: Policy,
+}
+
+impl Rulebook {
+    /// Reads the rules for the Moodle in `moodle_dir` (its code, with every plugin's `db/install.xml`)
+    /// whose database is `target`.
+    pub fn open(
+        conn: &mut impl Queryable,
+        target: &Target,
+        moodle_dir: &Path,
+        overrides: Option<&Path>,
+    ) -> Result<Rulebook> {
+        let version = installed_version(conn, target)?;
+        let policy = derive(moodle_dir, overrides)?;
+        Ok(Rulebook {
+            moodle_dir: moodle_dir.to_owned(),
+            overrides: overrides.map(Path::to_owned),
+            target: target.clone(),
+            version,
+            policy,
+        })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Moodle's installed versions as last read, e.g. `allversionshash=… version=2024100705.01`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Derives the rules again if Moodle's installed versions changed since they were read; returns
+    /// whether it did. On an error the rules in use stay, and the next call tries again.
+    pub fn refresh(&mut self, conn: &mut impl Queryable) -> Result<bool> {
+        let version = installed_version(conn, &self.target)?;
+        if version == self.version {
+            return Ok(false);
+        }
+        self.policy = derive(&self.moodle_dir, self.overrides.as_deref())
+            .with_context(|| format!("Moodle's versions changed to {version}"))?;
+        self.version = version;
+        Ok(true)
+    }
+}
+
+fn derive(moodle_dir: &Path, overrides: Option<&Path>) -> Result<Policy> {
+    let schema = Schema::load_moodle_dir(moodle_dir)?;
+    Ok(Policy::new(Rules::load(&schema, overrides)?))
+}
+
+fn installed_version(conn: &mut impl Queryable, target: &Target) -> Result<String> {
+    let rows: Vec<(String, String)> = conn
+        .query(format!(
+            "SELECT name, value FROM {} WHERE name IN ('version', 'allversionshash') ORDER BY name",
+            target.table("config")
+        ))
+        .context("cannot read Moodle's installed version")?;
+    Ok(rows
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" "))
 }

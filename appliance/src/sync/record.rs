@@ -98,6 +98,15 @@ impl<'p> Recorder<'p> {
             .as_ref()
             .or(row.before.as_ref())
             .context("a captured row has no image")?;
+        if row
+            .before
+            .iter()
+            .chain(&row.after)
+            .any(|r| self.policy.is_site_local(table, r))
+        {
+            done.kept_local += 1;
+            return Ok(None);
+        }
         let id = match image.get(ID) {
             Some(Value::Int(i)) => *i,
             Some(Value::UInt(u)) => i64::try_from(*u).context("id out of range")?,

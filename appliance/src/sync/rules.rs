@@ -4,7 +4,7 @@
 //! an optional override file of the same format holding only a site's exceptions. The keys each table
 //! needs for merging (primary key, other unique keys, the columns that refer to it) come from XMLDB.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -56,11 +56,41 @@ impl fmt::Display for Direction {
     }
 }
 
-/// Rows of a table that a center may not change (enforced by the hub's apply step, not here).
+/// Rows of a table that a center may not change (enforced by the hub's accept step, not here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protection {
-    /// Rows whose id is listed in config `siteadmins`.
+    /// Rows whose id is listed in config `siteadmins`: the administrators' accounts.
     SiteAdmins,
+    /// Rows whose `userid` is listed in config `siteadmins`: what lets someone log in as an
+    /// administrator (a linked OAuth 2 login).
+    SiteAdminsUserid,
+    /// Rows at the system context (`contextid`): a role assigned there holds over the whole site.
+    SystemContext,
+}
+
+impl Protection {
+    pub const ALL: [Protection; 3] = [
+        Protection::SiteAdmins,
+        Protection::SiteAdminsUserid,
+        Protection::SystemContext,
+    ];
+
+    /// Its name in the rule files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protection::SiteAdmins => "siteadmins",
+            Protection::SiteAdminsUserid => "siteadmins_userid",
+            Protection::SystemContext => "system_context",
+        }
+    }
+}
+
+/// Rows of a synced table that each site keeps for itself, told by one column's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRows {
+    pub column: String,
+    pub values: BTreeSet<String>,
+    pub source: Source,
 }
 
 /// Where a rule was written.
@@ -93,6 +123,7 @@ pub struct RuleFile {
     default: Option<(Direction, Source)>,
     /// `None` as the protection: an override that lifts the built-in one.
     protect: BTreeMap<String, (Option<Protection>, Source)>,
+    site_local: BTreeMap<String, LocalRows>,
 }
 
 const SECTIONS: &[Section] = &[
@@ -106,7 +137,13 @@ const SECTIONS: &[Section] = &[
         name: "protect",
         keys: &[],
         free_keys: true,
-        help: "table = siteadmins | none",
+        help: "table = siteadmins | siteadmins_userid | system_context | none",
+    },
+    Section {
+        name: "site_local",
+        keys: &[],
+        free_keys: true,
+        help: "table.column = values of the rows each site keeps for itself",
     },
     Section {
         name: "both",
@@ -159,6 +196,7 @@ impl RuleFile {
             entries: Vec::new(),
             default: None,
             protect: BTreeMap::new(),
+            site_local: BTreeMap::new(),
         };
         for (key, value, line) in doc.free_entries("defaults") {
             if key != "direction" {
@@ -188,14 +226,16 @@ impl RuleFile {
             if !is_table_name(&key) {
                 return Err(doc.error("protect", &key, "expected a table name (no patterns)"));
             }
-            let protection = match value.as_str() {
-                "siteadmins" => Some(Protection::SiteAdmins),
-                "none" => None,
-                other => {
+            let protection = match Protection::ALL.into_iter().find(|p| p.name() == value) {
+                Some(p) => Some(p),
+                None if value == "none" => None,
+                None => {
                     return Err(doc.error(
                         "protect",
                         &key,
-                        format!("expected siteadmins or none, got '{other}'"),
+                        format!(
+                            "expected siteadmins, siteadmins_userid, system_context or none, got '{value}'"
+                        ),
                     ))
                 }
             };
@@ -204,6 +244,45 @@ impl RuleFile {
                 line,
             };
             file.protect.insert(key, (protection, source));
+        }
+        for (key, value, line) in doc.free_entries("site_local") {
+            let parts = key.split_once('.');
+            let Some((table, column)) = parts.filter(|(t, c)| is_table_name(t) && is_table_name(c))
+            else {
+                return Err(doc.error(
+                    "site_local",
+                    &key,
+                    "expected table.column (like config.name)",
+                ));
+            };
+            let values: BTreeSet<String> = value
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if values.is_empty() {
+                return Err(doc.error(
+                    "site_local",
+                    &key,
+                    "list the column values of the rows each site keeps",
+                ));
+            }
+            if file.site_local.contains_key(table) {
+                return Err(doc.error(
+                    "site_local",
+                    &key,
+                    format!("table '{table}' is already given with another column"),
+                ));
+            }
+            let rows = LocalRows {
+                column: column.to_owned(),
+                values,
+                source: Source {
+                    file: path.to_owned(),
+                    line,
+                },
+            };
+            file.site_local.insert(table.to_owned(), rows);
         }
         for direction in Direction::ALL {
             let section = direction.name();
@@ -395,6 +474,15 @@ impl Rules {
         self.tables.get(table)
     }
 
+    /// The rows of `table` that each site keeps for itself although the table syncs (the override
+    /// file's entry for the table replaces the built-in one).
+    pub fn site_local(&self, table: &str) -> Option<&LocalRows> {
+        self.overrides
+            .iter()
+            .chain([&self.builtin])
+            .find_map(|f| f.site_local.get(table))
+    }
+
     /// The rule for a table the database has but XMLDB does not (yet): the lists decide the direction;
     /// `primary_key` is the table's primary key from information_schema as (column, DATA_TYPE) pairs.
     /// Nothing is known about its unique keys or references.
@@ -494,255 +582,4 @@ impl Rules {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sync::schema::tests::moodle_450;
-
-    fn rules_with(overrides: Option<&str>) -> Rules {
-        let builtin = RuleFile::builtin().expect("built-in rules parse");
-        let overrides = overrides.map(|text| {
-            RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text)
-                .expect("override parses")
-        });
-        Rules::derive(&moodle_450(), builtin, overrides)
-    }
-
-    fn direction(rules: &Rules, table: &str) -> Direction {
-        rules
-            .get(table)
-            .map(|r| r.direction)
-            .unwrap_or_else(|| panic!("no rule for {table}"))
-    }
-
-    #[test]
-    fn every_450_table_gets_a_rule_from_a_list() {
-        let rules = rules_with(None);
-        assert_eq!(rules.tables.len(), 494);
-        let summary = rules.summary();
-        assert_eq!(summary.total(), 494);
-        // Every table is named by a list: none falls through to [defaults].
-        let unlisted: Vec<&str> = rules
-            .tables
-            .values()
-            .filter(|r| r.reason.starts_with("[defaults]"))
-            .map(|r| r.table.as_str())
-            .collect();
-        assert!(unlisted.is_empty(), "not in any list: {unlisted:?}");
-        for rule in rules.tables.values() {
-            assert_eq!(rule.primary_key.as_deref(), Some("id"), "{}", rule.table);
-            assert!(rule.source.is_some(), "{}", rule.table);
-        }
-        assert!(
-            summary.both > 100 && summary.hub_to_centers > 100 && summary.never > 50,
-            "{summary}"
-        );
-        assert!(summary.centers_to_hub >= 4, "{summary}");
-    }
-
-    #[test]
-    fn spot_checks_of_each_list() {
-        let rules = rules_with(None);
-        for t in [
-            "forum_posts",
-            "forum_discussions",
-            "assign_submission",
-            "grade_grades",
-            "user",
-            "user_enrolments",
-            "question_attempts",
-            "question_attempt_step_data",
-            "files",
-            "context",
-            "message_conversations",
-        ] {
-            assert_eq!(direction(&rules, t), Direction::Both, "{t}");
-        }
-        for t in [
-            "config",
-            "config_plugins",
-            "role",
-            "role_capabilities",
-            "capabilities",
-            "course",
-            "course_sections",
-            "course_modules",
-            "modules",
-            "forum",
-            "question",
-            "question_categories",
-            "qtype_multichoice_options",
-            "grade_items",
-            "quizaccess_seb_quizsettings",
-        ] {
-            assert_eq!(direction(&rules, t), Direction::HubToCenters, "{t}");
-        }
-        for t in ["logstore_standard_log", "log"] {
-            assert_eq!(direction(&rules, t), Direction::CentersToHub, "{t}");
-        }
-        for t in [
-            "sessions",
-            "cache_flags",
-            "cache_filters",
-            "lock_db",
-            "task_adhoc",
-            "task_log",
-            "context_temp",
-            "stats_daily",
-            "question_statistics",
-            "external_tokens",
-            "mnet_host",
-        ] {
-            assert_eq!(direction(&rules, t), Direction::Never, "{t}");
-        }
-        // Longest prefix and names win: message* is both, its per-site queues are never.
-        assert_eq!(
-            direction(&rules, "message_email_messages"),
-            Direction::Never
-        );
-        let cache = rules.get("cache_flags").expect("cache_flags");
-        assert!(
-            cache.reason.starts_with("[never] cache_*: caches"),
-            "{}",
-            cache.reason
-        );
-        assert_eq!(
-            cache.source.as_ref().map(|s| s.file.clone()),
-            Some(PathBuf::from("appliance/sync-rules.ini"))
-        );
-    }
-
-    #[test]
-    fn keys_references_and_protection() {
-        let rules = rules_with(None);
-        let gg = rules.get("grade_grades").expect("grade_grades");
-        assert_eq!(
-            gg.unique_keys,
-            [vec!["userid".to_string(), "itemid".to_string()]]
-        );
-        let posts = rules.get("forum_posts").expect("forum_posts");
-        assert!(posts.unique_keys.is_empty());
-        let refs: Vec<(&str, &str)> = posts
-            .referenced_by
-            .iter()
-            .map(|r| (r.table.as_str(), r.column.as_str()))
-            .collect();
-        assert!(refs.contains(&("forum_posts", "parent")), "{refs:?}");
-        // Only declared foreign keys count: forum_read.postid has none in 4.5, forum_queue.postid has.
-        assert!(refs.contains(&("forum_queue", "postid")), "{refs:?}");
-        assert!(!refs.contains(&("forum_read", "postid")), "{refs:?}");
-        let user = rules.get("user").expect("user");
-        assert_eq!(user.protect, Some(Protection::SiteAdmins));
-        assert!(
-            user.referenced_by.len() > 100,
-            "{}",
-            user.referenced_by.len()
-        );
-        assert_eq!(rules.get("forum_posts").and_then(|r| r.protect), None);
-    }
-
-    #[test]
-    fn override_file_wins() {
-        let rules = rules_with(Some(
-            "; this center keeps its own log\n[never]\nlogstore_standard_log = local only\n\n[both]\ncache_flags = we want it\nforum = teachers here edit forums\n\n[protect]\nuser = none\n",
-        ));
-        assert_eq!(direction(&rules, "logstore_standard_log"), Direction::Never);
-        // A name in the override beats a pattern in the built-in file, and vice versa patterns there
-        // still apply to the rest.
-        assert_eq!(direction(&rules, "cache_flags"), Direction::Both);
-        assert_eq!(direction(&rules, "cache_filters"), Direction::Never);
-        assert_eq!(direction(&rules, "forum"), Direction::Both);
-        assert_eq!(direction(&rules, "forum_posts"), Direction::Both);
-        let log = rules.get("logstore_standard_log").expect("log");
-        assert_eq!(log.source.as_ref().map(|s| s.line), Some(3));
-        assert_eq!(rules.get("user").and_then(|r| r.protect), None);
-        let defaults = rules_with(Some("[defaults]\ndirection = never\n"));
-        assert_eq!(
-            defaults
-                .for_unknown_table("local_thing", &[("id", "bigint")])
-                .direction,
-            Direction::Never
-        );
-        assert_eq!(direction(&defaults, "forum_posts"), Direction::Both);
-    }
-
-    #[test]
-    fn bad_override_names_file_line_and_key() {
-        let cases = [
-            ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [both], [hub_to_centers], [centers_to_hub], [never]"),
-            ("[never]\nsessions = x\n\nCache-* = y\n", "/etc/kituo/sync-overrides.ini:4: key 'Cache-*' in section [never]: expected a table name, or a prefix ending in '*' (like cache_*)"),
-            ("[never]\nsessions =\n", "/etc/kituo/sync-overrides.ini:2: key 'sessions' in section [never]: say why after '=': the reason is kept with the rule"),
-            ("[both]\nsessions = a\n[never]\nsessions = b\n", "/etc/kituo/sync-overrides.ini:4: key 'sessions' in section [never]: 'sessions' is already in [both] on line 2"),
-            ("[defaults]\ndirection = sideways\n", "/etc/kituo/sync-overrides.ini:2: key 'direction' in section [defaults]: expected both, hub_to_centers, centers_to_hub or never, got 'sideways'"),
-            ("[defaults]\ndirektion = both\n", "/etc/kituo/sync-overrides.ini:2: invalid key 'direktion' in section [defaults]; the only key is 'direction'"),
-            ("[protect]\nuser = teachers\n", "/etc/kituo/sync-overrides.ini:2: key 'user' in section [protect]: expected siteadmins or none, got 'teachers'"),
-        ];
-        for (text, want) in cases {
-            let e = RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text).unwrap_err();
-            assert_eq!(e.to_string(), want);
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("sync-overrides.ini");
-        std::fs::write(&path, "[never]\nforum_posts\n").expect("write");
-        let e = Rules::load(&moodle_450(), Some(&path)).unwrap_err();
-        assert_eq!(
-            format!("{e:#}"),
-            format!(
-                "{}:2: expected '[section]' or 'key = value', got 'forum_posts'",
-                path.display()
-            )
-        );
-        // A missing override file is no error: the file is optional.
-        let rules =
-            Rules::load(&moodle_450(), Some(&dir.path().join("absent.ini"))).expect("loads");
-        assert_eq!(rules.tables.len(), 494);
-    }
-
-    #[test]
-    fn unknown_tables_fall_back_to_the_lists() {
-        let rules = rules_with(None);
-        let r = rules.for_unknown_table("cache_newthing", &[("id", "bigint")]);
-        assert_eq!(r.direction, Direction::Never);
-        let r = rules.for_unknown_table("forum_newthing", &[("id", "BIGINT")]);
-        assert_eq!(
-            (r.direction, r.primary_key.as_deref()),
-            (Direction::Both, Some("id"))
-        );
-        assert!(r.reason.contains("table not in XMLDB"), "{}", r.reason);
-        let r = rules.for_unknown_table("local_plugin_data", &[("id", "int")]);
-        assert_eq!(r.direction, Direction::Both);
-        assert!(r.reason.starts_with("[defaults]"), "{}", r.reason);
-        for pk in [
-            &[("a", "bigint"), ("b", "bigint")][..],
-            &[("code", "varchar")],
-            &[],
-        ] {
-            let r = rules.for_unknown_table("forum_newthing", pk);
-            assert_eq!(r.direction, Direction::Never, "{pk:?}");
-            assert!(
-                r.reason.starts_with("no single-column integer primary key"),
-                "{}",
-                r.reason
-            );
-        }
-    }
-
-    #[test]
-    fn summary_counts() {
-        let rules = rules_with(None);
-        let s = rules.summary();
-        println!("{s}");
-        let never = rules
-            .tables
-            .values()
-            .filter(|r| r.direction == Direction::Never)
-            .count();
-        assert_eq!(s.never, never);
-        assert_eq!(
-            s.to_string(),
-            format!(
-                "494 tables: both {}, hub_to_centers {}, centers_to_hub {}, never {}",
-                s.both, s.hub_to_centers, s.centers_to_hub, s.never
-            )
-        );
-    }
-}
+mod tests;

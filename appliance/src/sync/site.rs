@@ -17,6 +17,7 @@ use super::capture::{self, BinlogReader, CapturedTxn};
 use super::change::Change;
 use super::policy::{Policy, Role};
 use super::record::{self, Recorded, Recorder};
+use super::replay::{self, Replayed};
 use super::store;
 
 /// The highest stamp seen from elsewhere: the clock resumes after it (kept apart from the recorder's
@@ -93,14 +94,32 @@ impl Site {
             .context("cannot start a transaction")
     }
 
-    /// Records every local change committed so far; returns what it did.
+    /// Records every local change committed so far, then replays what waited for a schema change
+    /// that has happened since (see [`replay`]); returns what it recorded. The replay commits apart:
+    /// if it fails, what was recorded stays recorded.
     pub fn capture(&mut self, policy: &Policy) -> Result<Recorded> {
         let cfg = self.cfg.clone();
-        retry(|| {
+        let done = retry(|| {
             let mut tx = self.begin()?;
             store::lock_log(&mut tx)?;
             let done = catch_up(&cfg, policy, &mut tx)?;
             tx.commit().context("cannot commit captured changes")?;
+            Ok(done)
+        })?;
+        self.replay(policy)
+            .context("cannot replay what waited for a schema change")?;
+        Ok(done)
+    }
+
+    /// Replays parked values and deferred changes whose columns and tables exist now.
+    pub fn replay(&mut self, policy: &Policy) -> Result<Replayed> {
+        let cfg = self.cfg.clone();
+        retry(|| {
+            let mut tx = self.begin()?;
+            store::lock_log(&mut tx)?;
+            let mut catch = |tx: &mut Transaction<'_>| catch_up(&cfg, policy, tx).map(|_| ());
+            let done = replay::replay(&mut tx, policy, &cfg.target, &mut catch)?;
+            tx.commit().context("cannot commit the replay")?;
             Ok(done)
         })
     }
@@ -113,16 +132,44 @@ impl Site {
         changes: &[Change],
         mut finish: impl FnMut(&mut Transaction<'_>, &[Change]) -> Result<()>,
     ) -> Result<Tally> {
+        self.apply_vetted(
+            policy,
+            changes,
+            |_, _| Ok(None),
+            |tx, applied, _| finish(tx, applied),
+        )
+    }
+
+    /// As [`Site::apply`], but `vet` sees each change not applied yet first and may refuse it by
+    /// saying why; refused changes count as applied for the watermark (a resend is not refused
+    /// twice) and reach `finish` apart, with their reasons.
+    pub fn apply_vetted(
+        &mut self,
+        policy: &Policy,
+        changes: &[Change],
+        mut vet: impl FnMut(&mut Transaction<'_>, &Change) -> Result<Option<String>>,
+        mut finish: impl FnMut(&mut Transaction<'_>, &[Change], &[(Change, String)]) -> Result<()>,
+    ) -> Result<Tally> {
         let cfg = self.cfg.clone();
         retry(|| {
             let mut tx = self.begin()?;
             store::lock_log(&mut tx)?;
             let fresh = unapplied(&mut tx, changes)?;
-            let mut applier = Applier::new(policy, cfg.target.clone());
+            let mut allowed = Vec::with_capacity(fresh.len());
+            let mut refused = Vec::new();
+            for change in &fresh {
+                match vet(&mut tx, change)? {
+                    None => allowed.push(change.clone()),
+                    Some(reason) => refused.push((change.clone(), reason)),
+                }
+            }
             let mut catch = |tx: &mut Transaction<'_>| catch_up(&cfg, policy, tx).map(|_| ());
-            let tally = applier.apply(&mut tx, &fresh, &mut catch)?;
+            // What waited for a schema change goes first: this batch may carry newer changes to it.
+            replay::replay(&mut tx, policy, &cfg.target, &mut catch)?;
+            let mut applier = Applier::new(policy, cfg.target.clone());
+            let tally = applier.apply(&mut tx, &allowed, &mut catch)?;
             mark_applied(&mut tx, &fresh)?;
-            finish(&mut tx, &fresh)?;
+            finish(&mut tx, &allowed, &refused)?;
             tx.commit().context("cannot commit the applied batch")?;
             Ok(tally)
         })

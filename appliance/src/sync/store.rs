@@ -42,15 +42,22 @@ const TABLES: &[&str] = &[
         cols BLOB NOT NULL,
         PRIMARY KEY (tbl, row_id)
     ) ENGINE=InnoDB",
-    // Deleted rows: delete wins over any concurrent update while the tombstone is kept.
+    // Deleted rows: delete wins over any concurrent update while the tombstone is kept. The row's birth
+    // stamp is kept too: a row the hub restores (a refused delete) is born again with it.
     "CREATE TABLE IF NOT EXISTS kituo_sync.tombstone (
         tbl VARCHAR(64) NOT NULL,
         row_id BIGINT NOT NULL,
         hlc BIGINT UNSIGNED NOT NULL,
         site INT UNSIGNED NOT NULL,
         deleted_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        born_hlc BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        born_site INT UNSIGNED NOT NULL DEFAULT 0,
         PRIMARY KEY (tbl, row_id)
     ) ENGINE=InnoDB",
+    // Sites that created the table before it kept birth stamps.
+    "ALTER TABLE kituo_sync.tombstone
+        ADD COLUMN IF NOT EXISTS born_hlc BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS born_site INT UNSIGNED NOT NULL DEFAULT 0",
     // Ids that lost a unique-key clash, and the id that won: later changes naming the loser are
     // redirected.
     "CREATE TABLE IF NOT EXISTS kituo_sync.alias (
@@ -84,8 +91,11 @@ const TABLES: &[&str] = &[
         tbl VARCHAR(64) NOT NULL,
         row_id BIGINT NOT NULL,
         reason VARCHAR(255) NOT NULL,
-        at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+        at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        KEY origin (origin, id)
     ) ENGINE=InnoDB",
+    // The report reads the latest refusals per center.
+    "ALTER TABLE kituo_sync.rejected ADD INDEX IF NOT EXISTS origin (origin, id)",
     // Hub only: the centers, their shared secrets, and how far each has pulled the log (what may be
     // pruned).
     "CREATE TABLE IF NOT EXISTS kituo_sync.centers (
@@ -222,14 +232,66 @@ pub fn tombstone(conn: &mut impl Queryable, table: &str, id: i64) -> Result<Opti
     Ok(row.map(|(hlc, site)| Stamp::new(hlc, site)))
 }
 
+/// A deleted row's tombstone: when it was deleted, and when it had been born.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grave {
+    pub deleted: Stamp,
+    pub born: Stamp,
+}
+
+pub fn grave(conn: &mut impl Queryable, table: &str, id: i64) -> Result<Option<Grave>> {
+    let row: Option<(u64, u32, u64, u32)> = conn
+        .exec_first(
+            "SELECT hlc, site, born_hlc, born_site FROM kituo_sync.tombstone WHERE tbl = ? AND row_id = ?",
+            (table, id),
+        )
+        .context("cannot read tombstones")?;
+    Ok(row.map(|(hlc, site, born_hlc, born_site)| Grave {
+        deleted: Stamp::new(hlc, site),
+        born: Stamp::new(born_hlc, born_site),
+    }))
+}
+
+/// Buries a row, keeping the birth stamp its clock holds (or the origin, without one).
 pub fn bury(conn: &mut impl Queryable, table: &str, id: i64, stamp: Stamp) -> Result<()> {
+    let born: Option<(u64, u32)> = conn
+        .exec_first(
+            "SELECT born_hlc, born_site FROM kituo_sync.clock WHERE tbl = ? AND row_id = ?",
+            (table, id),
+        )
+        .context("cannot read a row clock")?;
+    let born = born.map_or(Stamp::ORIGIN, |(hlc, site)| Stamp::new(hlc, site));
+    bury_born(conn, table, id, stamp, born)
+}
+
+/// Buries a row whose birth stamp the caller knows (its clock may not be written yet).
+pub fn bury_born(
+    conn: &mut impl Queryable,
+    table: &str,
+    id: i64,
+    stamp: Stamp,
+    born: Stamp,
+) -> Result<()> {
+    // The first delete is the one every site keeps (site before hlc: both read the old values).
     conn.exec_drop(
-        "INSERT INTO kituo_sync.tombstone (tbl, row_id, hlc, site) VALUES (?, ?, ?, ?)
-         ON DUPLICATE KEY UPDATE hlc = LEAST(hlc, VALUES(hlc))",
-        (table, id, stamp.hlc, stamp.site),
+        "INSERT INTO kituo_sync.tombstone (tbl, row_id, hlc, site, born_hlc, born_site)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON DUPLICATE KEY UPDATE
+             site = IF((VALUES(hlc), VALUES(site)) < (hlc, site), VALUES(site), site),
+             hlc = LEAST(hlc, VALUES(hlc))",
+        (table, id, stamp.hlc, stamp.site, born.hlc, born.site),
     )
     .context("cannot write a tombstone")?;
     drop_clock(conn, table, id)
+}
+
+/// Lifts a tombstone: the hub restored the row.
+pub fn unbury(conn: &mut impl Queryable, table: &str, id: i64) -> Result<()> {
+    conn.exec_drop(
+        "DELETE FROM kituo_sync.tombstone WHERE tbl = ? AND row_id = ?",
+        (table, id),
+    )
+    .context("cannot lift a tombstone")
 }
 
 /// Drops tombstones older than `days`; a change for such a row arriving later would be applied.
@@ -294,4 +356,150 @@ pub fn defer(conn: &mut impl Queryable, change: &Change) -> Result<()> {
         (&change.table, data),
     )
     .context("cannot defer a change")
+}
+
+/// The tables that parked values wait for.
+pub fn parked_tables(conn: &mut impl Queryable) -> Result<Vec<String>> {
+    conn.query("SELECT DISTINCT tbl FROM kituo_sync.parked ORDER BY tbl")
+        .context("cannot list parked values")
+}
+
+/// The tables that deferred changes wait for.
+pub fn deferred_tables(conn: &mut impl Queryable) -> Result<Vec<String>> {
+    conn.query("SELECT DISTINCT tbl FROM kituo_sync.deferred ORDER BY tbl")
+        .context("cannot list deferred changes")
+}
+
+/// A column value kept for a column this site did not have, with the stamp of the write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parked {
+    pub table: String,
+    pub id: i64,
+    pub column: String,
+    pub stamp: Stamp,
+    pub value: Value,
+}
+
+/// Up to `max` parked values of `table` for the given columns, by row.
+pub fn parked(
+    conn: &mut impl Queryable,
+    table: &str,
+    columns: &[String],
+    max: usize,
+) -> Result<Vec<Parked>> {
+    if columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut params: Vec<mysql::Value> = vec![table.into()];
+    params.extend(columns.iter().map(|c| mysql::Value::from(c.as_str())));
+    params.push((max as u64).into());
+    let rows: Vec<(i64, String, u64, u32, Vec<u8>)> = conn
+        .exec(
+            format!(
+                "SELECT row_id, col, hlc, site, value FROM kituo_sync.parked
+                 WHERE tbl = ? AND col IN ({}) ORDER BY row_id, col LIMIT ?",
+                vec!["?"; columns.len()].join(", ")
+            ),
+            params,
+        )
+        .with_context(|| format!("cannot read the parked values of {table}"))?;
+    rows.into_iter()
+        .map(|(id, column, hlc, site, value)| {
+            Ok(Parked {
+                table: table.to_owned(),
+                id,
+                column,
+                stamp: Stamp::new(hlc, site),
+                value: rmp_serde::from_slice(&value).context("a parked value does not decode")?,
+            })
+        })
+        .collect()
+}
+
+pub fn unpark(conn: &mut impl Queryable, table: &str, id: i64, column: &str) -> Result<()> {
+    conn.exec_drop(
+        "DELETE FROM kituo_sync.parked WHERE tbl = ? AND row_id = ? AND col = ?",
+        (table, id, column),
+    )
+    .context("cannot remove a parked value")
+}
+
+/// Forgets parked values that a write stamped `stamp` to the same column has made obsolete.
+pub fn unpark_older(
+    conn: &mut impl Queryable,
+    table: &str,
+    id: i64,
+    column: &str,
+    stamp: Stamp,
+) -> Result<()> {
+    conn.exec_drop(
+        "DELETE FROM kituo_sync.parked
+         WHERE tbl = ? AND row_id = ? AND col = ? AND (hlc, site) <= (?, ?)",
+        (table, id, column, stamp.hlc, stamp.site),
+    )
+    .context("cannot remove a parked value")
+}
+
+/// Up to `max` deferred changes for `tables` kept after key `after`, oldest first, with their keys.
+pub fn deferred(
+    conn: &mut impl Queryable,
+    tables: &[String],
+    after: u64,
+    max: usize,
+) -> Result<Vec<(u64, Change)>> {
+    if tables.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut params: Vec<mysql::Value> = tables.iter().map(|t| t.as_str().into()).collect();
+    params.push(after.into());
+    params.push((max as u64).into());
+    let rows: Vec<(u64, Vec<u8>)> = conn
+        .exec(
+            format!(
+                "SELECT id, data FROM kituo_sync.deferred WHERE tbl IN ({}) AND id > ?
+                 ORDER BY id LIMIT ?",
+                vec!["?"; tables.len()].join(", ")
+            ),
+            params,
+        )
+        .context("cannot read deferred changes")?;
+    rows.into_iter()
+        .map(|(key, data)| {
+            let change =
+                rmp_serde::from_slice(&data).context("a deferred change does not decode")?;
+            Ok((key, change))
+        })
+        .collect()
+}
+
+/// The key the next deferred change will be kept under is above this one.
+pub fn last_deferred(conn: &mut impl Queryable) -> Result<u64> {
+    let top: Option<Option<u64>> = conn
+        .query_first("SELECT MAX(id) FROM kituo_sync.deferred")
+        .context("cannot read deferred changes")?;
+    Ok(top.flatten().unwrap_or(0))
+}
+
+pub fn undefer(conn: &mut impl Queryable, keys: &[u64]) -> Result<()> {
+    for chunk in keys.chunks(500) {
+        conn.exec_drop(
+            format!(
+                "DELETE FROM kituo_sync.deferred WHERE id IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            ),
+            chunk.to_vec(),
+        )
+        .context("cannot remove replayed deferred changes")?;
+    }
+    Ok(())
+}
+
+/// Parked values and deferred changes kept here.
+pub fn waiting(conn: &mut impl Queryable) -> Result<u64> {
+    let n: Option<u64> = conn
+        .query_first(
+            "SELECT (SELECT COUNT(*) FROM kituo_sync.parked) + (SELECT COUNT(*) FROM kituo_sync.deferred)",
+        )
+        .context("cannot count parked values and deferred changes")?;
+    Ok(n.unwrap_or(0))
 }
