@@ -1,7 +1,6 @@
 //! `appliance hub ...` and `appliance sync ...`: the sync engine's commands.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
@@ -17,7 +16,7 @@ use appliance::sync::wire::Secret;
 /// Serves centers until the process is stopped.
 pub fn serve_hub(config: &Path) -> Result<()> {
     let settings = HubSettings::load(config)?;
-    let policy = Arc::new(settings.moodle.policy()?);
+    let rules = settings.moodle.rulebook()?;
     let server = HubServer::start(
         HubOptions {
             site: settings.moodle.site_config(settings.site_id, Role::Hub)?,
@@ -25,7 +24,7 @@ pub fn serve_hub(config: &Path) -> Result<()> {
             workers: settings.workers,
             capture_every: settings.capture_every,
         },
-        policy,
+        rules,
     )?;
     eprintln!("hub: serving centers on {}", server.addr());
     server.wait();

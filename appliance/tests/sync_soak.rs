@@ -118,7 +118,10 @@ fn seeded_soak_with_cuts_and_kills_ends_identical_with_every_post_once() -> Resu
         configs.push(config);
         proxies.push(proxy);
     }
-    eprintln!("soak: seed {seed}, ready in {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "soak: seed {seed}, ready in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 
     let stop = AtomicBool::new(false);
     let failures = AtomicU64::new(0);
@@ -163,7 +166,9 @@ fn seeded_soak_with_cuts_and_kills_ends_identical_with_every_post_once() -> Resu
                     75..=89 => {
                         dbs[i].kill();
                         std::thread::sleep(Duration::from_millis(rng.gen_range(0..1000)));
-                        dbs[i].restart().context("restart a killed center's MariaDB")?;
+                        dbs[i]
+                            .restart()
+                            .context("restart a killed center's MariaDB")?;
                         tally.db_kills += 1;
                     }
                     _ => {
@@ -212,7 +217,10 @@ fn seeded_soak_with_cuts_and_kills_ends_identical_with_every_post_once() -> Resu
             eprintln!("--- hub\n{}", tail(&hub.proc.log_text()));
         })?;
     }
-    eprintln!("soak: identical {:.1} s after the chaos", settled.elapsed().as_secs_f64());
+    eprintln!(
+        "soak: identical {:.1} s after the chaos",
+        settled.elapsed().as_secs_f64()
+    );
 
     let mut created = BTreeSet::new();
     let mut deleted = BTreeSet::new();
@@ -220,7 +228,11 @@ fn seeded_soak_with_cuts_and_kills_ends_identical_with_every_post_once() -> Resu
         created.extend(workload.created().iter().cloned());
         deleted.extend(workload.deleted().iter().cloned());
     }
-    ensure!(created.len() >= 20, "only {} posts were created", created.len());
+    ensure!(
+        created.len() >= 20,
+        "only {} posts were created",
+        created.len()
+    );
     check_everywhere(&w, &created, &deleted)?;
     eprintln!(
         "soak: {} posts created, {} deleted, total {:.1} s",
@@ -231,7 +243,11 @@ fn seeded_soak_with_cuts_and_kills_ends_identical_with_every_post_once() -> Resu
     Ok(())
 }
 
-fn check_everywhere(w: &World, created: &BTreeSet<String>, deleted: &BTreeSet<String>) -> Result<()> {
+fn check_everywhere(
+    w: &World,
+    created: &BTreeSet<String>,
+    deleted: &BTreeSet<String>,
+) -> Result<()> {
     for node in std::iter::once(&w.hub).chain(&w.centers) {
         check_markers(node, created, deleted)?;
     }
@@ -247,7 +263,8 @@ fn verify_until_identical(config: &std::path::Path, timeout: Duration) -> Result
             .arg(config)
             .output()?;
         let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        let identical = out.status.success() && said.contains(": identical") && !said.contains("not yet");
+        let identical =
+            out.status.success() && said.contains(": identical") && !said.contains("not yet");
         if identical {
             return Ok(());
         }

@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use mysql::prelude::Queryable;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use super::hub;
-use super::policy::Policy;
+use super::policy::{Policy, Rulebook};
 use super::site::{Site, SiteConfig};
 use super::verify;
 use super::wire::{self, RequestParts, Secret};
@@ -39,7 +39,8 @@ pub struct HubServer {
 }
 
 impl HubServer {
-    pub fn start(opts: HubOptions, policy: Arc<Policy>) -> Result<HubServer> {
+    pub fn start(opts: HubOptions, rules: Rulebook) -> Result<HubServer> {
+        let policy: SharedPolicy = Arc::new(RwLock::new(Arc::new(rules.policy().clone())));
         // Opening a site first checks the binlog settings and creates the bookkeeping tables: a
         // misconfigured server fails here, at start, with the reason.
         drop(Site::open(opts.site.clone())?);
@@ -69,7 +70,7 @@ impl HubServer {
         threads.push(
             std::thread::Builder::new()
                 .name("hub-capture".into())
-                .spawn(move || capture_loop(cfg, &policy, every, &stop2))?,
+                .spawn(move || capture_loop(cfg, rules, &policy, every, &stop2))?,
         );
         Ok(HubServer {
             server,
@@ -107,18 +108,18 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Records the hub's own Moodle changes for the centers, continually, so pulls need not wait for it;
 /// now and then drops the log every center has pulled.
-fn capture_loop(cfg: SiteConfig, policy: &Policy, every: Duration, stop: &AtomicBool) {
+fn capture_loop(
+    cfg: SiteConfig,
+    mut rules: Rulebook,
+    shared: &SharedPolicy,
+    every: Duration,
+    stop: &AtomicBool,
+) {
     let mut site: Option<Site> = None;
     let mut last_prune = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let done = match site.as_mut() {
-            Some(s) => s.capture(policy).and_then(|_| {
-                if last_prune.elapsed() >= PRUNE_EVERY {
-                    last_prune = Instant::now();
-                    hub::prune(s)?;
-                }
-                Ok(())
-            }),
+            Some(s) => capture_pass(s, &mut rules, shared, &mut last_prune),
             None => Site::open(cfg.clone()).map(|s| site = Some(s)),
         };
         if let Err(e) = done {
@@ -127,6 +128,29 @@ fn capture_loop(cfg: SiteConfig, policy: &Policy, every: Duration, stop: &Atomic
         }
         sleep_unless(stop, every);
     }
+}
+
+/// Derives the rules again after a Moodle upgrade (and hands them to the workers), records the hub's
+/// own changes, and now and then prunes the log.
+fn capture_pass(
+    site: &mut Site,
+    rules: &mut Rulebook,
+    shared: &SharedPolicy,
+    last_prune: &mut Instant,
+) -> Result<()> {
+    if rules.refresh(site.conn())? {
+        eprintln!(
+            "hub: Moodle was upgraded ({}): rules derived again",
+            rules.version()
+        );
+        *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules.policy().clone());
+    }
+    site.capture(rules.policy())?;
+    if last_prune.elapsed() >= PRUNE_EVERY {
+        *last_prune = Instant::now();
+        hub::prune(site)?;
+    }
+    Ok(())
 }
 
 fn sleep_unless(stop: &AtomicBool, total: Duration) {
@@ -143,7 +167,19 @@ struct Worker {
     cfg: SiteConfig,
     /// Opened on first use and dropped after a database error, so a restarted MariaDB is reconnected.
     site: Option<Site>,
-    policy: Arc<Policy>,
+    policy: SharedPolicy,
+}
+
+/// The rules in force, replaced whole when Moodle is upgraded.
+type SharedPolicy = Arc<RwLock<Arc<Policy>>>;
+
+impl Worker {
+    fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// An answer other than 200, with a message for the center's log.
@@ -273,7 +309,7 @@ impl Worker {
             (Method::Post, wire::PUSH) => {
                 let changes =
                     wire::decode_batch(body).map_err(|e| refuse(400, format!("{e:#}")))?;
-                let policy = self.policy.clone();
+                let policy = self.policy();
                 let receipt = hub::accept(self.site()?, &policy, center, &changes)
                     .map_err(|e| self.failed(e))?;
                 wire::encode_receipt(&receipt).map_err(|e| self.failed(e))
@@ -282,7 +318,7 @@ impl Worker {
                 let after = query_u64(query, "after")?.unwrap_or(0);
                 let max = query_u64(query, "max")?.unwrap_or(500) as usize;
                 let bytes = query_u64(query, "bytes")?.unwrap_or(64 << 10) as usize;
-                let policy = self.policy.clone();
+                let policy = self.policy();
                 let page = hub::page(
                     self.site()?,
                     &policy,
@@ -317,7 +353,7 @@ impl Worker {
         &mut self,
         call: impl FnOnce(&mut Site, &Policy) -> Result<T>,
     ) -> Result<Vec<u8>, Refusal> {
-        let policy = self.policy.clone();
+        let policy = self.policy();
         let reply = call(self.site()?, &policy).map_err(|e| self.failed(e))?;
         wire::encode(&reply).map_err(|e| self.failed(e))
     }

@@ -30,6 +30,7 @@ impl Role {
     }
 }
 
+#[derive(Clone)]
 pub struct Policy {
     rules: Rules,
     /// table → (column, referenced table), the inverse of the rules' `referenced_by`.
@@ -121,7 +122,8 @@ pub struct Rulebook {
     moodle_dir: PathBuf,
     overrides: Option<PathBuf>,
     target: Target,
-    version: String,
+    /// `None` until first read: the rules were derived from the code as it is now.
+    version: Option<String>,
     policy: Policy,
 }
 
@@ -140,9 +142,26 @@ impl Rulebook {
             moodle_dir: moodle_dir.to_owned(),
             overrides: overrides.map(Path::to_owned),
             target: target.clone(),
-            version,
+            version: Some(version),
             policy,
         })
+    }
+
+    /// Starts from rules just derived from `moodle_dir`; the installed versions are read at the first
+    /// [`Rulebook::refresh`].
+    pub fn from_policy(
+        policy: Policy,
+        target: &Target,
+        moodle_dir: &Path,
+        overrides: Option<&Path>,
+    ) -> Rulebook {
+        Rulebook {
+            moodle_dir: moodle_dir.to_owned(),
+            overrides: overrides.map(Path::to_owned),
+            target: target.clone(),
+            version: None,
+            policy,
+        }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -151,19 +170,23 @@ impl Rulebook {
 
     /// Moodle's installed versions as last read, e.g. `allversionshash=… version=2024100705.01`.
     pub fn version(&self) -> &str {
-        &self.version
+        self.version.as_deref().unwrap_or_default()
     }
 
     /// Derives the rules again if Moodle's installed versions changed since they were read; returns
     /// whether it did. On an error the rules in use stay, and the next call tries again.
     pub fn refresh(&mut self, conn: &mut impl Queryable) -> Result<bool> {
         let version = installed_version(conn, &self.target)?;
-        if version == self.version {
+        if self.version.is_none() {
+            self.version = Some(version);
+            return Ok(false);
+        }
+        if self.version.as_ref() == Some(&version) {
             return Ok(false);
         }
         self.policy = derive(&self.moodle_dir, self.overrides.as_deref())
             .with_context(|| format!("Moodle's versions changed to {version}"))?;
-        self.version = version;
+        self.version = Some(version);
         Ok(true)
     }
 }

@@ -16,7 +16,7 @@ use rand::Rng;
 use super::agent;
 use super::hlc;
 use super::http_link::{HttpLink, LinkOptions, Traffic};
-use super::policy::{Policy, Role};
+use super::policy::{Role, Rulebook};
 use super::settings::AgentSettings;
 use super::site::{Site, SiteConfig};
 use super::verify;
@@ -49,7 +49,7 @@ const MIN_BATCH: usize = 10;
 pub struct Runner {
     settings: AgentSettings,
     site_cfg: SiteConfig,
-    policy: Policy,
+    rules: Rulebook,
     link: HttpLink,
     controls: Controls,
     /// Open while the database answers; reopened after a database error.
@@ -61,7 +61,7 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(settings: AgentSettings, site_id: u32, controls: Controls) -> Result<Runner> {
-        let policy = settings.moodle.policy()?;
+        let rules = settings.moodle.rulebook()?;
         let secret = Secret::read(&settings.secret_file)?;
         let site_cfg = settings.moodle.site_config(site_id, Role::Center)?;
         let link = HttpLink::new(LinkOptions {
@@ -76,7 +76,7 @@ impl Runner {
             batch: settings.batch_changes,
             settings,
             site_cfg,
-            policy,
+            rules,
             link,
             controls,
             site: None,
@@ -139,7 +139,14 @@ impl Runner {
             self.site = Some(Site::open(self.site_cfg.clone())?);
         }
         let site = self.site.as_mut().expect("just opened");
-        site.capture(&self.policy)?;
+        if self.rules.refresh(site.conn())? {
+            eprintln!(
+                "sync: Moodle was upgraded ({}): rules derived again",
+                self.rules.version()
+            );
+        }
+        let policy = self.rules.policy();
+        site.capture(policy)?;
         let mut moved = false;
         loop {
             if self.controls.interrupted() {
@@ -156,7 +163,7 @@ impl Runner {
             if self.controls.interrupted() {
                 return Ok(moved);
             }
-            let step = agent::pull_once(site, &self.policy, &mut self.link, self.batch)?;
+            let step = agent::pull_once(site, policy, &mut self.link, self.batch)?;
             moved |= step.advanced;
             self.batch = (self.batch * 2).min(self.settings.batch_changes);
             if !step.more {
@@ -174,7 +181,7 @@ impl Runner {
     pub fn verify(&mut self, opts: &verify::Options) -> Result<verify::Report> {
         self.exchange()?;
         let site = self.site.as_mut().expect("opened by the exchange");
-        verify::verify(site, &self.policy, &mut self.link, opts)
+        verify::verify(site, self.rules.policy(), &mut self.link, opts)
     }
 
     fn succeeded(&mut self) {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use super::apply::Target;
 use super::capture;
-use super::policy::{Policy, Role};
+use super::policy::{Policy, Role, Rulebook};
 use super::rules::Rules;
 use super::schema::Schema as MoodleSchema;
 use super::site::SiteConfig;
@@ -157,18 +157,22 @@ impl MoodleSettings {
             .into())
     }
 
-    /// The rules for this Moodle: its XMLDB schema, the built-in lists and the override file.
-    pub fn policy(&self) -> Result<Policy> {
+    /// The rules for this Moodle: its XMLDB schema, the built-in lists and the override file, derived
+    /// again whenever Moodle's upgrade changed its installed versions.
+    pub fn rulebook(&self) -> Result<Rulebook> {
         let schema = MoodleSchema::load_moodle_dir(&self.dirroot).with_context(|| {
             format!(
                 "cannot read Moodle's schema under {}",
                 self.dirroot.display()
             )
         })?;
-        Ok(Policy::new(Rules::load(
-            &schema,
+        let policy = Policy::new(Rules::load(&schema, self.rules_file.as_deref())?);
+        Ok(Rulebook::from_policy(
+            policy,
+            &self.target,
+            &self.dirroot,
             self.rules_file.as_deref(),
-        )?))
+        ))
     }
 
     pub fn site_config(&self, site: u32, role: Role) -> Result<SiteConfig> {
