@@ -232,7 +232,7 @@ pub fn serve_sums(hub: &mut Site, policy: &Policy, req: &SumsRequest) -> Result<
     check_window(req)?;
     let target = hub.target().clone();
     check_table(hub.conn(), &target, policy, &req.table, &req.columns)?;
-    sums_at(hub.conn(), &target, req)
+    sums_at(hub.conn(), &target, policy, req)
 }
 
 /// The rows, their clocks and the tombstones of the missing ones, read in one snapshot so that a row
@@ -392,15 +392,41 @@ pub fn row_hash_sql(columns: &[String]) -> String {
     )
 }
 
-fn sums_at(conn: &mut impl Queryable, target: &Target, req: &SumsRequest) -> Result<SumsReply> {
+/// The SQL condition that leaves out the rows each site keeps for itself (`[site_local]`, e.g.
+/// Moodle's version numbers in `config`): they differ by design.
+fn shared_rows(policy: &Policy, table: &str) -> String {
+    match policy.rules().site_local(table) {
+        Some(local) if !local.values.is_empty() => {
+            let values: Vec<String> = local
+                .values
+                .iter()
+                .map(|v| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''")))
+                .collect();
+            format!(
+                "AND ({col} IS NULL OR {col} NOT IN ({}))",
+                values.join(", "),
+                col = quote(&local.column)
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+fn sums_at(
+    conn: &mut impl Queryable,
+    target: &Target,
+    policy: &Policy,
+    req: &SumsRequest,
+) -> Result<SumsReply> {
     let table = target.table(&req.table);
+    let shared = shared_rows(policy, &req.table);
     // The chunk size is a checked number: written into the SQL so that both sides group by the very
     // same integer expression.
     let sums: Vec<(i64, u64, u64)> = conn
         .exec(
             format!(
                 "SELECT CAST(FLOOR(id / {chunk}) AS SIGNED) AS k, COUNT(*), BIT_XOR({hash})
-                 FROM {table} WHERE id BETWEEN ? AND ? GROUP BY k ORDER BY k",
+                 FROM {table} WHERE id BETWEEN ? AND ? {shared} GROUP BY k ORDER BY k",
                 chunk = req.chunk,
                 hash = row_hash_sql(&req.columns),
             ),
@@ -723,7 +749,7 @@ impl Checker<'_> {
             lo,
             last,
         };
-        let ours = sums_at(self.site.conn(), &self.target, &req)?;
+        let ours = sums_at(self.site.conn(), &self.target, self.policy, &req)?;
         let theirs = self
             .hub
             .sums(&req)
