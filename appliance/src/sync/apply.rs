@@ -366,7 +366,12 @@ impl<'p> Applier<'p> {
             bail!("duplicate key, but no row with the same unique key was found");
         };
         let existing_key = (table.to_owned(), existing);
-        let existing_clock = read_clock(tx, table, existing)?.unwrap_or_default();
+        // A row this batch inserted has its clock only in memory until the batch ends; without it
+        // the row would look born at the origin of time and win every clash here, unlike elsewhere.
+        let existing_clock = match pre.clocks.get(&existing_key) {
+            Some(clock) => clock.clone(),
+            None => read_clock(tx, table, existing)?.unwrap_or_default(),
+        };
         let incoming_clock = RowClock::born(stamp);
         let hub_owned = self.policy.direction(table) == Direction::HubToCenters;
         let winner = if hub_owned {
