@@ -182,6 +182,29 @@ impl<'p> Applier<'p> {
                     .extend(found.into_iter().map(|id| (table.to_owned(), id)));
             }
         }
+        // A column may name a row that lost a clash in an earlier batch (the row and the rows that
+        // point at it can arrive in different pages): its alias must be known to remap it.
+        let mut refs: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+        let mut outgoing: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+        for c in changes {
+            let row = match &c.op {
+                Op::Insert(row) | Op::Update(row) => row,
+                Op::Delete => continue,
+            };
+            let columns = outgoing
+                .entry(&c.table)
+                .or_insert_with(|| self.policy.references(&c.table));
+            for (column, ref_table) in columns.iter() {
+                if let Some(Value::Int(v)) = row.get(column) {
+                    refs.entry(ref_table.clone()).or_default().insert(*v);
+                }
+            }
+        }
+        for (table, ids) in &refs {
+            for (loser, winner) in read_aliases(tx, table, ids)? {
+                pre.aliases.insert((table.clone(), loser), winner);
+            }
+        }
         Ok(())
     }
 
