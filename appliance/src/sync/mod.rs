@@ -18,3 +18,4 @@ pub mod rules;
 pub mod schema;
 pub mod site;
 pub mod store;
+pub mod workload;
