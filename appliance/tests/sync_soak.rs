@@ -8,17 +8,16 @@
 //! `KITUO_SOAK_SEED` picks the seed (default 1); `KITUO_SOAK_CUTS` and `KITUO_SOAK_KILLS` raise the
 //! thresholds for a longer run (e.g. 2000 and 500).
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use appliance::linkem::{LinkProfile, LinkProxy};
-use appliance::sync::bed::{world, World};
+use appliance::sync::bed::world;
 use appliance::sync::bed_services::{
     center_config, engine_account, AgentOptions, AgentService, HubService,
 };
-use appliance::sync::workload::{check_markers, Course, Workload};
+use appliance::sync::workload::{Course, PostLedger, Workload};
 use appliance::testbed::MariaDb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -222,35 +221,21 @@ fn seeded_soak_with_cuts_and_kills_ends_identical_with_every_post_once() -> Resu
         settled.elapsed().as_secs_f64()
     );
 
-    let mut created = BTreeSet::new();
-    let mut deleted = BTreeSet::new();
+    let mut ledger = PostLedger::default();
     for workload in &workloads {
-        created.extend(workload.created().iter().cloned());
-        deleted.extend(workload.deleted().iter().cloned());
+        ledger.add(workload);
     }
-    ensure!(
-        created.len() >= 20,
-        "only {} posts were created",
-        created.len()
-    );
-    check_everywhere(&w, &created, &deleted)?;
+    ensure!(ledger.created.len() >= 20, "only {} posts were created", ledger.created.len());
+    for node in std::iter::once(&w.hub).chain(&w.centers) {
+        ledger.check(node.id, &mut node.sql()?)?;
+    }
     eprintln!(
-        "soak: {} posts created, {} deleted, total {:.1} s",
-        created.len(),
-        deleted.len(),
+        "soak: {} posts created, {} deleted, {} uncertain, total {:.1} s",
+        ledger.created.len(),
+        ledger.deleted.len(),
+        ledger.uncertain.len(),
         t0.elapsed().as_secs_f64()
     );
-    Ok(())
-}
-
-fn check_everywhere(
-    w: &World,
-    created: &BTreeSet<String>,
-    deleted: &BTreeSet<String>,
-) -> Result<()> {
-    for node in std::iter::once(&w.hub).chain(&w.centers) {
-        check_markers(node, created, deleted)?;
-    }
     Ok(())
 }
 

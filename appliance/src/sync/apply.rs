@@ -187,6 +187,29 @@ impl<'p> Applier<'p> {
                     .extend(found.into_iter().map(|id| (table.to_owned(), id)));
             }
         }
+        // A column may name a row that lost a clash in an earlier batch (the row and the rows that
+        // point at it can arrive in different pages): its alias must be known to remap it.
+        let mut refs: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+        let mut outgoing: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+        for c in changes {
+            let row = match &c.op {
+                Op::Insert(row) | Op::Update(row) => row,
+                Op::Delete => continue,
+            };
+            let columns = outgoing
+                .entry(&c.table)
+                .or_insert_with(|| self.policy.references(&c.table));
+            for (column, ref_table) in columns.iter() {
+                if let Some(Value::Int(v)) = row.get(column) {
+                    refs.entry(ref_table.clone()).or_default().insert(*v);
+                }
+            }
+        }
+        for (table, ids) in &refs {
+            for (loser, winner) in read_aliases(tx, table, ids)? {
+                pre.aliases.insert((table.clone(), loser), winner);
+            }
+        }
         Ok(())
     }
 
@@ -432,7 +455,12 @@ impl<'p> Applier<'p> {
             bail!("duplicate key, but no row with the same unique key was found");
         };
         let existing_key = (table.to_owned(), existing);
-        let existing_clock = read_clock(tx, table, existing)?.unwrap_or_default();
+        // A row this batch inserted has its clock only in memory until the batch ends; without it
+        // the row would look born at the origin of time and win every clash here, unlike elsewhere.
+        let existing_clock = match pre.clocks.get(&existing_key) {
+            Some(clock) => clock.clone(),
+            None => read_clock(tx, table, existing)?.unwrap_or_default(),
+        };
         let incoming_clock = RowClock::born(stamp);
         let hub_owned = self.policy.direction(table) == Direction::HubToCenters;
         let winner = if hub_owned {

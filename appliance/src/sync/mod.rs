@@ -26,3 +26,4 @@ pub mod site;
 pub mod store;
 pub mod verify;
 pub mod wire;
+pub mod workload;
