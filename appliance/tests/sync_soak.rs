@@ -41,8 +41,8 @@ fn bad_link(seed: u64) -> LinkProfile {
         .rate_bps(2_000_000)
         .latency(Duration::from_millis(30))
         .seed(seed)
-        .cut_mean_bytes(40_000)
-        .stalls(150_000, Duration::from_secs(2))
+        .cut_mean_bytes(12_000)
+        .stalls(100_000, Duration::from_secs(2))
 }
 
 /// What the chaos did.
@@ -81,7 +81,7 @@ fn users(
             failures.fetch_add(1, Ordering::Relaxed);
             conn = None;
         }
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(Duration::from_millis(50));
     }
     workload
 }
@@ -143,26 +143,44 @@ fn seeded_soak_with_cuts_and_kills_ends_identical_with_every_post_once() -> Resu
             })
             .collect();
         let chaos = (|| -> Result<()> {
-            while cuts(&proxies) < want_cuts || tally.agent_kills + tally.db_kills < want_kills {
+            loop {
+                let need_cuts = cuts(&proxies) < want_cuts;
+                let need_kills = tally.agent_kills + tally.db_kills < want_kills;
+                if !need_cuts && !need_kills {
+                    return Ok(());
+                }
                 ensure!(
                     chaos_start.elapsed() < Duration::from_secs(900),
                     "the chaos did not reach its counts in 15 minutes: {tally:?}, {} cuts",
                     cuts(&proxies)
                 );
-                std::thread::sleep(Duration::from_millis(rng.gen_range(200..700)));
+                std::thread::sleep(Duration::from_millis(rng.gen_range(100..400)));
                 let i = rng.gen_range(0..agents.len());
-                match rng.gen_range(0..100) {
-                    0..=44 => {
-                        proxies[i].cut_all();
+                // Once a count is reached the chaos spends its time on the other.
+                let roll = match (need_cuts, need_kills) {
+                    (true, true) => rng.gen_range(0..100),
+                    (true, false) => rng.gen_range(0..50),
+                    _ => rng.gen_range(50..88),
+                };
+                match roll {
+                    0..=39 => {
+                        // A cut where a request is under way; the other link if this one is idle.
+                        if proxies[i].cut_all() == 0 {
+                            proxies[(i + 1) % proxies.len()].cut_all();
+                        }
                         tally.explicit_cuts += 1;
                     }
-                    45..=74 => {
+                    40..=49 => {
+                        proxies[i].stall_all(Duration::from_millis(rng.gen_range(500..3000)));
+                        tally.stalls += 1;
+                    }
+                    50..=74 => {
                         agents[i].proc.kill();
                         std::thread::sleep(Duration::from_millis(rng.gen_range(0..500)));
                         agents[i].restart(exe())?;
                         tally.agent_kills += 1;
                     }
-                    75..=89 => {
+                    _ => {
                         dbs[i].kill();
                         std::thread::sleep(Duration::from_millis(rng.gen_range(0..1000)));
                         dbs[i]
@@ -170,13 +188,8 @@ fn seeded_soak_with_cuts_and_kills_ends_identical_with_every_post_once() -> Resu
                             .context("restart a killed center's MariaDB")?;
                         tally.db_kills += 1;
                     }
-                    _ => {
-                        proxies[i].stall_all(Duration::from_millis(rng.gen_range(500..3000)));
-                        tally.stalls += 1;
-                    }
                 }
             }
-            Ok(())
         })();
         stop.store(true, Ordering::Relaxed);
         let mut finished = Vec::new();
@@ -225,7 +238,11 @@ fn seeded_soak_with_cuts_and_kills_ends_identical_with_every_post_once() -> Resu
     for workload in &workloads {
         ledger.add(workload);
     }
-    ensure!(ledger.created.len() >= 20, "only {} posts were created", ledger.created.len());
+    ensure!(
+        ledger.created.len() >= 20,
+        "only {} posts were created",
+        ledger.created.len()
+    );
     for node in std::iter::once(&w.hub).chain(&w.centers) {
         ledger.check(node.id, &mut node.sql()?)?;
     }

@@ -43,7 +43,7 @@ impl Controls {
     }
 }
 
-const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const MIN_BATCH: usize = 10;
 
 pub struct Runner {

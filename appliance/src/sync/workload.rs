@@ -388,7 +388,10 @@ impl PostLedger {
         for marker in self.created.difference(&self.deleted) {
             let n = counts.get(marker).copied().unwrap_or(0);
             let ok = n == 1 || (n == 0 && self.uncertain.contains(marker));
-            anyhow::ensure!(ok, "site {site}: post {marker} is there {n} times, not once");
+            anyhow::ensure!(
+                ok,
+                "site {site}: post {marker} is there {n} times, not once"
+            );
         }
         for marker in self.deleted.difference(&self.uncertain) {
             anyhow::ensure!(
