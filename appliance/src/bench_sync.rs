@@ -43,7 +43,7 @@ const TEACHERS: usize = 4;
 /// Students enrolled during each of the two days.
 const NEW_STUDENTS: usize = 10;
 /// Days of history the center's database holds by default before the measured day.
-pub const HISTORY_DAYS: usize = 60;
+pub const HISTORY_DAYS: usize = 30;
 /// 2026-03-02 08:00 in Dar es Salaam (UTC+3): the measured day's first login (the day before is
 /// "yesterday", whose rows also make the history).
 const DAY_START: i64 = 1_772_427_600;
@@ -380,6 +380,8 @@ struct Day {
     actions: BTreeMap<Kind, u64>,
     hub_actions: u64,
     history_rows: u64,
+    /// The gzip'd dump after yesterday, before the history was copied in.
+    base_dump: u64,
     captured: u64,
     capture_time: Duration,
     pushed: u64,
@@ -450,12 +452,17 @@ fn live_day(w: &mut World, course: &Course, o: &Options, day: i64, nth: u64) -> 
 
 /// Yesterday at the center, its inserts copied as `o.history` earlier days, then the measured day,
 /// with the center's database dumped before and after it as moodlesync would.
-fn day(w: &mut World, course: &Course, o: &Options, work: &Path) -> Result<Day> {
+fn day(w: &mut World, course: &Course, o: &Options, work: &Path, t0: Instant) -> Result<Day> {
     let yesterday = live_day(w, course, o, DAY_START - 86_400, 0)?;
+    progress(t0, "yesterday run and exchanged");
+    let base = dump(&w.centers[0], work, "base")?.0;
     let history_rows = seed_history(&w.centers[0], &w.policy, &yesterday.logged, o.history)?;
+    progress(t0, &format!("{} days of history copied", o.history));
     let mut dumps = [(0, 0); 2];
     dumps[0] = dump(&w.centers[0], work, "start")?;
+    progress(t0, "start-of-day dumps made");
     let today = live_day(w, course, o, DAY_START, 1)?;
+    progress(t0, "the day run and exchanged");
     dumps[1] = dump(&w.centers[0], work, "end")?;
     let rsync = [
         rsync_delta(
@@ -469,10 +476,12 @@ fn day(w: &mut World, course: &Course, o: &Options, work: &Path) -> Result<Day> 
             &work.join("rsync-rsyncable"),
         )?,
     ];
+    progress(t0, "end-of-day dumps made and rsync'd");
     Ok(Day {
         actions: today.actions,
         hub_actions: today.hub_actions,
         history_rows,
+        base_dump: base,
         captured: today.captured,
         capture_time: today.capture_time,
         pushed: today.logged.len() as u64,
@@ -603,7 +612,7 @@ struct Rates {
 
 /// Bulk Moodle-shaped changes at center 3, captured, pushed to the hub, and pulled by center 2 as one
 /// page of about `rows` changes (the two-way ones: log rows stay at the hub).
-fn rates(w: &mut World, course: &Course, o: &Options) -> Result<Rates> {
+fn rates(w: &mut World, course: &Course, o: &Options, t0: Instant) -> Result<Rates> {
     let written = bulk_activity(
         &mut w.centers[1].sql()?,
         course,
@@ -611,10 +620,12 @@ fn rates(w: &mut World, course: &Course, o: &Options) -> Result<Rates> {
         o.seed,
         DAY_START + 86_400,
     )?;
+    progress(t0, "bulk changes committed");
     let t = Instant::now();
     let captured = w.centers[1].site.capture(&w.policy)?.changes;
     let capture = t.elapsed();
     let (accepted, accept) = push_all(w, 1, o.batch)?;
+    progress(t0, "bulk changes captured and pushed");
     let t = Instant::now();
     let pages = read_pages(w, w.centers[0].id, o.rows as usize + o.rows as usize / 2)?;
     let read = t.elapsed();
@@ -631,6 +642,10 @@ fn rates(w: &mut World, course: &Course, o: &Options) -> Result<Rates> {
         applied,
         apply,
     })
+}
+
+fn progress(t0: Instant, what: &str) {
+    eprintln!("bench sync: {what} at {:.1} s", t0.elapsed().as_secs_f64());
 }
 
 fn per_second(n: u64, d: Duration) -> f64 {
@@ -660,16 +675,9 @@ pub fn run(o: &Options) -> Result<()> {
         )?
     };
     w.sync_all()?;
-    eprintln!(
-        "bench sync: world and course ready in {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
-    let d = day(&mut w, &course, o, work.path())?;
-    eprintln!(
-        "bench sync: day done at {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
-    let r = rates(&mut w, &course, o)?;
+    progress(t0, "sites and course ready");
+    let d = day(&mut w, &course, o, work.path(), t0)?;
+    let r = rates(&mut w, &course, o, t0)?;
 
     let ok = |b: bool| if b { "yes" } else { "NO" };
     let actions: u64 = d.actions.values().sum();
@@ -728,7 +736,7 @@ pub fn run(o: &Options) -> Result<()> {
             Some((format!(">= {RATIO_TARGET:.0}x"), ratio(d.rsync[0]) >= RATIO_TARGET)),
         ),
         row(
-            "estimate: days of this center's history at which moodlesync moves 100x sync's bytes (the plain dump moves whole; it grew by the day's growth per day of history)".into(),
+            "estimate: days of this center's history at which moodlesync (whose plain gzip'd dump rsync moves almost whole) moves 100x sync's bytes".into(),
             break_even(&d, o.history, ours),
             None,
         ),
@@ -758,21 +766,22 @@ pub fn run(o: &Options) -> Result<()> {
 }
 
 /// Days of history at which the plain dump, which rsync moves whole, is `RATIO_TARGET` times the
-/// day's sync bytes: from the dump's growth over the measured day, assuming each day of history
-/// adds as much (the history is copies of a real day).
+/// day's sync bytes, from the dump's growth per day of history copied in (straight-line: every day
+/// of history is a copy of a real day).
 fn break_even(d: &Day, history: usize, ours: u64) -> String {
-    let (start, end) = (d.dumps[0].0 as f64, d.dumps[1].0 as f64);
-    let growth = end - start;
-    if growth <= 0.0 {
+    if history == 0 {
+        return "- (no history copied)".into();
+    }
+    let per_day = d.dumps[0].0.saturating_sub(d.base_dump) as f64 / history as f64;
+    if per_day <= 0.0 {
         return "-".into();
     }
-    // History days, yesterday and today are in the end dump.
-    let base = end - (history as f64 + 2.0) * growth;
-    let days = (RATIO_TARGET * ours as f64 - base) / growth;
+    // The base dump holds the schema, the course and one day.
+    let days = (RATIO_TARGET * ours as f64 - d.base_dump as f64) / per_day + 1.0;
     format!(
-        "about {days:.0} days (the dump grew {} over the day; {} without the days)",
-        kb(growth as u64),
-        kb(base.max(0.0) as u64)
+        "about {days:.0} days (each day of history adds {} to the gzip'd dump; {} with one day)",
+        kb(per_day as u64),
+        kb(d.base_dump)
     )
 }
 
