@@ -46,7 +46,11 @@ fn exe() -> Result<PathBuf> {
 }
 
 /// A hub and one center whose outbox holds `changes` changes, and the agent's options.
-fn stage(name: &str, changes: u64, seed: u64) -> Result<(World, HubService, PathBuf, AgentOptions)> {
+fn stage(
+    name: &str,
+    changes: u64,
+    seed: u64,
+) -> Result<(World, HubService, PathBuf, AgentOptions)> {
     let mut w = bed::world(name, 1)?;
     let course = workload::Course::install(&mut w.hub.sql()?, 40, 3, 32, 1_772_427_600)?;
     w.sync_all()?;
@@ -138,8 +142,8 @@ pub fn memory(changes: u64, seconds: u64, seed: u64) -> Result<Memory> {
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("the agent is gone")?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("the agent is gone")?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

@@ -1,6 +1,8 @@
 //! `appliance`: the program that runs on every Kituo card.
 
 mod bench;
+mod bench_link;
+mod bench_sync;
 mod sync_cmd;
 mod terminal;
 
@@ -50,11 +52,45 @@ enum Command {
         #[command(subcommand)]
         action: SyncAction,
     },
-    /// Measure the supervisor: memory, idle CPU, page latency, page weight, low battery to power-off.
+    /// Measure the supervisor: memory, idle CPU, page latency, page weight, low battery to power-off
+    /// (`appliance bench sync` measures the sync engine instead).
     Bench {
         /// Seconds of idle measurement.
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Measure sync on a hub and two centers (real MariaDB servers): capture and apply rates, and a
+    /// simulated day's bytes on the wire against a gzip'd mysqldump updated with rsync.
+    Sync {
+        /// Changes in the page a center applies for the apply rate.
+        #[arg(long, default_value_t = 50_000)]
+        rows: u64,
+        /// Enrolled students at the center of the simulated day.
+        #[arg(long, default_value_t = 200)]
+        students: usize,
+        /// Changes per batch the agent pushes and pulls.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Days of history in the center's database before the measured day (yesterday's rows,
+        /// copied): what the moodlesync baseline ships every day.
+        #[arg(long, default_value_t = bench_sync::HISTORY_DAYS)]
+        history_days: usize,
+        /// Seed of the day's workload.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Seconds of pushing over the emulated 256 kbit/s link cut every 30 s; 0 skips the goodput
+        /// and agent-memory rows.
+        #[arg(long, default_value_t = 120)]
+        goodput_seconds: u64,
+        /// Changes in the outbox while the agent's memory is sampled.
+        #[arg(long, default_value_t = 1_000_000)]
+        backlog: u64,
     },
 }
 
@@ -170,6 +206,25 @@ fn run() -> Result<()> {
                 sync_cmd::verify(&config, &opts)
             }
         },
-        Command::Bench { idle_seconds } => bench::run(idle_seconds),
+        Command::Bench { idle_seconds, what } => match what {
+            None => bench::run(idle_seconds),
+            Some(BenchWhat::Sync {
+                rows,
+                students,
+                batch,
+                history_days,
+                seed,
+                goodput_seconds,
+                backlog,
+            }) => bench_sync::run(&bench_sync::Options {
+                goodput_seconds,
+                backlog,
+                rows,
+                students,
+                batch,
+                history: history_days,
+                seed,
+            }),
+        },
     }
 }

@@ -532,6 +532,38 @@ fn a_sigkill_mid_stream_loses_and_duplicates_nothing() {
 }
 
 #[test]
+fn a_binlog_torn_by_a_crash_is_read_up_to_the_tear_then_from_the_next_file() {
+    let mut site = Site::start();
+    let mut c = site.root();
+    let start = current_end(&mut c).unwrap();
+    insert_users(&mut c, &["before", "torn"]);
+    let end = current_end(&mut c).unwrap();
+    drop(c);
+    site.db.kill();
+    // As if the power failed while the last transaction's events were being written: its commit
+    // (XID) event is cut in half.
+    let file = site.db.dir.join("data").join(&end.file);
+    let len = std::fs::metadata(&file).unwrap().len();
+    assert_eq!(len, end.pos, "the binlog ends where the server said");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    site.db
+        .restart()
+        .expect("MariaDB restarts on a torn binlog");
+    let mut c = site.root();
+    insert_users(&mut c, &["after"]);
+    assert_ne!(current_end(&mut c).unwrap().file, end.file, "a new file");
+
+    let mut reader = site.reader(Some(start));
+    let txns = read_all(&mut reader);
+    assert_eq!(usernames(&txns), ["before", "after"], "{txns:#?}");
+}
+
+#[test]
 fn a_column_added_by_alter_table_appears_by_name() {
     let site = Site::start();
     let mut reader = site.reader(None);

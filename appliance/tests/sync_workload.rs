@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use appliance::sync::bed::{world, Node, INCREMENT};
-use appliance::sync::workload::{marker_counts, Action, Course, Kind, Workload};
+use appliance::sync::workload::{fill_outbox, marker_counts, Action, Course, Kind, Workload};
+use mysql::prelude::Queryable;
 
 /// Every two-way table the workload writes.
 const TWO_WAY: &[&str] = &[
@@ -251,6 +252,29 @@ fn moodle_actions_at_every_site_converge_with_every_post_once() -> Result<()> {
         expected.len() == hub_logs.len(),
         "the hub holds log rows no site wrote"
     );
+
+    // The transport benchmarks' outbox filler: its changes travel and apply like captured ones.
+    let posts_before = w.hub.dump("forum_posts")?.len();
+    let filled = fill_outbox(&mut w.centers[1].sql()?, 3, &course, 1_000, 5)?;
+    ensure!(filled.changes == 1_000 && filled.last_seq - filled.first_seq == 999);
+    w.sync_all()?;
+    let posts = w.hub.dump("forum_posts")?.len();
+    ensure!(
+        posts == posts_before + 200,
+        "1,000 filled changes hold 200 posts: {posts_before} -> {posts}"
+    );
+    // They are in the outbox only, not in the filling center's tables: the other center matches the hub.
+    for table in ["forum_posts", "forum_discussions", "user"] {
+        same_everywhere(&w.hub, &w.centers[..1], table)?;
+    }
+    // The filling center's next post takes an id past the filled ones.
+    w.centers[1].sql()?.query_drop(
+        "INSERT INTO mdl_forum_posts (discussion, parent, userid, subject, message) VALUES (1, 1, 3, 'after', 'x')",
+    )?;
+    w.sync_all()?;
+    ensure!(w.hub.dump("forum_posts")?.len() == posts + 1);
+    same_everywhere(&w.hub, &w.centers[..1], "forum_posts")?;
+
     eprintln!(
         "posts created {}, deleted {}, log rows at the hub {}; total {:.1} s",
         created.len(),

@@ -213,25 +213,54 @@ impl<'p> Applier<'p> {
         Ok(())
     }
 
+    /// Reads the clocks and tombstones of every row the batch touches, a few hundred rows per query.
     fn read_clocks(
         &mut self,
         tx: &mut Transaction<'_>,
         changes: &[Change],
         pre: &mut Prefetched,
     ) -> Result<()> {
-        let keys: BTreeSet<(String, i64)> = changes
-            .iter()
-            .map(|c| {
-                let id = pre.resolve(&c.table, c.id);
-                (c.table.clone(), id)
-            })
-            .collect();
-        for (table, id) in keys {
-            if let Some(clock) = read_clock(tx, &table, id)? {
-                pre.clocks.insert((table.clone(), id), clock);
-            }
-            if let Some(grave) = store::grave(tx, &table, id)? {
-                pre.tombstones.insert((table, id), grave);
+        let mut keys: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+        for c in changes {
+            keys.entry(&c.table)
+                .or_default()
+                .insert(pre.resolve(&c.table, c.id));
+        }
+        for (table, ids) in keys {
+            for chunk in ids.into_iter().collect::<Vec<_>>().chunks(500) {
+                let mut params: Vec<mysql::Value> = vec![table.into()];
+                params.extend(chunk.iter().map(|id| mysql::Value::Int(*id)));
+                let clocks: Vec<(i64, u64, u32, Vec<u8>)> = tx
+                    .exec(
+                        format!(
+                            "SELECT row_id, born_hlc, born_site, cols FROM kituo_sync.clock
+                             WHERE tbl = ? AND row_id IN ({})",
+                            placeholders(chunk.len())
+                        ),
+                        params.clone(),
+                    )
+                    .context("cannot read row clocks")?;
+                for (id, hlc, site, cols) in clocks {
+                    let clock = RowClock::decode(Stamp::new(hlc, site), &cols)?;
+                    pre.clocks.insert((table.to_owned(), id), clock);
+                }
+                let graves: Vec<(i64, u64, u32, u64, u32)> = tx
+                    .exec(
+                        format!(
+                            "SELECT row_id, hlc, site, born_hlc, born_site FROM kituo_sync.tombstone
+                             WHERE tbl = ? AND row_id IN ({})",
+                            placeholders(chunk.len())
+                        ),
+                        params,
+                    )
+                    .context("cannot read tombstones")?;
+                for (id, hlc, site, born_hlc, born_site) in graves {
+                    let grave = store::Grave {
+                        deleted: Stamp::new(hlc, site),
+                        born: Stamp::new(born_hlc, born_site),
+                    };
+                    pre.tombstones.insert((table.to_owned(), id), grave);
+                }
             }
         }
         Ok(())
@@ -576,14 +605,37 @@ impl<'p> Applier<'p> {
         row
     }
 
+    /// Writes the clocks the batch changed, a few hundred per statement, in key order (so that two
+    /// appliers lock them in the same order).
     fn write_clocks(&self, tx: &mut Transaction<'_>, pre: &Prefetched) -> Result<()> {
-        for key in &pre.dirty {
-            if self.policy.direction(&key.0) != Direction::Both {
-                continue;
+        let mut dirty: Vec<(&(String, i64), &RowClock)> = pre
+            .dirty
+            .iter()
+            .filter(|key| self.policy.direction(&key.0) == Direction::Both)
+            .filter_map(|key| pre.clocks.get(key).map(|clock| (key, clock)))
+            .collect();
+        dirty.sort_by(|a, b| a.0.cmp(b.0));
+        for chunk in dirty.chunks(500) {
+            let mut params: Vec<mysql::Value> = Vec::with_capacity(chunk.len() * 5);
+            for ((table, id), clock) in chunk {
+                params.extend([
+                    table.as_str().into(),
+                    mysql::Value::Int(*id),
+                    clock.born.hlc.into(),
+                    clock.born.site.into(),
+                    clock.encode_cols()?.into(),
+                ]);
             }
-            if let Some(clock) = pre.clocks.get(key) {
-                write_clock(tx, &key.0, key.1, clock)?;
-            }
+            tx.exec_drop(
+                format!(
+                    "INSERT INTO kituo_sync.clock (tbl, row_id, born_hlc, born_site, cols) VALUES {}
+                     ON DUPLICATE KEY UPDATE born_hlc = VALUES(born_hlc), born_site = VALUES(born_site),
+                                             cols = VALUES(cols)",
+                    vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+                ),
+                params,
+            )
+            .context("cannot write row clocks")?;
         }
         Ok(())
     }

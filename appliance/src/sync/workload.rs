@@ -127,11 +127,11 @@ pub struct Action {
 
 /// The random numbers of one action, drawn before it reads anything, so that a retry repeats it.
 #[derive(Debug, Clone, Copy)]
-pub struct Draw {
-    pub actor: u64,
-    pub pick: u64,
-    pub aux: u64,
-    pub text: u64,
+struct Draw {
+    actor: u64,
+    pick: u64,
+    aux: u64,
+    text: u64,
 }
 
 const TRIES: u32 = 10;

@@ -104,7 +104,21 @@ impl BinlogReader {
         let mut txns = Vec::new();
         while txns.len() < max_txns {
             let Some(event) = stream.next() else { break };
-            let event = event.map_err(|e| stream_error(e, assembler.resume()))?;
+            let event = match event {
+                Ok(event) => event,
+                Err(e) if is_torn_tail(&e) => {
+                    // A crash tore the last event of this file: the transaction it belonged to
+                    // never committed (crash recovery rolls back what the binlog does not hold
+                    // whole), and the restarted server writes on in a new file. Keep what was
+                    // read whole, and go on from there.
+                    drop(stream);
+                    let next = next_file(&self.opts, &assembler.resume().file)?
+                        .ok_or_else(|| stream_error(e, assembler.resume()))?;
+                    self.resume = BinlogPos { file: next, pos: 4 };
+                    return Ok(txns);
+                }
+                Err(e) => return Err(stream_error(e, assembler.resume())),
+            };
             verify_checksum(&event, assembler.resume())?;
             if let Some(txn) = assembler.feed(&event, &stream)? {
                 txns.push(txn);
@@ -141,6 +155,28 @@ fn with_read_timeout(opts: Opts) -> Opts {
     OptsBuilder::from_opts(opts)
         .read_timeout(Some(READ_TIMEOUT))
         .into()
+}
+
+/// The dump thread's error for a file that ends inside an event.
+fn is_torn_tail(e: &mysql::Error) -> bool {
+    matches!(e, mysql::Error::MySqlError(server)
+        if server.code == 1236 && server.message.contains("truncated in the middle of event"))
+}
+
+/// The binlog file after `file`, if the server has one (it starts a new one on every start).
+fn next_file(opts: &Opts, file: &str) -> Result<Option<String>> {
+    let mut conn = Conn::new(opts.clone()).context("cannot connect to MariaDB")?;
+    let names: Vec<String> = conn
+        .query("SHOW BINARY LOGS")
+        .context("cannot list the server's binlogs (SHOW BINARY LOGS)")?
+        .into_iter()
+        .filter_map(|r: mysql::Row| r.get_opt(0)?.ok())
+        .collect();
+    Ok(names
+        .iter()
+        .skip_while(|n| n.as_str() != file)
+        .nth(1)
+        .cloned())
 }
 
 /// The server reports a missing binlog (purged while we read, or a hole) as error 1236.

@@ -22,7 +22,7 @@ pub(super) const FORMAT_HTML: i64 = 1;
 const ER_DUP_ENTRY: u16 = 1062;
 
 /// What one action runs with.
-pub struct Scene<'a> {
+pub(super) struct Scene<'a> {
     pub course: &'a Course,
     pub site: u32,
     /// Moodle's `time()`.
@@ -36,7 +36,7 @@ pub struct Scene<'a> {
 
 /// What one action did.
 #[derive(Debug, Clone, Default)]
-pub struct Done {
+pub(super) struct Done {
     pub user: i64,
     pub target: Option<i64>,
     /// It created a post carrying the scene's marker.
@@ -64,7 +64,7 @@ impl Done {
     }
 }
 
-pub fn run(tx: &mut Transaction<'_>, s: &Scene<'_>, kind: Kind) -> Result<Done> {
+pub(super) fn run(tx: &mut Transaction<'_>, s: &Scene<'_>, kind: Kind) -> Result<Done> {
     match kind {
         Kind::LogIn => log_in(tx, s),
         Kind::ViewPage => view(tx, s),

@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn counts_skip_tags_like_moodle() {
-        assert_eq!(counts("<p>Mvua ni maji.</p>"), (3, 12));
+        assert_eq!(counts("<p>Mvua ni maji.</p>"), (3, 11));
     }
 
     #[test]
