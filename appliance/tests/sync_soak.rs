@@ -107,6 +107,9 @@ fn seeded_soak_with_cuts_and_kills_ends_identical_with_every_post_once() -> Resu
         let mut opts = AgentOptions::new(proxy.addr(), secret);
         // A stall longer than this counts as a cut: the agent gives up and reconnects.
         opts.timeout_seconds = 5;
+        // Retry within a second: the chaos cuts each new connection it sees, so the backoff sets
+        // how fast cuts can come.
+        opts.backoff_max_seconds = 1;
         opts.batch_changes = 200;
         let config = center_config(c, &dir, &opts, &password, "")?;
         agents.push(AgentService::start(

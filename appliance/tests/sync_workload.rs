@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use appliance::sync::bed::{world, Node, INCREMENT};
-use appliance::sync::workload::{fill_outbox, marker_counts, Action, Course, Kind, Workload};
+use appliance::sync::workload::{fill_outbox, marker_counts, Action, Course, Kind, PostLedger, Workload};
 use mysql::prelude::Queryable;
 
 /// Every two-way table the workload writes.
@@ -73,37 +73,6 @@ fn same_everywhere(hub: &Node, centers: &[Node], table: &str) -> Result<()> {
             only_hub.is_empty() && only_here.is_empty(),
             "{table} differs between the hub and center {}:\n only at the hub: {only_hub:?}\n only at the center: {only_here:?}",
             c.id
-        );
-    }
-    Ok(())
-}
-
-fn check_markers(
-    node: &Node,
-    created: &BTreeSet<String>,
-    deleted: &BTreeSet<String>,
-) -> Result<()> {
-    let counts: BTreeMap<String, u64> = marker_counts(&mut node.sql()?)?;
-    for marker in created.difference(deleted) {
-        let n = counts.get(marker).copied().unwrap_or(0);
-        ensure!(
-            n == 1,
-            "site {}: post {marker} is there {n} times, not once",
-            node.id
-        );
-    }
-    for marker in deleted {
-        ensure!(
-            !counts.contains_key(marker),
-            "site {}: deleted post {marker} is still there",
-            node.id
-        );
-    }
-    for marker in counts.keys() {
-        ensure!(
-            created.contains(marker),
-            "site {}: post {marker} was never created by a workload",
-            node.id
         );
     }
     Ok(())
@@ -195,13 +164,12 @@ fn moodle_actions_at_every_site_converge_with_every_post_once() -> Result<()> {
     eprintln!("concurrent phase: {:.1} s", t1.elapsed().as_secs_f64());
 
     let mut done: BTreeMap<Kind, u64> = BTreeMap::new();
-    let (mut created, mut deleted) = (BTreeSet::new(), BTreeSet::new());
+    let mut ledger = PostLedger::default();
     for workload in &finished {
         for (k, n) in workload.done() {
             *done.entry(*k).or_default() += n;
         }
-        created.extend(workload.created().iter().cloned());
-        deleted.extend(workload.deleted().iter().cloned());
+        ledger.add(workload);
         eprintln!(
             "done {:?} skipped {:?} retries {}",
             workload.done(),
@@ -217,15 +185,16 @@ fn moodle_actions_at_every_site_converge_with_every_post_once() -> Result<()> {
         );
     }
     ensure!(
-        created.len() as u64 >= done[&Kind::StartDiscussion] + done[&Kind::Reply],
+        ledger.created.len() as u64 >= done[&Kind::StartDiscussion] + done[&Kind::Reply],
         "every new post has its own marker"
     );
 
     for table in TWO_WAY {
         same_everywhere(&w.hub, &w.centers, table)?;
     }
+    ensure!(ledger.uncertain.is_empty(), "no server died: every commit was answered");
     for node in std::iter::once(&w.hub).chain(&w.centers) {
-        check_markers(node, &created, &deleted)?;
+        ledger.check(node.id, &mut node.sql()?)?;
     }
     // Logs go to the hub only: it holds its own and every center's, each center only its own.
     let hub_logs = w.hub.dump("logstore_standard_log")?;
@@ -277,8 +246,8 @@ fn moodle_actions_at_every_site_converge_with_every_post_once() -> Result<()> {
 
     eprintln!(
         "posts created {}, deleted {}, log rows at the hub {}; total {:.1} s",
-        created.len(),
-        deleted.len(),
+        ledger.created.len(),
+        ledger.deleted.len(),
         hub_logs.len(),
         t0.elapsed().as_secs_f64()
     );
