@@ -80,7 +80,7 @@ fn wire_bytes_per_change(w: &World, batch: usize) -> Result<f64> {
 }
 
 fn acked(w: &World) -> Result<u64> {
-    Ok(store::get_u64(&mut w.centers[0].sql()?, PUSHED)?)
+    store::get_u64(&mut w.centers[0].sql()?, PUSHED)
 }
 
 /// Pushes a backlog of `changes` through a `link_bps` link cut every `cut_every`, for `seconds`.

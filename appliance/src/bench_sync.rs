@@ -50,7 +50,7 @@ const TEACHERS: usize = 4;
 /// Students enrolled during each of the two days.
 const NEW_STUDENTS: usize = 10;
 /// Days of history the center's database holds by default before the measured day.
-pub const HISTORY_DAYS: usize = 90;
+pub const HISTORY_DAYS: usize = 120;
 /// 2026-03-02 08:00 in Dar es Salaam (UTC+3): the measured day's first login (the day before is
 /// "yesterday", whose rows also make the history).
 const DAY_START: i64 = 1_772_427_600;
@@ -536,9 +536,9 @@ fn seed_history(node: &Node, policy: &Policy, changes: &[Change], days: usize) -
         .context("no auto-increment settings")?;
     let mut next: BTreeMap<&str, i64> = BTreeMap::new();
     for table in by_table.keys() {
-        let max: Option<i64> =
+        let max: Option<Option<i64>> =
             conn.query_first(format!("SELECT MAX(id) FROM {}{table}", bed::PREFIX))?;
-        let above = max.unwrap_or(0) + 1;
+        let above = max.flatten().unwrap_or(0) + 1;
         next.insert(table, above + (offset - above).rem_euclid(increment));
     }
     let references: BTreeMap<&str, Vec<(String, String)>> = by_table
@@ -691,7 +691,8 @@ pub fn run(o: &Options) -> Result<()> {
             256_000,
             Duration::from_secs(30),
             o.goodput_seconds,
-            60_000,
+            // More than the link can move in the window: it must stay busy to the end.
+            250_000,
             o.seed,
         )?;
         progress(t0, "goodput measured");

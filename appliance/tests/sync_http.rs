@@ -11,10 +11,12 @@ use appliance::sync::bed_services::{
     center_config, engine_account, AgentOptions, AgentService, HubService, Proc,
 };
 use appliance::sync::wire::{self, RequestParts, Secret};
-use appliance::testbed::{free_port, wait_for};
+use appliance::testbed::{free_port, wait_for, Nut};
 use mysql::prelude::Queryable;
 
 const EXE: &str = env!("CARGO_BIN_EXE_appliance");
+const ON_MAINS: &str = "ups.status: OL\nbattery.charge: 100\nbattery.runtime: 2400\n";
+const ON_BATTERY: &str = "ups.status: OB DISCHRG\nbattery.charge: 90\nbattery.runtime: 2000\n";
 const TABLES: &[&str] = &[
     "forum_posts",
     "forum_discussions",
@@ -54,6 +56,8 @@ fn centers_sync_over_http_through_a_cutting_link_and_report_to_the_status_page()
     let mut proxies = Vec::new();
     let mut agents: Vec<Proc> = Vec::new();
     let status_port = free_port()?;
+    // The supervised center's UPS: on mains until the end, when the battery pauses its sync.
+    let nut = Nut::start(&dir.join("nut"), ON_MAINS)?;
     for c in &w.centers {
         let secret = hub.add_center(exe(), c.id)?;
         // Cuts every ~30 kB on average: most requests of a busy exchange see one.
@@ -75,8 +79,11 @@ fn centers_sync_over_http_through_a_cutting_link_and_report_to_the_status_page()
             let status = format!(
                 "[status]\nlisten = 127.0.0.1:{status_port}\nbuild_info = {}\n\
                  [health]\ninterval_seconds = 5\nweb_url =\nfpm_ping_url =\nmariadb_socket =\n\
-                 hostapd_control =\npartitions = /\nrestart_command =\n",
-                dir.join("none.ini").display()
+                 hostapd_control =\npartitions = /\nrestart_command =\n\
+                 [power]\nsources = nut\npoll_seconds = 1\ndebounce_seconds = 1\nrestore_seconds = 1\n\
+                 history_file =\n[nut]\naddress = {}\nups = ups\n",
+                dir.join("none.ini").display(),
+                nut.address()
             );
             let config = center_config(c, &dir, &opts, &password, &status)?;
             let child = std::process::Command::new(EXE)
@@ -193,6 +200,34 @@ fn centers_sync_over_http_through_a_cutting_link_and_report_to_the_status_page()
         "status page: {:?}",
         sync_status(status_port)
     );
+
+    // On battery the supervisor pauses sync: a post written meanwhile stays at the center until
+    // mains is back.
+    nut.set(ON_BATTERY)?;
+    let paused = wait_for(Duration::from_secs(30), || {
+        sync_status(status_port).filter(|s| s["link"] == "paused_on_battery")
+    });
+    ensure!(
+        paused.is_some(),
+        "status page: {:?}",
+        sync_status(status_port)
+    );
+    let posts = w.hub.dump("forum_posts")?.len();
+    reply(&w.centers[1], 4, "written on battery", 20_000)?;
+    std::thread::sleep(Duration::from_secs(4));
+    ensure!(
+        w.hub.dump("forum_posts")?.len() == posts,
+        "sync went on while on battery"
+    );
+    nut.set(ON_MAINS)?;
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while w.hub.dump("forum_posts")?.len() == posts && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ensure!(
+        w.hub.dump("forum_posts")?.len() == posts + 1,
+        "the post came once mains was back"
+    );
     Ok(())
 }
 
@@ -257,5 +292,146 @@ fn the_hub_refuses_unauthenticated_requests_and_a_center_posing_as_another() -> 
         other => anyhow::bail!("forged origin: expected 400, got {other:?}"),
     }
     ensure!(w.hub.dump("forum_posts")?.len() == 1, "nothing was applied");
+    Ok(())
+}
+
+/// nginx terminating TLS in front of the hub, as a university would run it, with a certificate from a
+/// CA made for the test.
+struct TlsFront {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    ca: std::path::PathBuf,
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A CA (`name.pem`) and, when `server` is set, a certificate it signed for 127.0.0.1
+/// (`server.pem`, `server.key`).
+fn make_ca(dir: &std::path::Path, name: &str, server: bool) -> Result<std::path::PathBuf> {
+    appliance::testbed::require("openssl", "openssl")?;
+    let (key, pem, subject) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={name}"),
+    );
+    let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let args = |line: &str| -> Vec<String> { line.split_whitespace().map(String::from).collect() };
+    let run =
+        |args: Vec<String>| openssl(dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    run(args(&format!(
+        "req -x509 -days 2 -subj {subject} -keyout {key} -out {pem} {new_key}"
+    )))?;
+    if server {
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
+        run(args(&format!(
+            "req -subj /CN=127.0.0.1 -keyout server.key -out server.csr {new_key}"
+        )))?;
+        run(args(&format!(
+            "x509 -req -in server.csr -CA {pem} -CAkey {key} -CAcreateserial -days 2 \
+             -extfile san.ext -out server.pem"
+        )))?;
+    }
+    Ok(dir.join(pem))
+}
+
+impl TlsFront {
+    fn start(dir: &std::path::Path, upstream: std::net::SocketAddr) -> Result<TlsFront> {
+        let nginx = appliance::testbed::require("nginx", "nginx")?;
+        let dir = dir.join("tls");
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let ca = make_ca(&dir, "university-ca", true)?;
+        let port = free_port()?;
+        let d = dir.display();
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{}}\n\
+                 http {{ access_log off; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;\n\
+                   fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
+                   server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/server.pem;\n\
+                     ssl_certificate_key {d}/server.key; client_max_body_size 32m;\n\
+                     location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1;\n\
+                       proxy_set_header Connection \"\"; }} }} }}\n"
+            ),
+        )?;
+        let child = std::process::Command::new(nginx)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stderr(std::fs::File::create(dir.join("stderr.log"))?)
+            .spawn()?;
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let front = TlsFront { child, addr, ca };
+        let up = wait_for(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(addr).ok()
+        });
+        ensure!(
+            up.is_some(),
+            "nginx did not listen: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        Ok(front)
+    }
+}
+
+#[test]
+fn an_https_hub_behind_nginx_is_trusted_through_the_configured_ca_only() -> Result<()> {
+    let w = world("kituo-sync-tls", 1)?;
+    let dir = w.dir.path().to_owned();
+    let hub = HubService::start(exe(), &w.hub, &dir)?;
+    let secret = hub.add_center(exe(), 2)?;
+    let front = TlsFront::start(&dir, hub.addr)?;
+    let password = engine_account(&w.centers[0], &dir)?;
+    let verify = |ca: &std::path::Path| -> Result<std::process::Output> {
+        let mut opts = AgentOptions::new(front.addr, secret.clone());
+        opts.tls_ca = Some(ca.to_owned());
+        let config = center_config(&w.centers[0], &dir, &opts, &password, "")?;
+        Ok(std::process::Command::new(EXE)
+            .args(["sync", "verify", "--config"])
+            .arg(&config)
+            .output()?)
+    };
+    // Another CA's trust is not enough: the agent refuses the hub.
+    let stranger = dir.join("stranger");
+    std::fs::create_dir_all(&stranger)?;
+    let refused = verify(&make_ca(&stranger, "stranger-ca", false)?)?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && said.contains("certificate"),
+        "{said}"
+    );
+    // With the university's CA the exchange and the comparison go through nginx.
+    reply(&w.centers[0], 3, "over TLS", 30_000)?;
+    let trusted = verify(&front.ca)?;
+    let said = String::from_utf8_lossy(&trusted.stdout);
+    ensure!(
+        trusted.status.success() && said.contains(": identical"),
+        "{said}{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    ensure!(
+        w.hub.dump("forum_posts")?.len() == 2,
+        "the post reached the hub"
+    );
     Ok(())
 }

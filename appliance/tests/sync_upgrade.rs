@@ -302,6 +302,23 @@ fn step(started: &Instant, what: &str) {
     eprintln!("{:>6.1} s  {what}", started.elapsed().as_secs_f64());
 }
 
+/// Nothing waits anywhere, the touched tables are identical and every center has the hub's settings.
+fn assert_all_level(w: &World) -> Result<()> {
+    for site in 0..=2 {
+        assert_eq!(waiting(node(w, site))?, (0, 0), "site {site}");
+    }
+    same_everywhere(w, TOUCHED)?;
+    for c in &w.centers {
+        assert_eq!(
+            settings(c)?,
+            settings(&w.hub)?,
+            "settings at center {}",
+            c.id
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn the_hub_upgrades_first_and_each_center_catches_up_on_its_own_pass() -> Result<()> {
     let started = Instant::now();
@@ -478,18 +495,7 @@ fn the_hub_upgrades_first_and_each_center_catches_up_on_its_own_pass() -> Result
     m.upgrade(&w, 2)?;
     m.sync(&mut w)?;
     step(&started, "center B upgraded and synced");
-    for site in 0..=2 {
-        assert_eq!(waiting(node(&w, site))?, (0, 0), "site {site}");
-    }
-    same_everywhere(&w, TOUCHED)?;
-    for c in &w.centers {
-        assert_eq!(
-            settings(c)?,
-            settings(&w.hub)?,
-            "settings at center {}",
-            c.id
-        );
-    }
+    assert_all_level(&w)?;
     let before: Vec<_> = TOUCHED
         .iter()
         .map(|t| w.hub.dump(t))
@@ -617,18 +623,7 @@ fn a_center_upgrades_first_and_the_hub_relays_what_it_cannot_apply_yet() -> Resu
 
     m.upgrade(&w, 2)?;
     m.sync(&mut w)?;
-    for site in 0..=2 {
-        assert_eq!(waiting(node(&w, site))?, (0, 0), "site {site}");
-    }
-    same_everywhere(&w, TOUCHED)?;
-    for c in &w.centers {
-        assert_eq!(
-            settings(c)?,
-            settings(&w.hub)?,
-            "settings at center {}",
-            c.id
-        );
-    }
+    assert_all_level(&w)?;
     step(&started, "all sites on 4.5.5+ and identical");
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use appliance::sync::bed::{world, Node, INCREMENT};
-use appliance::sync::workload::{fill_outbox, marker_counts, Action, Course, Kind, PostLedger, Workload};
+use appliance::sync::workload::{fill_outbox, Action, Course, Kind, PostLedger, Workload};
 use mysql::prelude::Queryable;
 
 /// Every two-way table the workload writes.
@@ -192,7 +192,10 @@ fn moodle_actions_at_every_site_converge_with_every_post_once() -> Result<()> {
     for table in TWO_WAY {
         same_everywhere(&w.hub, &w.centers, table)?;
     }
-    ensure!(ledger.uncertain.is_empty(), "no server died: every commit was answered");
+    ensure!(
+        ledger.uncertain.is_empty(),
+        "no server died: every commit was answered"
+    );
     for node in std::iter::once(&w.hub).chain(&w.centers) {
         ledger.check(node.id, &mut node.sql()?)?;
     }

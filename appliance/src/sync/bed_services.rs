@@ -182,6 +182,8 @@ pub struct AgentOptions {
     pub batch_changes: usize,
     pub batch_kib: usize,
     pub rate_limit_kbit: u64,
+    /// Reach the hub by https, trusting this CA (PEM).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -195,6 +197,7 @@ impl AgentOptions {
             batch_changes: 500,
             batch_kib: 64,
             rate_limit_kbit: 0,
+            tls_ca: None,
         }
     }
 }
@@ -213,11 +216,14 @@ pub fn center_config(
         &path,
         format!(
             "[site]\ncenter_id = center{id}\nsite_id = {id}\n{extra}\
-             [sync]\nhub_url = http://{hub}\nsecret_file = {secret}\ninterval_seconds = {interval}\n\
+             [sync]\nhub_url = {scheme}://{hub}\nca_file = {ca}\nsecret_file = {secret}\n\
+             interval_seconds = {interval}\n\
              timeout_seconds = {timeout}\nbackoff_max_seconds = {backoff}\nbatch_changes = {batch}\n\
              batch_kib = {kib}\nrate_limit_kbit = {kbit}\n{moodle}",
             id = node.id,
             hub = opts.hub,
+            scheme = if opts.tls_ca.is_some() { "https" } else { "http" },
+            ca = opts.tls_ca.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
             secret = opts.secret_file.display(),
             interval = opts.interval_seconds,
             timeout = opts.timeout_seconds,

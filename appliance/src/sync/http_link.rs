@@ -1,9 +1,14 @@
 //! The agent's way to the hub: authenticated HTTP(S) requests (ureq, rustls), under a bandwidth cap.
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 
 use super::agent::Link;
 use super::change::Change;
@@ -24,6 +29,9 @@ pub struct LinkOptions {
     pub rate_limit: Option<u64>,
     /// Largest page to ask for, in logged bytes.
     pub page_bytes: usize,
+    /// PEM certificates to trust for an https hub instead of the public roots (a university's own
+    /// CA); `None`: the public web's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Bytes moved over the link so far, both ways, bodies only.
@@ -41,18 +49,20 @@ pub struct HttpLink {
 }
 
 impl HttpLink {
-    pub fn new(opts: LinkOptions) -> HttpLink {
-        let agent = ureq::AgentBuilder::new()
+    pub fn new(opts: LinkOptions) -> Result<HttpLink> {
+        let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(opts.timeout.min(Duration::from_secs(15)))
             .timeout_read(opts.timeout)
-            .timeout_write(opts.timeout)
-            .build();
-        HttpLink {
-            agent,
+            .timeout_write(opts.timeout);
+        if let Some(file) = &opts.ca_file {
+            builder = builder.tls_config(Arc::new(tls_trusting(file)?));
+        }
+        Ok(HttpLink {
+            agent: builder.build(),
             throttle: opts.rate_limit.map(Throttle::new),
             opts,
             traffic: Traffic::default(),
-        }
+        })
     }
 
     pub fn traffic(&self) -> Traffic {
@@ -152,6 +162,26 @@ impl Link for HttpLink {
         let answer = self.call("GET", &target, &[])?;
         wire::decode_page(&answer)
     }
+}
+
+/// A TLS client that trusts only the certificates in `file` (PEM).
+fn tls_trusting(file: &Path) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(file)
+        .with_context(|| format!("cannot read the CA file {}", file.display()))?;
+    for cert in certs {
+        let cert =
+            cert.with_context(|| format!("{} holds a broken certificate", file.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("{} holds a certificate rustls refuses", file.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("{} holds no certificate", file.display());
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// `sync verify` over the same link.

@@ -89,9 +89,7 @@ pub fn accept(
         changes,
         |tx, change| refusal(tx, policy, &target, &mut guard, change),
         |tx, applied, refused| {
-            for change in applied {
-                store::append(tx, change)?;
-            }
+            store::append_all(tx, applied)?;
             for (change, reason) in refused {
                 reject(tx, change, reason)?;
                 restore(tx, policy, &target, hub, change)?;
@@ -327,7 +325,7 @@ fn restore(
         }
         Op::Insert(_) | Op::Update(_) => {}
     }
-    store::append(tx, &change)?;
+    store::append_all(tx, std::slice::from_ref(&change))?;
     Ok(())
 }
 

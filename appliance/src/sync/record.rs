@@ -59,6 +59,7 @@ impl<'p> Recorder<'p> {
         let mut hlc =
             Hlc::resume(store::get_u64(tx, HLC)?.max(store::get_u64(tx, super::site::HLC_SEEN)?));
         let mut next_seq = store::get_u64(tx, NEXT_SEQ)?.max(1);
+        let mut logged = Vec::new();
         for txn in txns {
             for row in &txn.rows {
                 let Some(change) = self.change_of(row, &mut done)? else {
@@ -72,10 +73,11 @@ impl<'p> Recorder<'p> {
                 };
                 next_seq += 1;
                 self.keep_clock(tx, &change)?;
-                store::append(tx, &change)?;
+                logged.push(change);
                 done.changes += 1;
             }
         }
+        store::append_all(tx, &logged)?;
         done.last_hlc = hlc.last();
         store::set(tx, HLC, &hlc.last().to_string())?;
         store::set(tx, NEXT_SEQ, &next_seq.to_string())?;

@@ -71,7 +71,8 @@ impl Runner {
             timeout: settings.timeout,
             rate_limit: settings.rate_limit,
             page_bytes: settings.batch_bytes,
-        });
+            ca_file: settings.ca_file.clone(),
+        })?;
         Ok(Runner {
             batch: settings.batch_changes,
             settings,
@@ -80,15 +81,7 @@ impl Runner {
             link,
             controls,
             site: None,
-            status: SyncStatus {
-                link: LinkState::Down,
-                last_success: None,
-                backlog_changes: 0,
-                backlog_oldest: None,
-                backlog_files: 0,
-                backlog_bytes: 0,
-                last_error: None,
-            },
+            status: not_started(None),
             failures: 0,
         })
     }
@@ -239,6 +232,19 @@ impl Runner {
     }
 }
 
+/// The status before the first exchange.
+fn not_started(last_error: Option<String>) -> SyncStatus {
+    SyncStatus {
+        link: LinkState::Down,
+        last_success: None,
+        backlog_changes: 0,
+        backlog_oldest: None,
+        backlog_files: 0,
+        backlog_bytes: 0,
+        last_error,
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -257,15 +263,7 @@ pub fn spawn(settings: AgentSettings, site_id: u32, controls: Controls) -> Resul
                 Err(e) => {
                     eprintln!("sync: cannot start: {e:#}");
                     if let Some(feed) = &controls.feed {
-                        feed.set_sync(SyncStatus {
-                            link: LinkState::Down,
-                            last_success: None,
-                            backlog_changes: 0,
-                            backlog_oldest: None,
-                            backlog_files: 0,
-                            backlog_bytes: 0,
-                            last_error: Some(format!("cannot start: {e:#}")),
-                        });
+                        feed.set_sync(not_started(Some(format!("cannot start: {e:#}"))));
                     }
                     std::thread::sleep(Duration::from_secs(60));
                 }

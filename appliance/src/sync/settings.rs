@@ -59,6 +59,12 @@ pub const SYNC_SECTION: Section = Section {
             "/etc/kituo/secrets/sync-secret",
             "this center's shared secret with the hub (64 hex digits; `appliance hub add-center` makes it)",
         ),
+        Key::optional(
+            "ca_file",
+            "",
+            "PEM certificates to trust for an https hub_url signed by the university's own CA; empty: \
+             the public web's roots",
+        ),
         Key::optional("interval_seconds", "30", "pause between exchanges when nothing is waiting, 1 to 3600"),
         Key::optional("batch_changes", "500", "most changes in one request, 10 to 10000"),
         Key::optional(
@@ -191,6 +197,7 @@ impl MoodleSettings {
 pub struct AgentSettings {
     pub hub_url: String,
     pub secret_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
     pub interval: Duration,
     pub batch_changes: usize,
     pub batch_bytes: usize,
@@ -218,6 +225,9 @@ impl AgentSettings {
         Ok(Some(AgentSettings {
             hub_url,
             secret_file: doc.get(s, "secret_file").into(),
+            ca_file: Some(doc.get(s, "ca_file"))
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             interval: secs("interval_seconds", 1..=3600)?,
             batch_changes: doc.int_in(s, "batch_changes", 10..=10_000)? as usize,
             batch_bytes: doc.int_in(s, "batch_kib", 4..=16_384)? as usize * 1024,

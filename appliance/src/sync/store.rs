@@ -173,30 +173,34 @@ pub fn set_applied(conn: &mut impl Queryable, origin: u32, seq: u64) -> Result<(
 }
 
 /// Appends a change to the log; returns its log sequence number.
-pub fn append(tx: &mut mysql::Transaction<'_>, change: &Change) -> Result<u64> {
-    let data = rmp_serde::to_vec(change).context("cannot encode a change for the log")?;
-    tx.exec_drop(
-        "INSERT INTO kituo_sync.log (origin, seq, hlc, tbl, row_id, data) VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            change.origin,
-            change.seq,
-            change.hlc,
-            &change.table,
-            change.id,
-            data,
-        ),
-    )
-    .with_context(|| {
-        format!(
-            "cannot log change {}#{} ({} {})",
-            change.origin, change.seq, change.table, change.id
+/// Appends changes to the log in their order, a few hundred per statement (the hub appends whole
+/// batches, capture whole transactions).
+pub fn append_all(tx: &mut mysql::Transaction<'_>, changes: &[Change]) -> Result<()> {
+    for chunk in changes.chunks(200) {
+        let mut params: Vec<mysql::Value> = Vec::with_capacity(chunk.len() * 6);
+        for change in chunk {
+            let data = rmp_serde::to_vec(change).context("cannot encode a change for the log")?;
+            params.extend([
+                change.origin.into(),
+                change.seq.into(),
+                change.hlc.into(),
+                change.table.as_str().into(),
+                change.id.into(),
+                data.into(),
+            ]);
+        }
+        let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        tx.exec_drop(
+            format!(
+                "INSERT INTO kituo_sync.log (origin, seq, hlc, tbl, row_id, data) VALUES {rows}"
+            ),
+            params,
         )
-    })?;
-    tx.last_insert_id()
-        .context("the log did not return its sequence number")
+        .with_context(|| format!("cannot log changes {}#{}..", chunk[0].origin, chunk[0].seq))?;
+    }
+    Ok(())
 }
 
-/// Decodes a change stored by [`append`].
 /// Deletes log rows matching `filter` (a condition on `lseq`, `origin`, `seq` with `args`), a slice at
 /// a time so that no transaction grows large; returns how many went.
 pub fn prune_log(
@@ -217,6 +221,7 @@ pub fn prune_log(
     }
 }
 
+/// Decodes a change stored by [`append_all`].
 pub fn decode_logged(data: &[u8]) -> Result<Change> {
     rmp_serde::from_slice(data).context("a logged change does not decode")
 }

@@ -59,14 +59,8 @@ fn message(rng: &mut StdRng) -> String {
 /// every student of `course` replies once (a `forum_posts` insert and its `post_created` log row),
 /// their last-access times move (`user`, `user_lastaccess`), and the discussions replied to get their
 /// last-post fields. Multi-row statements keep it fast; the rows are the workload's rows.
-pub fn bulk_activity(
-    conn: &mut Conn,
-    course: &Course,
-    rows: u64,
-    seed: u64,
-    start: i64,
-) -> Result<Written> {
-    let mut rng = StdRng::seed_from_u64(seed);
+/// The course forum's discussions (id, first post); fails when there are none, or no students.
+fn discussions(conn: &mut Conn, course: &Course) -> Result<Vec<(i64, i64)>> {
     let discussions: Vec<(i64, i64)> = conn
         .exec(
             "SELECT id, firstpost FROM mdl_forum_discussions WHERE forum = ? ORDER BY id",
@@ -78,6 +72,18 @@ pub fn bulk_activity(
         "the course's forum has no discussion"
     );
     anyhow::ensure!(!course.students.is_empty(), "the course has no students");
+    Ok(discussions)
+}
+
+pub fn bulk_activity(
+    conn: &mut Conn,
+    course: &Course,
+    rows: u64,
+    seed: u64,
+    start: i64,
+) -> Result<Written> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let discussions = discussions(conn, course)?;
     let mut written = Written::default();
     let mut now = start;
     while written.rows < rows {
@@ -241,26 +247,17 @@ pub fn fill_outbox(
     seed: u64,
 ) -> Result<Filled> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let discussions: Vec<(i64, i64)> = conn
-        .exec(
-            "SELECT id, firstpost FROM mdl_forum_discussions WHERE forum = ? ORDER BY id",
-            (course.forum,),
-        )
-        .context("cannot list discussions")?;
-    anyhow::ensure!(
-        !discussions.is_empty(),
-        "the course's forum has no discussion"
-    );
-    anyhow::ensure!(!course.students.is_empty(), "the course has no students");
+    let discussions = discussions(conn, course)?;
     let (increment, offset): (i64, i64) = conn
         .query_first("SELECT @@auto_increment_increment, @@auto_increment_offset")
         .context("cannot read the auto-increment share")?
         .context("no auto-increment settings")?;
     let next_id = |conn: &mut Conn, table: &str| -> Result<i64> {
-        let max: Option<i64> = conn
+        // MAX of an empty table is NULL: the outer Option is the row, the inner the value.
+        let max: Option<Option<i64>> = conn
             .query_first(format!("SELECT MAX(id) FROM mdl_{table}"))
             .with_context(|| format!("cannot read the largest id of {table}"))?;
-        let above = max.unwrap_or(0) + 1;
+        let above = max.flatten().unwrap_or(0) + 1;
         // The first id of this site's share at or above `above`.
         Ok(above + (offset - above).rem_euclid(increment))
     };
