@@ -39,7 +39,8 @@ fn image_template_renders_to_a_valid_config() {
         let mut text = tmpl
             .replace("{{ center.id }}", "example")
             .replace("{{ center.name }}", "Example Center")
-            .replace("{{ sync.site_id }}", "2");
+            .replace("{{ sync.site_id }}", "2")
+            .replace("{{ sync.hub_url }}", "https://hub.example/kituo");
         let (before, rest) = text.split_once("{% if board.family == \"rpi\" %}").unwrap();
         let (yes, rest) = rest.split_once("{% else %}").unwrap();
         let (no, after) = rest.split_once("{% endif %}").unwrap();
@@ -57,6 +58,9 @@ fn image_template_renders_to_a_valid_config() {
         assert!(c.power.sources.is_empty(), "no UPS until commissioning");
         assert_eq!(c.listen.port(), 8080);
         assert_eq!(c.health.0.services.len(), 4);
+        let sync = c.sync.as_ref().expect("the image's agent syncs");
+        assert_eq!(sync.hub_url, "https://hub.example/kituo");
+        assert_eq!(sync.moodle.user, "kituo");
     }
 }
 
