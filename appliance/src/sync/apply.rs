@@ -174,7 +174,7 @@ impl<'p> Applier<'p> {
             if self.shape(tx, table)?.is_none() {
                 continue;
             }
-            for chunk in wanted.iter().copied().collect::<Vec<_>>().chunks(500) {
+            for chunk in wanted.iter().copied().collect::<Vec<_>>().chunks(IN_LIST) {
                 let sql = format!(
                     "SELECT id FROM {} WHERE id IN ({}) FOR UPDATE",
                     self.target.table(table),
@@ -227,23 +227,11 @@ impl<'p> Applier<'p> {
                 .insert(pre.resolve(&c.table, c.id));
         }
         for (table, ids) in keys {
-            for chunk in ids.into_iter().collect::<Vec<_>>().chunks(500) {
-                let mut params: Vec<mysql::Value> = vec![table.into()];
-                params.extend(chunk.iter().map(|id| mysql::Value::Int(*id)));
-                let clocks: Vec<(i64, u64, u32, Vec<u8>)> = tx
-                    .exec(
-                        format!(
-                            "SELECT row_id, born_hlc, born_site, cols FROM kituo_sync.clock
-                             WHERE tbl = ? AND row_id IN ({})",
-                            placeholders(chunk.len())
-                        ),
-                        params.clone(),
-                    )
-                    .context("cannot read row clocks")?;
-                for (id, hlc, site, cols) in clocks {
-                    let clock = RowClock::decode(Stamp::new(hlc, site), &cols)?;
-                    pre.clocks.insert((table.to_owned(), id), clock);
-                }
+            let ids: Vec<i64> = ids.into_iter().collect();
+            for (id, clock) in read_clocks_of(tx, table, &ids)? {
+                pre.clocks.insert((table.to_owned(), id), clock);
+            }
+            for chunk in ids.chunks(IN_LIST) {
                 let graves: Vec<(i64, u64, u32, u64, u32)> = tx
                     .exec(
                         format!(
@@ -251,7 +239,7 @@ impl<'p> Applier<'p> {
                              WHERE tbl = ? AND row_id IN ({})",
                             placeholders(chunk.len())
                         ),
-                        params,
+                        table_and_ids(table, chunk),
                     )
                     .context("cannot read tombstones")?;
                 for (id, hlc, site, born_hlc, born_site) in graves {
@@ -615,7 +603,7 @@ impl<'p> Applier<'p> {
             .filter_map(|key| pre.clocks.get(key).map(|clock| (key, clock)))
             .collect();
         dirty.sort_by(|a, b| a.0.cmp(b.0));
-        for chunk in dirty.chunks(500) {
+        for chunk in dirty.chunks(IN_LIST) {
             let mut params: Vec<mysql::Value> = Vec::with_capacity(chunk.len() * 5);
             for ((table, id), clock) in chunk {
                 params.extend([
@@ -755,19 +743,52 @@ fn read_aliases(
     ids: &BTreeSet<i64>,
 ) -> Result<HashMap<i64, i64>> {
     let mut found = HashMap::new();
-    for chunk in ids.iter().copied().collect::<Vec<_>>().chunks(500) {
-        let mut params: Vec<mysql::Value> = vec![table.into()];
-        params.extend(chunk.iter().map(|id| mysql::Value::Int(*id)));
+    for chunk in ids.iter().copied().collect::<Vec<_>>().chunks(IN_LIST) {
         let rows: Vec<(i64, i64)> = tx
             .exec(
                 format!(
                     "SELECT loser, winner FROM kituo_sync.alias WHERE tbl = ? AND loser IN ({})",
                     placeholders(chunk.len())
                 ),
-                params,
+                table_and_ids(table, chunk),
             )
             .context("cannot read aliases")?;
         found.extend(rows);
+    }
+    Ok(found)
+}
+
+/// Ids per `IN (...)` list: a few hundred rows per statement, far below any packet limit.
+const IN_LIST: usize = 500;
+
+/// `table` then `ids`: the parameters of `WHERE tbl = ? AND row_id IN (?, ...)`.
+fn table_and_ids(table: &str, ids: &[i64]) -> Vec<mysql::Value> {
+    let mut params: Vec<mysql::Value> = vec![table.into()];
+    params.extend(ids.iter().map(|id| mysql::Value::Int(*id)));
+    params
+}
+
+/// The row clocks of `ids` in `table` that exist, a few hundred per query.
+pub fn read_clocks_of(
+    tx: &mut impl Queryable,
+    table: &str,
+    ids: &[i64],
+) -> Result<HashMap<i64, RowClock>> {
+    let mut found = HashMap::new();
+    for chunk in ids.chunks(IN_LIST) {
+        let rows: Vec<(i64, u64, u32, Vec<u8>)> = tx
+            .exec(
+                format!(
+                    "SELECT row_id, born_hlc, born_site, cols FROM kituo_sync.clock
+                     WHERE tbl = ? AND row_id IN ({})",
+                    placeholders(chunk.len())
+                ),
+                table_and_ids(table, chunk),
+            )
+            .context("cannot read row clocks")?;
+        for (id, hlc, site, cols) in rows {
+            found.insert(id, RowClock::decode(Stamp::new(hlc, site), &cols)?);
+        }
     }
     Ok(found)
 }

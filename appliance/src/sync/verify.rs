@@ -42,7 +42,7 @@ use mysql::{AccessMode, IsolationLevel, Transaction, TxOpts};
 use serde::{Deserialize, Serialize};
 
 use super::agent;
-use super::apply::{from_sql, quote, to_sql, write_clock, Target, ID};
+use super::apply::{from_sql, quote, read_clocks_of, to_sql, write_clock, Target, ID};
 use super::change::Row;
 use super::hlc::Stamp;
 use super::hub::relayed;
@@ -255,7 +255,8 @@ pub fn serve_rows(hub: &mut Site, policy: &Policy, req: &RowsRequest) -> Result<
         .context("cannot start a snapshot")?;
     let rows = read_rows(&mut tx, &target, &req.table, &req.columns, &req.ids)?;
     let present: HashSet<i64> = rows.iter().map(|(id, _)| *id).collect();
-    let mut clocks = read_clocks(&mut tx, &req.table, &present)?;
+    let present_ids: Vec<i64> = present.iter().copied().collect();
+    let mut clocks = read_clocks_of(&mut tx, &req.table, &present_ids)?;
     let gone: Vec<i64> = req
         .ids
         .iter()
@@ -505,32 +506,6 @@ fn read_rows(
             let row: Row = columns.iter().cloned().zip(values.map(from_sql)).collect();
             Ok((id, row))
         })
-        .collect()
-}
-
-fn read_clocks(
-    tx: &mut Transaction<'_>,
-    table: &str,
-    ids: &HashSet<i64>,
-) -> Result<HashMap<i64, RowClock>> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let mut params: Vec<mysql::Value> = vec![table.into()];
-    params.extend(ids.iter().map(|id| mysql::Value::Int(*id)));
-    let found: Vec<(i64, u64, u32, Vec<u8>)> = tx
-        .exec(
-            format!(
-                "SELECT row_id, born_hlc, born_site, cols FROM kituo_sync.clock
-                 WHERE tbl = ? AND row_id IN ({})",
-                placeholders(ids.len())
-            ),
-            params,
-        )
-        .context("cannot read row clocks")?;
-    found
-        .into_iter()
-        .map(|(id, hlc, site, cols)| Ok((id, RowClock::decode(Stamp::new(hlc, site), &cols)?)))
         .collect()
 }
 
