@@ -4,6 +4,7 @@
 
 mod extents;
 mod fat;
+pub mod mbr;
 
 pub use extents::{copy_sparse, data_extents};
 
