@@ -7,6 +7,7 @@ mod board;
 mod cli;
 mod cross;
 mod disk;
+mod flash;
 mod lockfile;
 mod manifest;
 mod overlay;
@@ -72,6 +73,10 @@ enum Command {
     Build(cli::build::Args),
     /// Time cold and warm builds and report image sizes, as a table.
     Bench(cli::bench::Args),
+    /// Write an image to a card: only the mapped blocks, read back from the card and verified.
+    Flash(cli::flash::Args),
+    /// Check a card against an image's bmap, reporting the first range that differs.
+    Verify(cli::verify::Args),
     /// Refresh the package locks from the Debian mirror.
     Lock(cli::lock::Args),
     /// Check that every tool the builder needs is installed.
@@ -101,6 +106,8 @@ fn main() {
             );
         }),
         Command::Bench(args) => cli::bench::run_bench(&args),
+        Command::Flash(args) => cli::flash::run(&args, &progress),
+        Command::Verify(args) => cli::verify::run(&args, &progress),
         Command::Lock(args) => cli::lock::run(&args, &progress),
         Command::CheckTools => tools::check_required().map(|()| eprintln!("all tools present")),
         Command::ConfigHelp { kind } => {

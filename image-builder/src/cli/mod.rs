@@ -2,4 +2,6 @@
 
 pub mod bench;
 pub mod build;
+pub mod flash;
 pub mod lock;
+pub mod verify;
