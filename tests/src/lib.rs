@@ -28,6 +28,29 @@ pub fn ensure_host() {
     );
 }
 
+/// Installs the Debian packages of the `(command, package)` pairs whose command is missing; lighter than
+/// `ensure_host` for tests that need a few tools only.
+pub fn ensure_tools(tools: &[(&str, &str)]) {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(cmd, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {cmd}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    run(Command::new("apt-get").args(["update", "-q"]));
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+}
+
 /// The release build of the image builder (built now if needed).
 pub fn image_builder() -> PathBuf {
     let status = Command::new(env!("CARGO"))
