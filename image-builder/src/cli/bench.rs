@@ -13,7 +13,11 @@ use crate::tools;
 use crate::Paths;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// Another bench instead of the build times.
+    #[command(subcommand)]
+    pub what: Option<What>,
     #[arg(long, default_value = "qemu-arm64")]
     pub board: String,
     /// Also time a cold build with an empty cache (downloads, root filesystem, toolchain: 15+ minutes).
@@ -23,6 +27,12 @@ pub struct Args {
     pub paths: Paths,
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum What {
+    /// Time `image-builder flash` (verification on) against dd of the whole image, on a loop device.
+    Flash(super::bench_flash::Args),
+}
+
 struct Row {
     what: String,
     seconds: f64,
@@ -30,6 +40,9 @@ struct Row {
 }
 
 pub fn run_bench(args: &Args) -> Result<()> {
+    if let Some(What::Flash(flash)) = &args.what {
+        return super::bench_flash::run_bench(flash);
+    }
     let scratch = tempfile::Builder::new()
         .prefix("kituo-bench-")
         .tempdir_in(&args.paths.cache)?;

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_flash;
 pub mod build;
 pub mod flash;
 pub mod lock;
