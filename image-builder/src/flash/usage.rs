@@ -40,7 +40,8 @@ fn describe(path: &[Step]) -> String {
         Some((Step::Partition(name), [])) => format!("its partition {name}"),
         Some((Step::Partition(name), rest)) => format!("partition {name} of {}", describe(rest)),
         Some((Step::Holder(name), rest)) => {
-            format!("{name}, which is built on {},", describe(rest))
+            let under = describe(rest);
+            format!("{name}, which is built on {},", under.trim_end_matches(','))
         }
     }
 }
