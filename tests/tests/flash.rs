@@ -423,7 +423,14 @@ fn the_host_disk_a_small_device_and_a_plain_file_are_refused() {
     let bytes = std::fs::read(&file).unwrap();
     assert_same_over("mapped", &bytes, &image.bytes(), &image.mapped);
     assert_untouched(&bytes, &image.holes(48 * MIB));
-    assert_eq!(image.size, 40 * MIB);
+
+    // A file that is not there yet is made, as large as the image.
+    let new = image.dir.path().join("new.img");
+    let (ok, err) = flash(&new, &image.zst, &["--allow-file"]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::metadata(&new).unwrap().len(), image.size);
+    let bytes = std::fs::read(&new).unwrap();
+    assert_same_over("mapped", &bytes, &image.bytes(), &image.mapped);
 }
 
 /// The whole disk under the host's root file system, as /dev/NAME.

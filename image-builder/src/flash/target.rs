@@ -1,12 +1,12 @@
 //! The card to write: a block device that nothing on the host uses and that is large enough, or, when
 //! asked for, a regular file. Every refusal names the device and the reason, before a byte is written.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{ErrorKind, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{major, minor};
@@ -26,43 +26,34 @@ pub fn open_for_flash(
     allow_file: bool,
     image: &Path,
 ) -> Result<Target> {
-    let refuse =
-        |why: String| -> Result<Target> { bail!("refusing to write {}: {why}", shown(path)) };
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot find {}", path.display()))?;
-    let kind = meta.file_type();
-    if kind.is_file() {
-        if !allow_file {
-            return refuse(
-                "it is a regular file, not a block device (pass --allow-file to write an image file)"
-                    .to_owned(),
-            );
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound && allow_file => {
+            open_file(path, image_size, image)
         }
-        if std::fs::metadata(image).is_ok_and(|i| i.dev() == meta.dev() && i.ino() == meta.ino()) {
-            return refuse("it is the image itself".to_owned());
+        Err(e) => Err(e).with_context(|| format!("cannot find {}", path.display())),
+        Ok(meta) if meta.file_type().is_block_device() => {
+            open_block_device(path, &meta, image_size)
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("cannot open {} for writing", path.display()))?;
-        // Like bmaptool: a file target grows to hold the image (its unmapped part stays a hole).
-        if meta.len() < image_size {
-            file.set_len(image_size)
-                .with_context(|| format!("cannot extend {}", path.display()))?;
-        }
-        return Ok(Target {
-            path: path.to_owned(),
-            file,
-            size: meta.len().max(image_size),
-        });
+        Ok(meta) if meta.is_file() && allow_file => open_file(path, image_size, image),
+        Ok(meta) if meta.is_file() => Err(refusal(
+            path,
+            "it is a regular file, not a block device (pass --allow-file to write an image file)",
+        )),
+        Ok(_) => Err(refusal(
+            path,
+            "it is neither a block device nor a regular file",
+        )),
     }
-    if !kind.is_block_device() {
-        return refuse("it is neither a block device nor a regular file".to_owned());
-    }
+}
+
+fn refusal(path: &Path, why: &str) -> anyhow::Error {
+    anyhow!("refusing to write {}: {why}", shown(path))
+}
+
+fn open_block_device(path: &Path, meta: &Metadata, image_size: u64) -> Result<Target> {
     let dev = (major(meta.rdev()), minor(meta.rdev()));
     if let Some(why) = Host::scan()?.refusal(dev)? {
-        return refuse(why);
+        return Err(refusal(path, &why));
     }
     // O_EXCL on a block device: the kernel refuses while anything mounts or claims it, and keeps others
     // from mounting it until the flash is done.
@@ -73,26 +64,53 @@ pub fn open_for_flash(
         .open(path)
     {
         Err(e) if e.raw_os_error() == Some(Errno::EBUSY as i32) => {
-            return refuse(
-                "the kernel reports it busy (mounted, or claimed by another program)".to_owned(),
-            )
+            return Err(refusal(
+                path,
+                "the kernel reports it busy (mounted, or claimed by another program)",
+            ))
         }
         other => other.with_context(|| format!("cannot open {} for writing", path.display()))?,
     };
     let size = device_size(&file, path)?;
     if size < image_size {
-        return refuse(format!(
-            "it holds {} bytes ({} MiB), less than the image's {} bytes ({} MiB)",
-            size,
-            size >> 20,
-            image_size,
-            image_size.div_ceil(1 << 20)
+        return Err(refusal(
+            path,
+            &format!(
+                "it holds {size} bytes ({} MiB), less than the image's {image_size} bytes ({} MiB)",
+                size >> 20,
+                image_size.div_ceil(1 << 20)
+            ),
         ));
     }
     Ok(Target {
         path: path.to_owned(),
         file,
         size,
+    })
+}
+
+/// Like bmaptool: a file target is made if missing, and grows to hold the image (the unmapped part
+/// stays a hole).
+fn open_file(path: &Path, image_size: u64, image: &Path) -> Result<Target> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot open {} for writing", path.display()))?;
+    let meta = file.metadata()?;
+    if std::fs::metadata(image).is_ok_and(|i| i.dev() == meta.dev() && i.ino() == meta.ino()) {
+        return Err(refusal(path, "it is the image itself"));
+    }
+    if meta.len() < image_size {
+        file.set_len(image_size)
+            .with_context(|| format!("cannot extend {}", path.display()))?;
+    }
+    Ok(Target {
+        path: path.to_owned(),
+        file,
+        size: meta.len().max(image_size),
     })
 }
 
