@@ -13,13 +13,19 @@ use appliance::center::Center;
 use super::readback::drop_cache;
 use super::target::Target;
 use crate::disk::mbr;
-use crate::tools::run;
+use crate::tools::{run, which};
 
 pub const CENTER_FILE: &str = "center.ini";
 
-/// Checks `path` against the center schema; the error names the file, line and key.
+/// Checks `path` against the center schema (the error names the file, line and key) and that mtools
+/// is there to write it, before the card is touched.
 pub fn check_center(path: &Path) -> Result<()> {
     Center::load(path).context("refusing to flash: the center config is not valid")?;
+    for tool in ["mcopy", "mtype"] {
+        if which(tool).is_none() {
+            bail!("refusing to flash: --center needs {tool}\nhint: apt-get install mtools");
+        }
+    }
     Ok(())
 }
 
