@@ -4,6 +4,7 @@ mod apt;
 mod binfmt;
 mod bmap;
 mod board;
+mod centers;
 mod cli;
 mod cross;
 mod disk;
@@ -77,6 +78,11 @@ enum Command {
     Flash(cli::flash::Args),
     /// Check a card against an image's bmap, reporting the first range that differs.
     Verify(cli::verify::Args),
+    /// Make a new center config (fresh secrets, a free site_id), or check one.
+    Center {
+        #[command(subcommand)]
+        command: cli::center::Command,
+    },
     /// Refresh the package locks from the Debian mirror.
     Lock(cli::lock::Args),
     /// Check that every tool the builder needs is installed.
@@ -108,6 +114,7 @@ fn main() {
         Command::Bench(args) => cli::bench::run_bench(&args),
         Command::Flash(args) => cli::flash::run(&args, &progress),
         Command::Verify(args) => cli::verify::run(&args, &progress),
+        Command::Center { command } => cli::center::run(&command),
         Command::Lock(args) => cli::lock::run(&args, &progress),
         Command::CheckTools => tools::check_required().map(|()| eprintln!("all tools present")),
         Command::ConfigHelp { kind } => {

@@ -19,6 +19,14 @@ const NAMES: &[(&str, usize)] = &[
     ("sync_secret", 64),
 ];
 
+/// A fresh value for the secret `name`, of its usual length (`center new` uses it for the Wi-Fi passphrase).
+pub fn fresh(name: &str) -> Option<String> {
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(n, len)| generate(n, *len))
+}
+
 fn generate(name: &str, len: usize) -> String {
     if name.ends_with("_secret") {
         let mut bytes = vec![0u8; len / 2];
@@ -37,7 +45,7 @@ pub struct Secrets {
 impl Secrets {
     /// Loads the center's secrets, adding any that are missing (a file from an older builder).
     pub fn for_center(state_dir: &Path, center_id: &str) -> Result<Self> {
-        let dir = state_dir.join("centers").join(center_id);
+        let dir = Self::dir(state_dir, center_id);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
@@ -61,6 +69,35 @@ impl Secrets {
         if changed {
             secrets.save()?;
         }
+        Ok(secrets)
+    }
+
+    /// Whether the builder already holds secrets for this center (it was built or commissioned here).
+    pub fn exist(state_dir: &Path, center_id: &str) -> bool {
+        Self::dir(state_dir, center_id).exists()
+    }
+
+    /// The folder holding one center's secrets (and the copy of its center config).
+    pub fn dir(state_dir: &Path, center_id: &str) -> PathBuf {
+        state_dir.join("centers").join(center_id)
+    }
+
+    /// Makes the secrets of a new center, taking `preset` values (e.g. the passphrase written into its
+    /// center config) and generating the rest. Refuses a center that already has secrets.
+    pub fn create(state_dir: &Path, center_id: &str, preset: &[(&str, &str)]) -> Result<Self> {
+        if Self::exist(state_dir, center_id) {
+            bail!(
+                "center '{center_id}' already has secrets in {}",
+                Self::dir(state_dir, center_id).display()
+            );
+        }
+        let mut secrets = Self::for_center(state_dir, center_id)?;
+        for (name, value) in preset {
+            secrets
+                .values
+                .insert((*name).to_owned(), (*value).to_owned());
+        }
+        secrets.save()?;
         Ok(secrets)
     }
 
@@ -111,5 +148,21 @@ mod tests {
         assert_eq!(a.get("moodle_db_password").len(), 32);
         let mode = std::fs::metadata(&a.path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn create_keeps_presets_and_refuses_an_existing_center() {
+        let dir = tempfile::tempdir().unwrap();
+        let s =
+            Secrets::create(dir.path(), "c", &[("wifi_passphrase", "given-passphrase")]).unwrap();
+        assert_eq!(s.get("wifi_passphrase"), "given-passphrase");
+        assert_eq!(s.get("sync_secret").len(), 64);
+        let again = Secrets::for_center(dir.path(), "c").unwrap();
+        assert_eq!(again.get("wifi_passphrase"), "given-passphrase");
+        let e = Secrets::create(dir.path(), "c", &[]).err().unwrap();
+        assert!(e.to_string().contains("already has secrets"), "{e}");
+        assert_eq!(fresh("wifi_passphrase").unwrap().len(), 20);
+        assert_ne!(fresh("wifi_passphrase"), fresh("wifi_passphrase"));
+        assert!(fresh("no_such_secret").is_none());
     }
 }
