@@ -55,6 +55,9 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     tools::check_required()?;
     let lock = Lock::load(&Lock::path_for(&paths.locks(), "trixie", &board.arch))?;
     let secrets = Secrets::for_center(&paths.state, &center.id)?;
+    let center_text = std::fs::read_to_string(&center_path)
+        .with_context(|| format!("cannot read {}", center_path.display()))?;
+    crate::centers::registry::record(&paths.state, &center.id, &center_text)?;
     let cache = &paths.cache;
     std::fs::create_dir_all(cache)
         .with_context(|| format!("cannot create the cache {}", cache.display()))?;
