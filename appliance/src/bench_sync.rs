@@ -43,6 +43,8 @@ pub struct Options {
     pub batch: usize,
     /// Days of history in the center's database before the measured day.
     pub history: usize,
+    /// Only the transport's rows (goodput and agent memory).
+    pub transport_only: bool,
     pub seed: u64,
 }
 
@@ -128,7 +130,7 @@ pub fn push_all(w: &mut World, center: usize, batch: usize) -> Result<(u64, Dura
     let t = Instant::now();
     let mut acked = 0;
     loop {
-        let n = agent::push_once(&mut node.site, &mut link, batch)?;
+        let n = agent::push_once(&mut node.site, &mut link, batch)?.acked;
         if n == 0 {
             return Ok((acked, t.elapsed()));
         }
@@ -666,6 +668,35 @@ fn kb(bytes: u64) -> String {
 pub fn run(o: &Options) -> Result<()> {
     let command: Vec<String> = std::env::args().collect();
     let t0 = Instant::now();
+    let mut rows = if o.transport_only {
+        Vec::new()
+    } else {
+        engine_rows(o, t0)?
+    };
+    if o.goodput_seconds > 0 {
+        rows.extend(transport_rows(o, t0)?);
+    }
+    rows.push(row(
+        "bench time".into(),
+        format!("{:.1} s", t0.elapsed().as_secs_f64()),
+        None,
+    ));
+    println!("`{}`", command.join(" "));
+    println!();
+    println!("| measure | result | target | met |");
+    println!("|---|---|---|---|");
+    for (measure, result, target) in rows {
+        let (target, met) = match target {
+            Some((t, m)) => (t, if m { "yes" } else { "NO" }.to_owned()),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        println!("| {measure} | {result} | {target} | {met} |");
+    }
+    Ok(())
+}
+
+/// The engine's rows: capture and apply rates, and the simulated day's bytes against moodlesync.
+fn engine_rows(o: &Options, t0: Instant) -> Result<Vec<TableRow>> {
     let work = tempfile::Builder::new()
         .prefix("kituo-bench-sync")
         .tempdir()?;
@@ -686,24 +717,6 @@ pub fn run(o: &Options) -> Result<()> {
     let d = day(&mut w, &course, o, work.path(), t0)?;
     let r = rates(&mut w, &course, o, t0)?;
 
-    let link = if o.goodput_seconds > 0 {
-        let g = bench_link::goodput(
-            256_000,
-            Duration::from_secs(30),
-            o.goodput_seconds,
-            // More than the link can move in the window: it must stay busy to the end.
-            250_000,
-            o.seed,
-        )?;
-        progress(t0, "goodput measured");
-        let m = bench_link::memory(o.backlog, 30, o.seed)?;
-        progress(t0, "agent memory measured");
-        Some((g, m))
-    } else {
-        None
-    };
-
-    let ok = |b: bool| if b { "yes" } else { "NO" };
     let actions: u64 = d.actions.values().sum();
     let ours = d.push_bytes + d.pull_bytes;
     let ratio = |baseline: u64| baseline as f64 / ours.max(1) as f64;
@@ -771,45 +784,46 @@ pub fn run(o: &Options) -> Result<()> {
         ),
     ];
     let mut rows = rows.to_vec();
-    if let Some((g, m)) = &link {
-        let fraction = g.fraction();
-        rows.push(row(
+    rows.push(row(
+        "starting 3 MariaDB servers with Moodle's schema".into(),
+        format!("{:.1} s", world_time.as_secs_f64()),
+        None,
+    ));
+    Ok(rows)
+}
+
+/// The transport's rows: goodput over the emulated link, and the agent's memory with a large outbox.
+fn transport_rows(o: &Options, t0: Instant) -> Result<Vec<TableRow>> {
+    let g = bench_link::goodput(
+        256_000,
+        Duration::from_secs(30),
+        o.goodput_seconds,
+        // More than the link can move in the window: it must stay busy to the end.
+        250_000,
+        o.seed,
+    )?;
+    progress(t0, "goodput measured");
+    let m = bench_link::memory(o.backlog, 30, o.seed)?;
+    progress(t0, "agent memory measured");
+    let fraction = g.fraction();
+    Ok(vec![
+        row(
             format!(
                 "goodput: `appliance sync run` pushing its backlog to `appliance hub` over an emulated {} kbit/s link cut every {} s, for {:.0} s ({} cuts): acknowledged changes' wire bytes / link capacity",
                 g.link_bps / 1000, g.cut_every.as_secs(), g.seconds, g.cuts
             ),
             format!("{:.0}% ({} changes, {})", fraction * 100.0, g.acked, kb(g.useful_bytes)),
             Some((">= 80%".into(), fraction >= 0.8)),
-        ));
-        rows.push(row(
+        ),
+        row(
             format!(
                 "agent memory: `appliance sync run` with {} changes in its outbox, highest RSS over {:.0} s (it pushed {} meanwhile)",
                 m.backlog, m.seconds, m.acked
             ),
             format!("{:.1} MB", m.max_rss_kib as f64 / 1024.0),
             Some(("<= 24 MB".into(), m.max_rss_kib <= 24 * 1024)),
-        ));
-    }
-    rows.push(row(
-        format!(
-            "bench time (starting 3 MariaDB servers with Moodle's schema: {:.1} s)",
-            world_time.as_secs_f64()
         ),
-        format!("{:.1} s", t0.elapsed().as_secs_f64()),
-        None,
-    ));
-    println!("`{}`", command.join(" "));
-    println!();
-    println!("| measure | result | target | met |");
-    println!("|---|---|---|---|");
-    for (measure, result, target) in rows {
-        let (target, met) = match target {
-            Some((t, m)) => (t, ok(m).to_owned()),
-            None => ("-".to_owned(), "-".to_owned()),
-        };
-        println!("| {measure} | {result} | {target} | {met} |");
-    }
-    Ok(())
+    ])
 }
 
 /// Days of history at which the plain dump, which rsync moves whole, is `RATIO_TARGET` times the

@@ -91,6 +91,9 @@ enum BenchWhat {
         /// Changes in the outbox while the agent's memory is sampled.
         #[arg(long, default_value_t = 1_000_000)]
         backlog: u64,
+        /// Only the goodput and agent-memory rows.
+        #[arg(long)]
+        transport_only: bool,
     },
 }
 
@@ -216,6 +219,7 @@ fn run() -> Result<()> {
                 seed,
                 goodput_seconds,
                 backlog,
+                transport_only,
             }) => bench_sync::run(&bench_sync::Options {
                 goodput_seconds,
                 backlog,
@@ -224,6 +228,7 @@ fn run() -> Result<()> {
                 batch,
                 history: history_days,
                 seed,
+                transport_only,
             }),
         },
     }

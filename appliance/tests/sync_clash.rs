@@ -74,3 +74,43 @@ fn a_reference_to_a_merged_row_arriving_in_a_later_batch_follows_the_winner() ->
     );
     Ok(())
 }
+
+#[test]
+fn a_row_written_after_a_merge_naming_the_losing_row_points_at_the_winner_everywhere() -> Result<()>
+{
+    let mut w = world("kituo-sync-clash-stale", 2)?;
+    // Center 3 grades the student first; center 2 grades the same student after.
+    w.centers[1].sql()?.query_drop(
+        "INSERT INTO mdl_assign_grades (assignment, userid, timecreated, timemodified, grader, grade, attemptnumber)
+         VALUES (1, 3, 10, 10, 2, 50, 0)",
+    )?;
+    w.centers[1].site.capture(&w.policy)?;
+    let mut c = w.centers[0].sql()?;
+    c.query_drop(
+        "INSERT INTO mdl_assign_grades (assignment, userid, timecreated, timemodified, grader, grade, attemptnumber)
+         VALUES (1, 3, 20, 20, 2, 70, 0)",
+    )?;
+    let loser: i64 = c.query_first("SELECT LAST_INSERT_ID()")?.expect("an id");
+    w.sync_all()?;
+    let grades = w.assert_same_everywhere("assign_grades")?;
+    assert_eq!(grades.len(), 1, "{grades:?}");
+    assert_ne!(
+        grades[0][0].as_deref(),
+        Some(format!("'{loser}'").as_str()),
+        "center 3's grade was born first and wins: {grades:?}"
+    );
+    // The teacher at center 2 posts the feedback form opened before the merge: it names the grade
+    // row center 2 created, which no longer exists.
+    c.query_drop(format!(
+        "INSERT INTO mdl_assignfeedback_comments (assignment, grade, commenttext, commentformat)
+         VALUES (1, {loser}, 'Well argued', 1)"
+    ))?;
+    w.sync_all()?;
+    let comments = w.assert_same_everywhere("assignfeedback_comments")?;
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert_eq!(
+        comments[0][2], grades[0][0],
+        "every site's comment names the surviving grade: {comments:?} {grades:?}"
+    );
+    Ok(())
+}

@@ -9,6 +9,7 @@ use super::hub::{Page, Receipt};
 use super::policy::Policy;
 use super::site::Site;
 use super::store;
+use super::wire;
 
 /// State names: the last own change the hub acknowledged, and the hub log position applied here.
 pub const PUSHED: &str = "pushed";
@@ -20,30 +21,67 @@ pub trait Link {
     fn pull(&mut self, after: u64, max: usize) -> Result<Page>;
 }
 
-/// Sends up to `max` unacknowledged own changes; returns how many the hub acknowledged.
-pub fn push_once(site: &mut Site, link: &mut dyn Link, max: usize) -> Result<u64> {
+/// What one push did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pushed {
+    /// How many changes the hub acknowledged.
+    pub acked: u64,
+    /// Why the hub cannot apply this center's changes, if it cannot (see `Receipt`).
+    pub stuck: Option<String>,
+}
+
+/// Sends up to `max` unacknowledged own changes.
+pub fn push_once(site: &mut Site, link: &mut dyn Link, max: usize) -> Result<Pushed> {
     let pushed = store::get_u64(site.conn(), PUSHED)?;
+    let changes = outbox(site, pushed, max)?;
+    if changes.is_empty() {
+        return Ok(Pushed::default());
+    }
+    let receipt = link.push(&changes)?;
+    record_receipt(site, pushed, receipt)
+}
+
+/// A batch of the outbox read and encoded ahead, while the one before it is on the link.
+pub struct Outgoing {
+    /// The last change in it.
+    pub last: u64,
+    pub body: Vec<u8>,
+}
+
+/// Reads and encodes up to `max` own changes after `after`; `None` if there are none.
+pub fn prepare(site: &mut Site, after: u64, max: usize) -> Result<Option<Outgoing>> {
+    let changes = outbox(site, after, max)?;
+    let Some(last) = changes.last().map(|c| c.seq) else {
+        return Ok(None);
+    };
+    Ok(Some(Outgoing {
+        last,
+        body: wire::encode_batch(&changes)?,
+    }))
+}
+
+/// Own changes after `after`, in order.
+fn outbox(site: &mut Site, after: u64, max: usize) -> Result<Vec<Change>> {
     let origin = site.id();
     let rows: Vec<Vec<u8>> = site
         .conn()
         .exec(
             "SELECT data FROM kituo_sync.log WHERE origin = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (origin, pushed, max as u64),
+            (origin, after, max as u64),
         )
         .context("cannot read the outbox")?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let changes = rows
-        .iter()
-        .map(|d| store::decode_logged(d))
-        .collect::<Result<Vec<_>>>()?;
-    let receipt = link.push(&changes)?;
-    let acked = receipt.acked.saturating_sub(pushed);
+    rows.iter().map(|d| store::decode_logged(d)).collect()
+}
+
+/// Moves the acknowledged position to what the hub holds; `pushed` is where it was.
+pub fn record_receipt(site: &mut Site, pushed: u64, receipt: Receipt) -> Result<Pushed> {
     if receipt.acked > pushed {
         store::set(site.conn(), PUSHED, &receipt.acked.to_string())?;
     }
-    Ok(acked)
+    Ok(Pushed {
+        acked: receipt.acked.saturating_sub(pushed),
+        stuck: receipt.stuck,
+    })
 }
 
 /// What one pull did.
@@ -116,7 +154,7 @@ pub fn sync_once(
     batch: usize,
 ) -> Result<()> {
     site.capture(policy)?;
-    while push_once(site, link, batch)? > 0 {}
+    while push_once(site, link, batch)?.acked > 0 {}
     while pull_once(site, policy, link, batch)?.more {}
     Ok(())
 }

@@ -111,6 +111,12 @@ impl HttpLink {
         Ok(data)
     }
 
+    /// Pushes a batch encoded beforehand (see `agent::prepare`).
+    pub fn push_encoded(&mut self, body: &[u8]) -> Result<Receipt> {
+        let answer = self.call("POST", wire::PUSH, body)?;
+        wire::decode_receipt(&answer)
+    }
+
     /// POSTs a MessagePack request, decodes the reply.
     fn exchange<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
         &mut self,
@@ -148,9 +154,7 @@ impl HttpLink {
 
 impl Link for HttpLink {
     fn push(&mut self, changes: &[Change]) -> Result<Receipt> {
-        let body = wire::encode_batch(changes)?;
-        let answer = self.call("POST", wire::PUSH, &body)?;
-        wire::decode_receipt(&answer)
+        self.push_encoded(&wire::encode_batch(changes)?)
     }
 
     fn pull(&mut self, after: u64, max: usize) -> Result<Page> {

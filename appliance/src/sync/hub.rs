@@ -39,8 +39,14 @@ const CONTEXT_SYSTEM: i64 = 10;
 pub struct Receipt {
     /// The center's changes are applied (or refused) up to this sequence number: resend from after it.
     pub acked: u64,
-    /// How many of this push the rules refused (a resent change is refused once).
+    /// How many of this push the rules refused (a resent change is refused once), where the hub
+    /// applies a push before answering; a hub that stores it first (`inbox`) answers 0, and the center
+    /// learns of refusals from the restoring changes it pulls.
     pub rejected: u64,
+    /// Why the hub cannot apply this center's oldest stored batch, if it cannot: the center's work
+    /// is held until it can.
+    #[serde(default)]
+    pub stuck: Option<String>,
 }
 
 /// A page of the hub's log for one center.
@@ -72,13 +78,7 @@ pub fn accept(
     center: u32,
     changes: &[Change],
 ) -> Result<Receipt> {
-    if let Some(c) = changes.iter().find(|c| c.origin != center) {
-        bail!(
-            "center {center} sent a change made by site {} (#{}); refused",
-            c.origin,
-            c.seq
-        );
-    }
+    check_origin(center, changes)?;
     let top = changes.iter().map(|c| c.seq).max().unwrap_or(0);
     let hub = site.id();
     let target = site.target().clone();
@@ -101,7 +101,20 @@ pub fn accept(
     Ok(Receipt {
         acked: store::applied(site.conn(), center)?,
         rejected,
+        stuck: None,
     })
+}
+
+/// A center sends only its own changes: a card must not speak for another site.
+pub fn check_origin(center: u32, changes: &[Change]) -> Result<()> {
+    match changes.iter().find(|c| c.origin != center) {
+        Some(c) => bail!(
+            "center {center} sent a change made by site {} (#{}); refused",
+            c.origin,
+            c.seq
+        ),
+        None => Ok(()),
+    }
 }
 
 /// What the hub knows of its own protected rows, read once per batch.

@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,14 +15,18 @@ use mysql::prelude::Queryable;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use super::hub;
+use super::inbox;
 use super::policy::{Policy, Rulebook};
 use super::site::{Site, SiteConfig};
+use super::store;
 use super::verify;
 use super::wire::{self, RequestParts, Secret};
 
 /// Most changes and bytes a center may ask for in one page (it may ask for less).
 const PAGE_MAX_CHANGES: usize = 10_000;
 const PAGE_MAX_BYTES: usize = 16 << 20;
+/// How long a verify call waits for another hub process's applier before answering "try again".
+const SETTLE_WAIT_SECONDS: u32 = 30;
 
 pub struct HubOptions {
     pub site: SiteConfig,
@@ -53,11 +58,13 @@ impl HubServer {
         let server = Arc::new(server);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let (wake, woken) = mpsc::sync_channel(1);
         for n in 0..opts.workers.max(1) {
             let worker = Worker {
                 cfg: opts.site.clone(),
                 site: None,
                 policy: policy.clone(),
+                wake: wake.clone(),
             };
             let (server, stop) = (server.clone(), stop.clone());
             threads.push(
@@ -66,6 +73,12 @@ impl HubServer {
                     .spawn(move || worker.serve(&server, &stop))?,
             );
         }
+        let (cfg, shared, stop2) = (opts.site.clone(), policy.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("hub-inbox".into())
+                .spawn(move || inbox_loop(cfg, &shared, &woken, &stop2))?,
+        );
         let (cfg, every, stop2) = (opts.site.clone(), opts.capture_every, stop.clone());
         threads.push(
             std::thread::Builder::new()
@@ -130,6 +143,27 @@ fn capture_loop(
     }
 }
 
+/// Applies the centers' stored batches as they come (a worker calls after storing one), and every
+/// second in case another hub process stored them.
+fn inbox_loop(cfg: SiteConfig, shared: &SharedPolicy, woken: &Receiver<()>, stop: &AtomicBool) {
+    let mut site: Option<Site> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let policy = shared.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let done = match site.as_mut() {
+            Some(s) => inbox::drain(s, &policy, None, 0).map(drop),
+            None => Site::open(cfg.clone()).map(|s| site = Some(s)),
+        };
+        if let Err(e) = done {
+            eprintln!("hub: inbox: {e:#}");
+            site = None;
+        }
+        match woken.recv_timeout(Duration::from_secs(1)) {
+            Err(RecvTimeoutError::Disconnected) => break,
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
 /// Derives the rules again after a Moodle upgrade (and hands them to the workers), records the hub's
 /// own changes, and now and then prunes the log.
 fn capture_pass(
@@ -168,6 +202,8 @@ struct Worker {
     /// Opened on first use and dropped after a database error, so a restarted MariaDB is reconnected.
     site: Option<Site>,
     policy: SharedPolicy,
+    /// Calls the inbox applier.
+    wake: SyncSender<()>,
 }
 
 /// The rules in force, replaced whole when Moodle is upgraded.
@@ -309,9 +345,11 @@ impl Worker {
             (Method::Post, wire::PUSH) => {
                 let changes =
                     wire::decode_batch(body).map_err(|e| refuse(400, format!("{e:#}")))?;
-                let policy = self.policy();
-                let receipt = hub::accept(self.site()?, &policy, center, &changes)
-                    .map_err(|e| self.failed(e))?;
+                let receipt = inbox::receive(self.site()?, center, body, &changes)
+                    .map_err(|e| self.failed(e))?
+                    .ok_or_else(|| refuse(503, inbox::FULL))?;
+                // The applier may be asleep; a full channel means it is already called.
+                let _ = self.wake.try_send(());
                 wire::encode_receipt(&receipt).map_err(|e| self.failed(e))
             }
             (Method::Get, wire::PULL) => {
@@ -334,6 +372,7 @@ impl Worker {
             }
             (Method::Post, wire::VERIFY_CATALOG) => {
                 let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
+                self.settle(center)?;
                 self.run_verify(|site, policy| verify::serve_catalog(site, policy, center, &req))
             }
             (Method::Post, wire::VERIFY_SUMS) => {
@@ -346,6 +385,19 @@ impl Worker {
             }
             _ => Err(refuse(404, format!("no such sync call: {method} {path}"))),
         }
+    }
+
+    /// Applies what `center` has waiting in the inbox, so that a comparison sees its changes.
+    fn settle(&mut self, center: u32) -> Result<(), Refusal> {
+        let policy = self.policy();
+        let site = self.site()?;
+        let settled = inbox::drain(site, &policy, Some(center), SETTLE_WAIT_SECONDS)
+            .and_then(|_| inbox::waiting(site.conn(), center))
+            .map_err(|e| self.failed(e))?;
+        if settled > 0 {
+            return Err(refuse(503, inbox::FULL));
+        }
+        Ok(())
     }
 
     /// Runs a verify call on this worker's site and encodes its reply.
@@ -361,10 +413,7 @@ impl Worker {
     /// A refusal for an engine error: a center's fault (bad data) is 400 with the reason, anything
     /// with the database drops the connection so the next request reconnects.
     fn failed(&mut self, e: anyhow::Error) -> Refusal {
-        let database = e
-            .chain()
-            .any(|c| c.downcast_ref::<mysql::Error>().is_some());
-        if database {
+        if store::is_database_error(&e) {
             self.database_failed(e)
         } else {
             refuse(400, format!("{e:#}"))

@@ -14,6 +14,7 @@ pub mod hlc;
 pub mod http_link;
 pub mod hub;
 pub mod hub_server;
+pub mod inbox;
 pub mod merge;
 pub mod policy;
 pub mod record;

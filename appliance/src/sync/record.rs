@@ -4,7 +4,11 @@
 use anyhow::{Context, Result};
 use mysql::Transaction;
 
-use super::apply::{read_clock, write_clock, ID};
+use std::collections::BTreeSet;
+
+use mysql::prelude::Queryable;
+
+use super::apply::{quote, read_clock, write_clock, Target, ID};
 use super::capture::{BinlogPos, CapturedTxn, RowChange};
 use super::change::{changed_columns, Change, Op, RowKind, Value};
 use super::hlc::{Hlc, Stamp};
@@ -33,16 +37,16 @@ pub struct Recorder<'p> {
     site: u32,
     role: Role,
     policy: &'p Policy,
-    prefix: String,
+    target: &'p Target,
 }
 
 impl<'p> Recorder<'p> {
-    pub fn new(site: u32, role: Role, policy: &'p Policy, prefix: &str) -> Recorder<'p> {
+    pub fn new(site: u32, role: Role, policy: &'p Policy, target: &'p Target) -> Recorder<'p> {
         Recorder {
             site,
             role,
             policy,
-            prefix: prefix.to_owned(),
+            target,
         }
     }
 
@@ -60,11 +64,13 @@ impl<'p> Recorder<'p> {
             Hlc::resume(store::get_u64(tx, HLC)?.max(store::get_u64(tx, super::site::HLC_SEEN)?));
         let mut next_seq = store::get_u64(tx, NEXT_SEQ)?.max(1);
         let mut logged = Vec::new();
+        let mut merged = MergedAway::read(tx)?;
         for txn in txns {
             for row in &txn.rows {
-                let Some(change) = self.change_of(row, &mut done)? else {
+                let Some(mut change) = self.change_of(row, &mut done)? else {
                     continue;
                 };
+                self.point_at_winners(tx, &mut merged, &mut change)?;
                 let change = Change {
                     origin: self.site,
                     seq: next_seq,
@@ -87,7 +93,7 @@ impl<'p> Recorder<'p> {
 
     /// The change a captured row makes, without its stamp and number; None when it is not sent.
     fn change_of(&self, row: &RowChange, done: &mut Recorded) -> Result<Option<Change>> {
-        let Some(table) = row.table.strip_prefix(&self.prefix) else {
+        let Some(table) = row.table.strip_prefix(&self.target.prefix) else {
             done.kept_local += 1;
             return Ok(None);
         };
@@ -144,6 +150,42 @@ impl<'p> Recorder<'p> {
         }))
     }
 
+    /// A row written here may name a row that sync merged into another since Moodle read its id (a
+    /// form posted minutes after a unique-key clash was resolved, say). Every other site redirects
+    /// that reference to the winner when it applies the change; this site must too, or it alone
+    /// keeps pointing at a row that no longer exists. The fix is written here without being captured:
+    /// the change already carries it.
+    fn point_at_winners(
+        &self,
+        tx: &mut Transaction<'_>,
+        merged: &mut MergedAway,
+        change: &mut Change,
+    ) -> Result<()> {
+        let (Op::Insert(row) | Op::Update(row)) = &mut change.op else {
+            return Ok(());
+        };
+        for (column, ref_table) in self.policy.references(&change.table) {
+            let Some(Value::Int(loser)) = row.get(&column).cloned() else {
+                continue;
+            };
+            let Some(winner) = merged.winner(tx, &ref_table, loser)? else {
+                continue;
+            };
+            row.insert(column.clone(), Value::Int(winner));
+            tx.exec_drop(
+                format!(
+                    "UPDATE {} SET {} = ? WHERE id = ? AND {} = ?",
+                    self.target.table(&change.table),
+                    quote(&column),
+                    quote(&column)
+                ),
+                (winner, change.id, loser),
+            )
+            .with_context(|| format!("cannot point {}.{column} at row {winner}", change.table))?;
+        }
+        Ok(())
+    }
+
     /// Row clocks exist for two-way tables only: elsewhere one side owns the rows.
     fn keep_clock(&self, tx: &mut Transaction<'_>, change: &Change) -> Result<()> {
         if self.policy.direction(&change.table) != Direction::Both {
@@ -160,6 +202,34 @@ impl<'p> Recorder<'p> {
                 write_clock(tx, &change.table, change.id, &clock)
             }
         }
+    }
+}
+
+/// The tables with rows that lost a unique-key clash here, read once per recording: most have none,
+/// and those need no lookup.
+struct MergedAway {
+    tables: BTreeSet<String>,
+}
+
+impl MergedAway {
+    fn read(tx: &mut Transaction<'_>) -> Result<MergedAway> {
+        let tables: Vec<String> = tx
+            .query("SELECT DISTINCT tbl FROM kituo_sync.alias")
+            .context("cannot read the aliased tables")?;
+        Ok(MergedAway {
+            tables: tables.into_iter().collect(),
+        })
+    }
+
+    fn winner(&mut self, tx: &mut Transaction<'_>, table: &str, id: i64) -> Result<Option<i64>> {
+        if !self.tables.contains(table) {
+            return Ok(None);
+        }
+        tx.exec_first(
+            "SELECT winner FROM kituo_sync.alias WHERE tbl = ? AND loser = ?",
+            (table, id),
+        )
+        .context("cannot read an alias")
     }
 }
 

@@ -19,6 +19,7 @@ use super::http_link::{HttpLink, LinkOptions, Traffic};
 use super::policy::{Role, Rulebook};
 use super::settings::AgentSettings;
 use super::site::{Site, SiteConfig};
+use super::store;
 use super::verify;
 use super::wire::Secret;
 use crate::power::BulkSyncGate;
@@ -57,6 +58,8 @@ pub struct Runner {
     status: SyncStatus,
     failures: u32,
     batch: usize,
+    /// The hub's word that it cannot apply this center's changes (shown until it can).
+    hub_stuck: Option<String>,
 }
 
 impl Runner {
@@ -83,6 +86,7 @@ impl Runner {
             site: None,
             status: not_started(None),
             failures: 0,
+            hub_stuck: None,
         })
     }
 
@@ -128,35 +132,30 @@ impl Runner {
 
     /// Captures, then pushes and pulls until both sides are level; true if anything moved.
     pub fn exchange(&mut self) -> Result<bool> {
-        if self.site.is_none() {
-            self.site = Some(Site::open(self.site_cfg.clone())?);
-        }
-        let site = self.site.as_mut().expect("just opened");
+        let mut site = match self.site.take() {
+            Some(site) => site,
+            None => Site::open(self.site_cfg.clone())?,
+        };
+        let moved = self.exchange_with(&mut site);
+        // Kept even after an error: `failed` drops it if the database was the trouble.
+        self.site = Some(site);
+        moved
+    }
+
+    fn exchange_with(&mut self, site: &mut Site) -> Result<bool> {
         if self.rules.refresh(site.conn())? {
             eprintln!(
                 "sync: Moodle was upgraded ({}): rules derived again",
                 self.rules.version()
             );
         }
-        let policy = self.rules.policy();
-        site.capture(policy)?;
-        let mut moved = false;
+        site.capture(self.rules.policy())?;
+        let mut moved = self.push_all(site)?;
         loop {
             if self.controls.interrupted() {
                 return Ok(moved);
             }
-            let acked = agent::push_once(site, &mut self.link, self.batch)?;
-            if acked == 0 {
-                break;
-            }
-            moved = true;
-            self.batch = (self.batch * 2).min(self.settings.batch_changes);
-        }
-        loop {
-            if self.controls.interrupted() {
-                return Ok(moved);
-            }
-            let step = agent::pull_once(site, policy, &mut self.link, self.batch)?;
+            let step = agent::pull_once(site, self.rules.policy(), &mut self.link, self.batch)?;
             moved |= step.advanced;
             self.batch = (self.batch * 2).min(self.settings.batch_changes);
             if !step.more {
@@ -167,6 +166,42 @@ impl Runner {
         let backlog = agent::backlog(site)?;
         self.status.backlog_changes = backlog.changes;
         self.status.backlog_oldest = backlog.oldest_hlc.map(|h| hlc::millis_of(h) / 1000);
+        Ok(moved)
+    }
+
+    /// Sends the outbox until the hub holds it all, reading and encoding each batch while the one
+    /// before it is on the link (zstd is slow on a Pi, and a link left idle is goodput lost); true if
+    /// anything moved.
+    fn push_all(&mut self, site: &mut Site) -> Result<bool> {
+        let mut pushed = store::get_u64(site.conn(), agent::PUSHED)?;
+        let mut next = agent::prepare(site, pushed, self.batch)?;
+        let mut moved = false;
+        while let Some(batch) = next.take() {
+            if self.controls.interrupted() {
+                break;
+            }
+            let (link, body, size) = (&mut self.link, &batch.body, self.batch);
+            let (receipt, ahead) = std::thread::scope(|scope| {
+                let sending = scope.spawn(move || link.push_encoded(body));
+                let ahead = agent::prepare(site, batch.last, size);
+                (sending.join(), ahead)
+            });
+            let receipt = receipt.map_err(|_| anyhow::anyhow!("the sending thread panicked"))??;
+            let acked = receipt.acked;
+            let done = agent::record_receipt(site, pushed, receipt)?;
+            self.hub_stuck = done.stuck;
+            if done.acked == 0 {
+                break;
+            }
+            moved = true;
+            self.batch = (self.batch * 2).min(self.settings.batch_changes);
+            next = if acked == batch.last {
+                ahead?
+            } else {
+                agent::prepare(site, acked, self.batch)?
+            };
+            pushed = acked;
+        }
         Ok(moved)
     }
 
@@ -181,16 +216,16 @@ impl Runner {
         self.failures = 0;
         self.status.link = LinkState::Up;
         self.status.last_success = Some(unix_now());
-        self.status.last_error = None;
+        self.status.last_error = self
+            .hub_stuck
+            .as_ref()
+            .map(|why| format!("the hub holds this center's changes: {why}"));
         self.publish();
     }
 
     /// Records the failure and returns how long to wait: full jitter over an exponential ceiling.
     fn failed(&mut self, e: &anyhow::Error) -> Duration {
-        let database = e
-            .chain()
-            .any(|c| c.downcast_ref::<mysql::Error>().is_some());
-        if database {
+        if store::is_database_error(e) {
             // The connection may be dead (MariaDB restarted): reopen next time.
             self.site = None;
         } else {

@@ -181,7 +181,7 @@ fn catch_up(cfg: &SiteConfig, policy: &Policy, tx: &mut Transaction<'_>) -> Resu
     let start = record::position(tx)?;
     let mut reader =
         BinlogReader::new(cfg.opts.clone(), cfg.reader_id, &cfg.target.database, start)?;
-    let recorder = Recorder::new(cfg.site, cfg.role, policy, &cfg.target.prefix);
+    let recorder = Recorder::new(cfg.site, cfg.role, policy, &cfg.target);
     let mut total = Recorded::default();
     loop {
         let txns: Vec<CapturedTxn> = reader.poll(READ_CAP)?;

@@ -105,7 +105,37 @@ const TABLES: &[&str] = &[
         pulled BIGINT UNSIGNED NOT NULL DEFAULT 0
     ) ENGINE=InnoDB",
     "ALTER TABLE kituo_sync.centers ADD COLUMN IF NOT EXISTS pulled BIGINT UNSIGNED NOT NULL DEFAULT 0",
+    // Hub only: centers' batches stored as they came, until applied (see `inbox`).
+    "CREATE TABLE IF NOT EXISTS kituo_sync.inbox (
+        origin INT UNSIGNED NOT NULL,
+        last_seq BIGINT UNSIGNED NOT NULL,
+        data LONGBLOB NOT NULL,
+        error VARCHAR(1000) NULL,
+        failed_at TIMESTAMP NULL,
+        PRIMARY KEY (origin, last_seq)
+    ) ENGINE=InnoDB",
 ];
+
+/// Whether `e` came from the database (whose connection may be dead) rather than from the data.
+pub fn is_database_error(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<mysql::Error>().is_some())
+}
+
+/// Whether `e` is the connection failing (the server gone or restarting), not the server refusing one
+/// statement: the first is everybody's trouble, the second one batch's.
+pub fn is_connection_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<mysql::Error>(),
+            Some(
+                mysql::Error::IoError(_)
+                    | mysql::Error::DriverError(_)
+                    | mysql::Error::CodecError(_)
+            )
+        )
+    })
+}
 
 /// Creates the bookkeeping database if needed; safe to run on every start.
 pub fn init(conn: &mut impl Queryable) -> Result<()> {
