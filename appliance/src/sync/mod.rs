@@ -10,6 +10,7 @@ pub mod bed;
 pub mod bed_services;
 pub mod capture;
 pub mod change;
+pub mod files;
 pub mod hlc;
 pub mod http_link;
 pub mod hub;

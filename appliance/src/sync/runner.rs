@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use rand::Rng;
 
 use super::agent;
+use super::files::mover::Mover;
 use super::hlc;
 use super::http_link::{HttpLink, LinkOptions, Traffic};
 use super::policy::{Role, Rulebook};
@@ -57,6 +58,8 @@ pub struct Runner {
     status: SyncStatus,
     failures: u32,
     batch: usize,
+    /// File sync, when `[files] dataroot` is set.
+    files: Option<Mover>,
 }
 
 impl Runner {
@@ -74,6 +77,7 @@ impl Runner {
             ca_file: settings.ca_file.clone(),
         })?;
         Ok(Runner {
+            files: settings.files.clone().map(Mover::new),
             batch: settings.batch_changes,
             settings,
             site_cfg,
@@ -103,7 +107,7 @@ impl Runner {
                 self.pause(Duration::from_secs(1));
                 continue;
             }
-            match self.exchange() {
+            match self.exchange().and_then(|moved| self.move_files(moved)) {
                 Ok(moved) => {
                     self.succeeded();
                     if !moved {
@@ -168,6 +172,21 @@ impl Runner {
         self.status.backlog_changes = backlog.changes;
         self.status.backlog_oldest = backlog.oldest_hlc.map(|h| hlc::millis_of(h) / 1000);
         Ok(moved)
+    }
+
+    /// Moves file blobs, after the rows: the hub takes a blob only once its `files` row is there.
+    fn move_files(&mut self, rows_moved: bool) -> Result<bool> {
+        let (Some(files), Some(site)) = (self.files.as_mut(), self.site.as_mut()) else {
+            return Ok(rows_moved);
+        };
+        let controls = &self.controls;
+        let moved = files.pass(
+            site,
+            &mut self.link,
+            &|| controls.interrupted(),
+            controls.feed.as_ref(),
+        )?;
+        Ok(rows_moved || moved)
     }
 
     /// Exchanges once, then compares this site with the hub (and repairs it when asked).
