@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod apply;
 pub mod bed;
+pub mod bed_files;
 pub mod bed_services;
 pub mod capture;
 pub mod change;

@@ -104,6 +104,9 @@ impl Runner {
             if !self.controls.gate.is_open() {
                 self.status.link = LinkState::PausedOnBattery;
                 self.publish();
+                if let Some(files) = self.files.as_mut() {
+                    files.paused(self.controls.feed.as_ref());
+                }
                 self.pause(Duration::from_secs(1));
                 continue;
             }

@@ -118,6 +118,8 @@ pub struct Mover {
     hub_partial: HashMap<ContentHash, u64>,
     rest_until: Option<Instant>,
     last_sweep: Option<Instant>,
+    /// Referenced blobs at the last pass.
+    last_refs: usize,
     last_publish: Option<Instant>,
     rate: Rate,
     status: FileSyncStatus,
@@ -137,6 +139,7 @@ impl Mover {
             hub_partial: HashMap::new(),
             rest_until: None,
             last_sweep: None,
+            last_refs: 0,
             last_publish: None,
             rate: Rate::default(),
             status: FileSyncStatus {
@@ -211,6 +214,14 @@ impl Mover {
         result
     }
 
+    /// Shows the pause while the supervisor holds sync (on battery).
+    pub fn paused(&mut self, feed: Option<&Feed>) {
+        if self.status.state != FileSyncState::PausedOnBattery {
+            self.status.state = FileSyncState::PausedOnBattery;
+            self.publish(feed, true);
+        }
+    }
+
     fn failed(&mut self, e: &anyhow::Error) {
         self.status.state = FileSyncState::Failing;
         self.status.last_error = Some(format!("{e:#}"));
@@ -250,7 +261,7 @@ impl Mover {
         self.publish(feed, true);
 
         let mut moved = false;
-        let mut cut_before = false;
+        let mut cuts = 0;
         while !queue.is_empty() && Instant::now() < deadline && !stop() {
             let step = match queue[0].way {
                 Way::Fetch => self.fetch_some(link, &mut queue),
@@ -259,13 +270,14 @@ impl Mover {
             match step {
                 Ok(()) => {
                     moved = true;
-                    cut_before = false;
+                    cuts = 0;
                 }
-                // A cut is routine on these links: try again at once, from the durable length; a
-                // second failure in a row goes to the runner's backoff.
-                Err(Failure::Link(e)) if !cut_before => {
+                // A cut is routine on these links: try again at once, from the durable length (twice:
+                // the first try may meet a pooled connection the same cut killed); a third failure in
+                // a row goes to the runner's backoff.
+                Err(Failure::Link(e)) if cuts < 2 => {
                     eprintln!("files: {e:#}; resuming");
-                    cut_before = true;
+                    cuts += 1;
                 }
                 Err(e) => return Err(e),
             }
@@ -323,7 +335,10 @@ impl Mover {
         let Some(grace) = self.settings.trash_after else {
             return Ok(());
         };
-        if self.last_sweep.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+        // Deletions shrink the referenced set: sweep then, and now and then anyway.
+        let shrank = refs.len() < self.last_refs;
+        self.last_refs = refs.len();
+        if !shrank && self.last_sweep.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
             return Ok(());
         }
         self.last_sweep = Some(Instant::now());
@@ -516,8 +531,9 @@ impl Mover {
         Ok(())
     }
 
-    /// One upload request: chunks of the first queued blobs to send, from what the hub holds of each,
-    /// up to `[files] upload_kib`.
+    /// One upload request: the first queued blobs to send, from what the hub holds of each, up to
+    /// `[files] upload_kib`. The hub authenticates a request before it writes any of it, so a cut loses
+    /// the whole request: it is one chunk.
     fn send_some(
         &mut self,
         site: &mut Site,
@@ -525,7 +541,6 @@ impl Mover {
         queue: &mut Vec<Item>,
     ) -> Result<(), Failure> {
         let budget = self.settings.upload_bytes;
-        let chunk = self.settings.chunk_bytes;
         let mut chunks: Vec<Chunk> = Vec::new();
         let mut size = 0;
         let mut gone = Vec::new();
@@ -533,28 +548,19 @@ impl Mover {
             if size >= budget {
                 break;
             }
-            let mut offset = self.hub_partial.get(&item.hash).copied().unwrap_or(0);
-            loop {
-                let max = chunk.min(budget - size);
-                let Some((total, data)) = self.pool().read(&item.hash, offset, max)? else {
-                    // Moodle deleted it meanwhile.
-                    gone.push(item.hash);
-                    break;
-                };
-                size += data.len();
-                let c = Chunk {
-                    hash: item.hash,
-                    total,
-                    offset,
-                    data,
-                };
-                offset += c.data.len() as u64;
-                let last = c.is_last();
-                chunks.push(c);
-                if last || size >= budget {
-                    break;
-                }
-            }
+            let offset = self.hub_partial.get(&item.hash).copied().unwrap_or(0);
+            let Some((total, data)) = self.pool().read(&item.hash, offset, budget - size)? else {
+                // Moodle deleted it meanwhile.
+                gone.push(item.hash);
+                continue;
+            };
+            size += data.len();
+            chunks.push(Chunk {
+                hash: item.hash,
+                total,
+                offset,
+                data,
+            });
         }
         queue.retain(|i| !gone.contains(&i.hash));
         if chunks.is_empty() {

@@ -157,9 +157,10 @@ impl Pool {
         self.temp.join(format!("{hash}{tag}.part"))
     }
 
-    /// Bytes of a partial copy held so far. Each chunk is synced before the next is asked for, and ext4
-    /// (data=ordered) never shows a length whose data is not on disk, so this is what survived a cut, a
-    /// kill or a power loss.
+    /// Bytes of a partial copy held so far: what survived a cut, a kill (the page cache keeps every
+    /// written chunk) or a power loss (ext4's default data=ordered never shows a length whose data did
+    /// not reach the disk). Chunks are not synced one by one: a sync stalls reading the link for as
+    /// long as the SD card takes, and what the socket holds meanwhile is lost on a cut.
     pub fn part_len(&self, hash: &ContentHash, tag: &str) -> u64 {
         std::fs::metadata(self.part_path(hash, tag)).map_or(0, |m| m.len())
     }
@@ -207,7 +208,6 @@ impl Pool {
         if end > held {
             let fresh = &chunk.data[(held - chunk.offset) as usize..];
             file.write_all_at(fresh, held)
-                .and_then(|()| file.sync_data())
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
         let held = held.max(end);
@@ -224,8 +224,11 @@ impl Pool {
         Ok(Progress::Placed)
     }
 
-    /// Gives a checked copy Moodle's modes and the dataroot's owner, and renames it into filedir.
+    /// Gives a checked copy Moodle's modes and the dataroot's owner, and renames it into filedir, synced
+    /// first: a power loss must not leave a name in filedir without its content.
     fn place(&self, file: &File, part: &Path, hash: &ContentHash) -> Result<()> {
+        file.sync_all()
+            .with_context(|| format!("cannot sync {}", part.display()))?;
         file.set_permissions(std::fs::Permissions::from_mode(self.perms.file))
             .with_context(|| format!("cannot set the mode of {}", part.display()))?;
         if let Some((uid, gid)) = self.owner {

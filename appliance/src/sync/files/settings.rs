@@ -56,7 +56,8 @@ pub const FILES_SECTION: Section = Section {
         Key::optional(
             "upload_kib",
             "256",
-            "bytes sent in one upload request, 4 to 4096 (an upload is lost whole when cut)",
+            "bytes sent in one upload request, 4 to 4096: the hub checks a request whole before writing \
+             it, so this is the upload's chunk, lost whole when cut",
         ),
         Key::optional(
             "pass_seconds",
