@@ -161,10 +161,6 @@ impl Mover {
         }
     }
 
-    pub fn status(&self) -> &FileSyncStatus {
-        &self.status
-    }
-
     /// One pass, at most `[files] pass_seconds` long; true if a blob moved. A broken link is returned
     /// as an error (the runner backs off as it does for rows; a database error makes it reconnect);
     /// anything else is reported in the status and tried again after a rest.
@@ -180,7 +176,6 @@ impl Mover {
         }
         let deadline = Instant::now() + self.settings.pass;
         let outcome = self.run(site, link, stop, feed, deadline);
-        self.status.rate_bytes_per_second = self.rate.per_second();
         let result = match outcome {
             Ok(moved) => {
                 self.status.state = if stop() {
@@ -191,7 +186,6 @@ impl Mover {
                     FileSyncState::Idle
                 };
                 self.status.last_success = Some(unix_now());
-                self.status.last_error = None;
                 Ok(moved)
             }
             Err(Failure::Link(e)) => {
@@ -252,6 +246,8 @@ impl Mover {
         if self.at_hub.is_none() {
             self.at_hub = Some(load_at_hub(site.conn())?);
         }
+        // Cleared here rather than at the end: a refusal met during this pass stays on the page.
+        self.status.last_error = None;
         let target = site.target().clone();
         let refs = inventory::referenced(site.conn(), &target)?;
         let mut queue = self.plan(&refs)?;
