@@ -224,6 +224,7 @@ pub const SCHEMA: Schema = &[
     },
     crate::sync::settings::SYNC_SECTION,
     crate::sync::settings::MOODLE_SECTION,
+    crate::sync::files::settings::FILES_SECTION,
 ];
 
 /// Which power source a `[power] sources` word names.

@@ -90,6 +90,10 @@ pub struct LinkProfile {
     pub down_window: Option<(Duration, Duration)>,
     /// What a down link does to new connections. Open connections stall while it is down.
     pub down_mode: DownMode,
+    /// Corruption: one bit of the upstream → client stream is flipped every this many bytes (counted
+    /// over all connections), as a faulty middlebox or radio would; TCP's own checksum lets worse through
+    /// than one might think.
+    pub corrupt_down_every: Option<u64>,
 }
 
 impl LinkProfile {
@@ -143,6 +147,10 @@ impl LinkProfile {
         self.down_mode = mode;
         self
     }
+    pub fn corrupt_down_every(mut self, bytes: u64) -> Self {
+        self.corrupt_down_every = Some(bytes);
+        self
+    }
 
     /// Rejects values that would stop the link for good or make the dice meaningless.
     pub fn validate(&self) -> Result<()> {
@@ -151,7 +159,9 @@ impl LinkProfile {
             "a link rate of 0 bit/s never delivers; use set_down(true) for a dead link"
         );
         ensure!(
-            self.cut_mean_bytes != Some(0) && self.stall_mean_bytes != Some(0),
+            self.cut_mean_bytes != Some(0)
+                && self.stall_mean_bytes != Some(0)
+                && self.corrupt_down_every != Some(0),
             "mean bytes between faults must be at least 1"
         );
         ensure!(
@@ -246,6 +256,8 @@ pub struct LinkStats {
     pub cuts: u64,
     /// Stalls of one connection (random, or one per connection in `stall_all`).
     pub stalls: u64,
+    /// Bits flipped ([`LinkProfile::corrupt_down_every`]).
+    pub corrupted: u64,
     /// Connections being forwarded now.
     pub open: usize,
 }
@@ -259,6 +271,7 @@ struct Counters {
     upstream_errors: AtomicU64,
     cuts: AtomicU64,
     stalls: AtomicU64,
+    corrupted: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -356,6 +369,10 @@ struct Shared {
     /// Bumped by `set_profile`, so the scheduler restarts its clock.
     profile_version: AtomicU64,
     latency_ns: AtomicU64,
+    /// `corrupt_down_every`, 0 for none: read on every slice.
+    corrupt_every: AtomicU64,
+    /// Bytes sent down so far, for the corruption period.
+    corrupt_pos: AtomicU64,
     dice: Mutex<FaultDice>,
     buckets: [Bucket; 2],
     manual_down: AtomicBool,
@@ -411,6 +428,8 @@ impl LinkProxy {
         let shared = Arc::new(Shared {
             upstream,
             latency_ns: AtomicU64::new(profile.latency.as_nanos() as u64),
+            corrupt_every: AtomicU64::new(profile.corrupt_down_every.unwrap_or(0)),
+            corrupt_pos: AtomicU64::new(0),
             dice: Mutex::new(FaultDice::new(profile.seed)),
             buckets: [Bucket::new(profile.up_bps), Bucket::new(profile.down_bps)],
             profile: Mutex::new(profile),
@@ -481,6 +500,8 @@ impl LinkProxy {
         s.buckets[Dir::Down as usize].set_rate(profile.down_bps);
         s.latency_ns
             .store(profile.latency.as_nanos() as u64, Ordering::Relaxed);
+        s.corrupt_every
+            .store(profile.corrupt_down_every.unwrap_or(0), Ordering::Relaxed);
         *lock(&s.dice) = FaultDice::new(profile.seed);
         *lock(&s.profile) = profile;
         s.profile_version.fetch_add(1, Ordering::SeqCst);
@@ -503,6 +524,7 @@ impl LinkProxy {
             upstream_errors: get(&c.upstream_errors),
             cuts: get(&c.cuts),
             stalls: get(&c.stalls),
+            corrupted: get(&c.corrupted),
             open: self.shared.open_conns().len(),
         }
     }
@@ -872,7 +894,8 @@ impl Conn {
             if !self.pause_until(bucket.reserve(n, Instant::now())) {
                 return false;
             }
-            if !self.write_all(self.sink(dir), &rest[..n]) {
+            let slice = self.corrupt(dir, &rest[..n]);
+            if !self.write_all(self.sink(dir), &slice) {
                 return false;
             }
             self.shared.counters.bytes[dir as usize].fetch_add(n as u64, Ordering::Relaxed);
@@ -889,6 +912,27 @@ impl Conn {
             }
         }
         true
+    }
+
+    /// The slice as it leaves the link: with one bit flipped where the corruption period falls inside
+    /// it.
+    fn corrupt<'a>(&self, dir: Dir, slice: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let every = self.shared.corrupt_every.load(Ordering::Relaxed);
+        if dir != Dir::Down || every == 0 {
+            return std::borrow::Cow::Borrowed(slice);
+        }
+        let sent = self
+            .shared
+            .corrupt_pos
+            .fetch_add(slice.len() as u64, Ordering::Relaxed);
+        let next = (sent / every + 1) * every;
+        if next > sent + slice.len() as u64 {
+            return std::borrow::Cow::Borrowed(slice);
+        }
+        let mut bad = slice.to_vec();
+        bad[(next - sent - 1) as usize] ^= 0x10;
+        bump(&self.shared.counters.corrupted);
+        std::borrow::Cow::Owned(bad)
     }
 
     /// `write_all` that gives up when the connection is cut (the write timeout bounds each wait).

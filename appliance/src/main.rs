@@ -1,6 +1,7 @@
 //! `appliance`: the program that runs on every Kituo card.
 
 mod bench;
+mod bench_files;
 mod bench_link;
 mod bench_sync;
 mod sync_cmd;
@@ -94,6 +95,27 @@ enum BenchWhat {
         /// Only the goodput and agent-memory rows.
         #[arg(long)]
         transport_only: bool,
+    },
+    /// Measure file sync (a hub and a center, real MariaDB, agent and hub as processes): goodput of a
+    /// mixed set over an emulated slow link cut on a schedule, against rsync through the same link, and
+    /// the agent's memory while it fetches many small files.
+    Files {
+        /// Size of the mixed set, in MB.
+        #[arg(long, default_value_t = 60)]
+        megabytes: u64,
+        #[arg(long, default_value_t = 2000)]
+        link_kbit: u64,
+        /// Every connection is cut this often.
+        #[arg(long, default_value_t = 20)]
+        cut_seconds: u64,
+        /// One-way latency of the emulated link.
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+        /// Small files fetched while the agent's memory is sampled; 0 skips that row.
+        #[arg(long, default_value_t = 10_000)]
+        small_files: usize,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
     },
 }
 
@@ -229,6 +251,21 @@ fn run() -> Result<()> {
                 history: history_days,
                 seed,
                 transport_only,
+            }),
+            Some(BenchWhat::Files {
+                megabytes,
+                link_kbit,
+                cut_seconds,
+                latency_ms,
+                small_files,
+                seed,
+            }) => bench_files::run(&bench_files::Options {
+                megabytes,
+                link_kbit,
+                cut_seconds,
+                latency_ms,
+                small_files,
+                seed,
             }),
         },
     }

@@ -1,10 +1,14 @@
 //! `appliance hub ...` and `appliance sync ...`: the sync engine's commands.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use appliance::config::Config;
+use appliance::sync::files::pool::Pool;
+use appliance::sync::files::serve::HubFiles;
+use appliance::sync::files::sweep;
 use appliance::sync::hub_server::{self, HubOptions, HubServer};
 use appliance::sync::policy::Role;
 use appliance::sync::runner::{Controls, Runner};
@@ -17,12 +21,24 @@ use appliance::sync::wire::Secret;
 pub fn serve_hub(config: &Path) -> Result<()> {
     let settings = HubSettings::load(config)?;
     let rules = settings.moodle.rulebook()?;
+    let site = settings.moodle.site_config(settings.site_id, Role::Hub)?;
+    let files = match &settings.dataroot {
+        Some(dataroot) => {
+            let pool = || Pool::new(dataroot, settings.perms);
+            if let Some(grace) = settings.trash_after {
+                sweep::spawn_hub_sweeper(pool()?, site.clone(), grace)?;
+            }
+            Some(Arc::new(HubFiles::new(pool()?)))
+        }
+        None => None,
+    };
     let server = HubServer::start(
         HubOptions {
-            site: settings.moodle.site_config(settings.site_id, Role::Hub)?,
+            site,
             listen: settings.listen,
             workers: settings.workers,
             capture_every: settings.capture_every,
+            files,
         },
         rules,
     )?;

@@ -3,14 +3,14 @@
 //! Fields: `version`, `center_id`, `center_name`, `site_id`, `build` (the build-info file's `[build]`
 //! keys, e.g. `build.id`), `uptime_seconds` (of the supervisor), `generated_at` (unix seconds), `power`
 //! (state, reading, sources, bulk_sync_paused, shutdown_steps), `health` (services, disks, temperature,
-//! throttling, clock, load, memory, uptime; null before the first check), `sync` and `update` (null until
-//! their work reports), `history` (recent power transitions, newest last), `chart` (24 h of samples).
+//! throttling, clock, load, memory, uptime; null before the first check), `sync`, `files` and `update`
+//! (null until their work reports; `sync.backlog_files`/`backlog_bytes` are `files.send_pending`/`send_bytes`), `history` (recent power transitions, newest last), `chart` (24 h of samples).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Live, PowerView, SyncStatus, UpdateStatus};
+use super::{FileSyncStatus, Live, PowerView, SyncStatus, UpdateStatus};
 use crate::health::Report;
 use crate::history::{Event, Sample};
 
@@ -30,6 +30,7 @@ pub struct Snapshot {
     pub power: PowerView,
     pub health: Option<Report>,
     pub sync: Option<SyncStatus>,
+    pub files: Option<FileSyncStatus>,
     pub update: Option<UpdateStatus>,
     pub history: Vec<Event>,
     pub chart: Vec<Sample>,
@@ -56,7 +57,15 @@ pub fn snapshot(id: &Identity, live: &Live, uptime_seconds: u64) -> Snapshot {
         generated_at: crate::history::unix_now(),
         power: live.power.clone(),
         health: live.health.clone(),
-        sync: live.sync.clone(),
+        sync: live.sync.clone().map(|mut y| {
+            // The row agent knows nothing of files: what waits to be sent comes from file sync.
+            if let Some(f) = &live.files {
+                y.backlog_files = f.send_pending;
+                y.backlog_bytes = f.send_bytes;
+            }
+            y
+        }),
+        files: live.files.clone(),
         update: live.update.clone(),
         history: live.events[skip..].to_vec(),
         chart: live.samples.clone(),

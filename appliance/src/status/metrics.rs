@@ -159,5 +159,37 @@ pub fn render(s: &Snapshot) -> String {
             let _ = writeln!(o, "kituo_sync_last_success_timestamp_seconds {t}");
         }
     }
+    if let Some(f) = &s.files {
+        for (name, help, value) in [
+            (
+                "kituo_files_fetch_pending",
+                "Referenced blobs this site lacks.",
+                f.fetch_pending,
+            ),
+            (
+                "kituo_files_fetch_pending_bytes",
+                "Their bytes.",
+                f.fetch_bytes,
+            ),
+            (
+                "kituo_files_send_pending",
+                "This site's blobs the hub lacks.",
+                f.send_pending,
+            ),
+            (
+                "kituo_files_send_pending_bytes",
+                "Their bytes.",
+                f.send_bytes,
+            ),
+            (
+                "kituo_files_rate_bytes_per_second",
+                "Recent file transfer rate.",
+                f.rate_bytes_per_second,
+            ),
+        ] {
+            gauge(&mut o, name, help);
+            let _ = writeln!(o, "{name} {value}");
+        }
+    }
     o
 }

@@ -92,6 +92,47 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
 }
 
+/// What file sync is doing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileSyncState {
+    /// Nothing to move (or only bulk files outside their window).
+    Idle,
+    Moving,
+    /// Stopped while on battery (see [`crate::power::BulkSyncGate`]).
+    PausedOnBattery,
+    /// The last attempt failed; see `last_error`.
+    Failing,
+}
+
+/// What file sync reports (fed with [`Feed::set_files`]): blobs of Moodle's filedir moving between this
+/// site and the hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileSyncStatus {
+    pub state: FileSyncState,
+    /// Blobs this site's files reference but lacks, and their bytes.
+    pub fetch_pending: u64,
+    pub fetch_bytes: u64,
+    /// This site's blobs the hub lacks, and their bytes.
+    pub send_pending: u64,
+    pub send_bytes: u64,
+    /// Unix time the oldest pending file was created.
+    pub oldest: Option<u64>,
+    /// Pending bulk files waiting for `[files] bulk_window`.
+    pub waiting_for_window: u64,
+    /// Bytes per second moved over the last seconds of transfer.
+    pub rate_bytes_per_second: u64,
+    /// Since the agent started: blobs placed here or at the hub, their bytes, and blobs recovered
+    /// from or moved to Moodle's trashdir.
+    pub moved_files: u64,
+    pub moved_bytes: u64,
+    pub restored_from_trash: u64,
+    pub trashed: u64,
+    /// Unix time of the last pass that ended without an error.
+    pub last_success: Option<u64>,
+    pub last_error: Option<String>,
+}
+
 /// What the update client reports (fed with [`Feed::set_update`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateStatus {
@@ -111,6 +152,7 @@ pub struct Live {
     pub events: Vec<Event>,
     pub samples: Vec<Sample>,
     pub sync: Option<SyncStatus>,
+    pub files: Option<FileSyncStatus>,
     pub update: Option<UpdateStatus>,
 }
 
@@ -170,6 +212,9 @@ pub struct Feed {
 impl Feed {
     pub fn set_sync(&self, status: SyncStatus) {
         self.shared.write().sync = Some(status);
+    }
+    pub fn set_files(&self, status: FileSyncStatus) {
+        self.shared.write().files = Some(status);
     }
     pub fn set_update(&self, status: UpdateStatus) {
         self.shared.write().update = Some(status);

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::api::Snapshot;
-use super::LinkState;
+use super::{FileSyncState, FileSyncStatus, LinkState};
 use crate::power::state::PowerState;
 
 /// What the viewer may do.
@@ -422,7 +422,54 @@ fn sync(o: &mut String, s: &Snapshot, now: u64) {
             &format!("<span class=\"bad\">{}</span>", esc(e)),
         );
     }
+    if let Some(f) = &s.files {
+        files(o, f, now);
+    }
     o.push_str("</table></section>");
+}
+
+/// File sync's rows, in the sync table.
+fn files(o: &mut String, f: &FileSyncStatus, now: u64) {
+    let state = match f.state {
+        FileSyncState::Idle => "<span class=\"ok\">idle</span>",
+        FileSyncState::Moving => "<span class=\"ok\">moving</span>",
+        FileSyncState::PausedOnBattery => "<span class=\"warn\">paused on battery</span>",
+        FileSyncState::Failing => "<span class=\"bad\">failing</span>",
+    };
+    row(o, "Files", state);
+    let mut fetch = format!("{} files ({})", f.fetch_pending, bytes(f.fetch_bytes));
+    if let Some(t) = f.oldest.filter(|_| f.fetch_pending + f.send_pending > 0) {
+        let _ = write!(fetch, ", oldest added {}", esc(&ago(now, t)));
+    }
+    if f.waiting_for_window > 0 {
+        let _ = write!(
+            fetch,
+            "; {} large ones wait for the night window",
+            f.waiting_for_window
+        );
+    }
+    row(o, "Files to fetch", &fetch);
+    row(
+        o,
+        "Files to send",
+        &format!("{} files ({})", f.send_pending, bytes(f.send_bytes)),
+    );
+    row(
+        o,
+        "File transfer rate",
+        &format!(
+            "{} kbit/s; {} moved since start",
+            f.rate_bytes_per_second * 8 / 1000,
+            bytes(f.moved_bytes)
+        ),
+    );
+    if let Some(e) = &f.last_error {
+        row(
+            o,
+            "Last file error",
+            &format!("<span class=\"bad\">{}</span>", esc(e)),
+        );
+    }
 }
 
 fn update(o: &mut String, s: &Snapshot) {
@@ -502,7 +549,9 @@ mod tests {
     use super::*;
 
     use crate::status::api::{snapshot, Identity};
-    use crate::status::{LinkState, Shared, SyncStatus, UpdateStatus};
+    use crate::status::{
+        FileSyncState, FileSyncStatus, LinkState, Shared, SyncStatus, UpdateStatus,
+    };
 
     #[test]
     fn fed_sync_and_update_are_shown() {
@@ -514,9 +563,25 @@ mod tests {
             last_success: Some(now - 7200),
             backlog_changes: 1234,
             backlog_oldest: Some(now - 7300),
-            backlog_files: 3,
-            backlog_bytes: 5 << 20,
+            backlog_files: 0,
+            backlog_bytes: 0,
             last_error: Some("hub unreachable: <timeout>".into()),
+        });
+        feed.set_files(FileSyncStatus {
+            state: FileSyncState::Moving,
+            fetch_pending: 12,
+            fetch_bytes: 40 << 20,
+            send_pending: 3,
+            send_bytes: 5 << 20,
+            oldest: Some(now - 7300),
+            waiting_for_window: 2,
+            rate_bytes_per_second: 250_000,
+            moved_files: 1,
+            moved_bytes: 1 << 20,
+            restored_from_trash: 0,
+            trashed: 0,
+            last_success: None,
+            last_error: Some("the hub answered 503".into()),
         });
         feed.set_update(UpdateStatus {
             active_slot: "B".into(),
@@ -538,6 +603,8 @@ mod tests {
             "Running from slot</td><td>B",
             "0.2.0",
             "No UPS configured",
+            "12 files (40 MB), oldest added 2 h 1 min ago; 2 large ones wait",
+            "Last file error</td><td><span class=\"bad\">the hub answered 503",
         ] {
             assert!(html.contains(text), "missing {text}: {html}");
         }

@@ -110,8 +110,10 @@ impl HubService {
         std::fs::write(
             &config,
             format!(
-                "[hub]\nlisten = 127.0.0.1:{port}\nsite_id = {}\nworkers = 3\ncapture_ms = 200\n{}",
+                "[hub]\nlisten = 127.0.0.1:{port}\nsite_id = {}\nworkers = 3\ncapture_ms = 200\n\
+                 dataroot = {}\n{}",
                 hub.id,
+                super::bed_files::dataroot(dir, hub.id)?.display(),
                 moodle_section(hub, &password)
             ),
         )?;

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
 
 use super::agent::Link;
 use super::change::Change;
@@ -41,6 +42,14 @@ pub struct Traffic {
     pub received: u64,
 }
 
+/// The hub was reached and turned the request down (an HTTP error status): the link works.
+#[derive(Debug, thiserror::Error)]
+#[error("the hub answered {code}: {text}")]
+pub struct HubRefused {
+    pub code: u16,
+    pub text: String,
+}
+
 pub struct HttpLink {
     agent: ureq::Agent,
     opts: LinkOptions,
@@ -70,7 +79,26 @@ impl HttpLink {
     }
 
     /// One authenticated exchange; the answer's body once its MAC checks out.
-    fn call(&mut self, method: &str, target: &str, body: &[u8]) -> Result<Vec<u8>> {
+    pub fn call(&mut self, method: &str, target: &str, body: &[u8]) -> Result<Vec<u8>> {
+        let mut data = Vec::new();
+        self.call_streamed(method, target, body, &mut |piece| {
+            data.extend_from_slice(piece);
+            Ok(())
+        })?;
+        Ok(data)
+    }
+
+    /// One authenticated exchange whose answer goes to `sink` piece by piece as it arrives, so that a
+    /// large answer needs no buffer and a cut keeps what came before it. The MAC covers the whole answer
+    /// and is checked at its end: until this returns Ok, a sink may keep only what it can check itself
+    /// (file chunks carry checksums, and a blob is placed only once its sha1 matches).
+    pub fn call_streamed(
+        &mut self,
+        method: &str,
+        target: &str,
+        body: &[u8],
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         let nonce = wire::nonce()?;
         let parts = RequestParts {
             method,
@@ -95,20 +123,21 @@ impl HttpLink {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
                 let text = r.into_string().unwrap_or_default();
-                bail!(
-                    "the hub answered {code}: {}",
-                    text.chars().take(300).collect::<String>()
-                );
+                return Err(HubRefused {
+                    code,
+                    text: text.chars().take(300).collect(),
+                }
+                .into());
             }
             Err(e) => return Err(e).with_context(|| format!("cannot reach the hub at {url}")),
         };
         let status = response.status();
         let mac = response.header(wire::AUTH_HEADER).unwrap_or("").to_owned();
-        let data = self.read_body(response.into_reader())?;
-        if !wire::verify_response(&self.opts.secret, &auth, status, &data, &mac) {
+        let digest = self.read_body(response.into_reader(), sink)?;
+        if !wire::verify_response_digest(&self.opts.secret, &auth, status, &digest, &mac) {
             bail!("the hub's answer failed authentication (wrong secret, or something on the link altered it)");
         }
-        Ok(data)
+        Ok(())
     }
 
     /// Pushes a batch encoded beforehand (see `agent::prepare`).
@@ -128,9 +157,15 @@ impl HttpLink {
         wire::decode(&answer)
     }
 
-    fn read_body(&mut self, reader: impl Read) -> Result<Vec<u8>> {
+    /// Hands the answer's body to `sink` as it arrives; returns its SHA-256 (for the MAC).
+    fn read_body(
+        &mut self,
+        reader: impl Read,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Vec<u8>> {
         let mut reader = reader.take(wire::MAX_BODY as u64 + 1);
-        let mut data = Vec::new();
+        let mut digest = Sha256::new();
+        let mut len = 0;
         let mut chunk = [0u8; 8192];
         loop {
             let n = reader
@@ -139,16 +174,18 @@ impl HttpLink {
             if n == 0 {
                 break;
             }
-            data.extend_from_slice(&chunk[..n]);
+            len += n;
+            if len > wire::MAX_BODY {
+                bail!("the hub's answer is larger than {} bytes", wire::MAX_BODY);
+            }
             self.traffic.received += n as u64;
             if let Some(t) = self.throttle.as_mut() {
                 t.spend(n);
             }
+            digest.update(&chunk[..n]);
+            sink(&chunk[..n])?;
         }
-        if data.len() > wire::MAX_BODY {
-            bail!("the hub's answer is larger than {} bytes", wire::MAX_BODY);
-        }
-        Ok(data)
+        Ok(digest.finalize().to_vec())
     }
 }
 

@@ -14,6 +14,7 @@ use anyhow::{anyhow, Context, Result};
 use mysql::prelude::Queryable;
 use tiny_http::{Header, Method, Request, Response, Server};
 
+use super::files::{self, hash::ContentHash, serve::HubFiles};
 use super::hub;
 use super::inbox;
 use super::policy::{Policy, Rulebook};
@@ -33,6 +34,8 @@ pub struct HubOptions {
     pub listen: SocketAddr,
     pub workers: usize,
     pub capture_every: Duration,
+    /// The hub's blobs, when it syncs files.
+    pub files: Option<Arc<HubFiles>>,
 }
 
 /// A running hub service; stops its threads when dropped.
@@ -65,6 +68,7 @@ impl HubServer {
                 site: None,
                 policy: policy.clone(),
                 wake: wake.clone(),
+                files: opts.files.clone(),
             };
             let (server, stop) = (server.clone(), stop.clone());
             threads.push(
@@ -204,6 +208,7 @@ struct Worker {
     policy: SharedPolicy,
     /// Calls the inbox applier.
     wake: SyncSender<()>,
+    files: Option<Arc<HubFiles>>,
 }
 
 /// The rules in force, replaced whole when Moodle is upgraded.
@@ -383,6 +388,9 @@ impl Worker {
                 let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
                 self.run_verify(|site, policy| verify::serve_rows(site, policy, &req))
             }
+            (Method::Post, p) if p.starts_with(files::protocol::PREFIX) => {
+                self.serve_files(p, center, body)
+            }
             _ => Err(refuse(404, format!("no such sync call: {method} {path}"))),
         }
     }
@@ -398,6 +406,24 @@ impl Worker {
             return Err(refuse(503, inbox::FULL));
         }
         Ok(())
+    }
+
+    /// A file call, answered from the hub's dataroot; uploads only of blobs its Moodle references.
+    fn serve_files(&mut self, path: &str, center: u32, body: &[u8]) -> Result<Vec<u8>, Refusal> {
+        let files = self.files.clone().ok_or_else(|| {
+            refuse(
+                404,
+                "this hub does not sync files ([hub] dataroot is empty)",
+            )
+        })?;
+        let mut referenced = |hash: &ContentHash| {
+            let site = self.site().map_err(|r| anyhow!(r.message))?;
+            let target = site.target().clone();
+            files::inventory::is_referenced(site.conn(), &target, hash)
+        };
+        files
+            .answer(path, center, body, &mut referenced)
+            .map_err(|r| refuse(r.status, r.message))
     }
 
     /// Runs a verify call on this worker's site and encodes its reply.

@@ -7,9 +7,11 @@
 pub mod agent;
 pub mod apply;
 pub mod bed;
+pub mod bed_files;
 pub mod bed_services;
 pub mod capture;
 pub mod change;
+pub mod files;
 pub mod hlc;
 pub mod http_link;
 pub mod hub;

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use rand::Rng;
 
 use super::agent;
+use super::files::mover::Mover;
 use super::hlc;
 use super::http_link::{HttpLink, LinkOptions, Traffic};
 use super::policy::{Role, Rulebook};
@@ -60,6 +61,8 @@ pub struct Runner {
     batch: usize,
     /// The hub's word that it cannot apply this center's changes (shown until it can).
     hub_stuck: Option<String>,
+    /// File sync, when `[files] dataroot` is set.
+    files: Option<Mover>,
 }
 
 impl Runner {
@@ -77,6 +80,7 @@ impl Runner {
             ca_file: settings.ca_file.clone(),
         })?;
         Ok(Runner {
+            files: settings.files.clone().map(Mover::new),
             batch: settings.batch_changes,
             settings,
             site_cfg,
@@ -104,10 +108,13 @@ impl Runner {
             if !self.controls.gate.is_open() {
                 self.status.link = LinkState::PausedOnBattery;
                 self.publish();
+                if let Some(files) = self.files.as_mut() {
+                    files.paused(self.controls.feed.as_ref());
+                }
                 self.pause(Duration::from_secs(1));
                 continue;
             }
-            match self.exchange() {
+            match self.exchange().and_then(|moved| self.move_files(moved)) {
                 Ok(moved) => {
                     self.succeeded();
                     if !moved {
@@ -203,6 +210,21 @@ impl Runner {
             pushed = acked;
         }
         Ok(moved)
+    }
+
+    /// Moves file blobs, after the rows: the hub takes a blob only once its `files` row is there.
+    fn move_files(&mut self, rows_moved: bool) -> Result<bool> {
+        let (Some(files), Some(site)) = (self.files.as_mut(), self.site.as_mut()) else {
+            return Ok(rows_moved);
+        };
+        let controls = &self.controls;
+        let moved = files.pass(
+            site,
+            &mut self.link,
+            &|| controls.interrupted(),
+            controls.feed.as_ref(),
+        )?;
+        Ok(rows_moved || moved)
     }
 
     /// Exchanges once, then compares this site with the hub (and repairs it when asked).

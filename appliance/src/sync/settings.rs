@@ -9,6 +9,9 @@ use anyhow::{Context, Result};
 
 use super::apply::Target;
 use super::capture;
+use super::files;
+use super::files::pool::Perms;
+use super::files::settings::FileSettings;
 use super::policy::{Policy, Role, Rulebook};
 use super::rules::Rules;
 use super::schema::Schema as MoodleSchema;
@@ -100,6 +103,15 @@ pub const HUB_SCHEMA: crate::ini::Schema = &[
                 "1000",
                 "how often the hub records its own Moodle's changes for the centers, 100 to 60000",
             ),
+            Key::optional(
+                "dataroot",
+                "",
+                "the university Moodle's $CFG->dataroot: centers fetch blobs from its filedir and send \
+                 theirs into it; empty: the hub does not sync files",
+            ),
+            files::settings::DIRECTORY_PERMISSIONS,
+            files::settings::FILE_PERMISSIONS,
+            files::settings::TRASH_AFTER,
         ],
     },
     MOODLE_SECTION,
@@ -206,6 +218,8 @@ pub struct AgentSettings {
     pub timeout: Duration,
     pub backoff_max: Duration,
     pub moodle: MoodleSettings,
+    /// `None`: files are not synced.
+    pub files: Option<FileSettings>,
 }
 
 impl AgentSettings {
@@ -235,6 +249,7 @@ impl AgentSettings {
             timeout: secs("timeout_seconds", 5..=600)?,
             backoff_max: secs("backoff_max_seconds", 1..=86_400)?,
             moodle: MoodleSettings::read(doc)?,
+            files: FileSettings::read(doc)?,
         }))
     }
 }
@@ -247,6 +262,10 @@ pub struct HubSettings {
     pub workers: usize,
     pub capture_every: Duration,
     pub moodle: MoodleSettings,
+    /// Where the hub's Moodle keeps its files; `None`: files are not synced.
+    pub dataroot: Option<PathBuf>,
+    pub perms: Perms,
+    pub trash_after: Option<Duration>,
 }
 
 impl HubSettings {
@@ -259,6 +278,11 @@ impl HubSettings {
             workers: doc.int_in(s, "workers", 1..=64)? as usize,
             capture_every: Duration::from_millis(doc.int_in(s, "capture_ms", 100..=60_000)?),
             moodle: MoodleSettings::read(&doc)?,
+            dataroot: Some(doc.get(s, "dataroot"))
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            perms: files::settings::perms(&doc, s)?,
+            trash_after: files::settings::trash_after(&doc, s)?,
         })
     }
 }

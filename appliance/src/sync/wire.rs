@@ -113,9 +113,18 @@ pub fn verify_request(secret: &Secret, r: &RequestParts<'_>, auth: &str) -> bool
 }
 
 fn response_mac(secret: &Secret, request_auth: &str, status: u16, body: &[u8]) -> Hmac<Sha256> {
+    response_mac_of_digest(secret, request_auth, status, &Sha256::digest(body))
+}
+
+fn response_mac_of_digest(
+    secret: &Secret,
+    request_auth: &str,
+    status: u16,
+    body_digest: &[u8],
+) -> Hmac<Sha256> {
     let mut mac = secret.mac();
     mac.update(format!("kituo-response-v1\n{request_auth}\n{status}\n").as_bytes());
-    mac.update(&Sha256::digest(body));
+    mac.update(body_digest);
     mac
 }
 
@@ -138,6 +147,22 @@ pub fn verify_response(
         return false;
     };
     response_mac(secret, request_auth, status, body)
+        .verify_slice(&tag)
+        .is_ok()
+}
+
+/// [`verify_response`] for an answer read as a stream: `body_digest` is the SHA-256 of its body.
+pub fn verify_response_digest(
+    secret: &Secret,
+    request_auth: &str,
+    status: u16,
+    body_digest: &[u8],
+    auth: &str,
+) -> bool {
+    let Ok(tag) = hex::decode(auth) else {
+        return false;
+    };
+    response_mac_of_digest(secret, request_auth, status, body_digest)
         .verify_slice(&tag)
         .is_ok()
 }
