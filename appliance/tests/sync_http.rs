@@ -371,7 +371,8 @@ impl TlsFront {
         std::fs::write(
             dir.join("nginx.conf"),
             format!(
-                "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                // One process (no master and worker): killing it at the end leaves nothing behind.
+                "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
                  events {{}}\n\
                  http {{ access_log off; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp;\n\
                    fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
