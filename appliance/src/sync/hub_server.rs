@@ -154,12 +154,20 @@ fn inbox_loop(cfg: SiteConfig, shared: &SharedPolicy, woken: &Receiver<()>, stop
     while !stop.load(Ordering::Relaxed) {
         let policy = shared.read().unwrap_or_else(|p| p.into_inner()).clone();
         let done = match site.as_mut() {
-            Some(s) => inbox::drain(s, &policy, None, 0).map(drop),
-            None => Site::open(cfg.clone()).map(|s| site = Some(s)),
+            Some(s) => inbox::drain(s, &policy, None, 0),
+            None => Site::open(cfg.clone()).map(|s| {
+                site = Some(s);
+                0
+            }),
         };
-        if let Err(e) = done {
-            eprintln!("hub: inbox: {e:#}");
-            site = None;
+        match done {
+            // A full round: more may wait.
+            Ok(n) if n >= inbox::MAX_PER_DRAIN => continue,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("hub: inbox: {e:#}");
+                site = None;
+            }
         }
         match woken.recv_timeout(Duration::from_secs(1)) {
             Err(RecvTimeoutError::Disconnected) => break,

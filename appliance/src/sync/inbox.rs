@@ -26,6 +26,9 @@ pub const MAX_WAITING: u64 = 256;
 /// How long a batch that failed waits before it is tried again.
 pub const RETRY_SECONDS: u64 = 10;
 
+/// Most batches one drain applies before it returns (the applier calls again at once if more wait).
+pub const MAX_PER_DRAIN: usize = 64;
+
 /// The lock that makes one applier at a time across every hub process sharing the database.
 const APPLIER_LOCK: &str = "kituo_sync.inbox";
 
@@ -143,7 +146,8 @@ fn apply_waiting(site: &mut Site, policy: &Policy, center: Option<u32>) -> Resul
             .into_iter()
             .filter(|(origin, ..)| center.is_none_or(|c| c == *origin) && !held.contains(origin))
             .collect();
-        if heads.is_empty() {
+        // Bounded, so that a busy hub still picks up new rules between rounds.
+        if heads.is_empty() || applied >= MAX_PER_DRAIN {
             return Ok(applied);
         }
         for (origin, last, data) in heads {
