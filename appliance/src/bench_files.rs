@@ -20,15 +20,24 @@ use appliance::sync::files::hash::ContentHash;
 use appliance::sync::files::pool::{Found, Pool};
 use appliance::testbed::{free_port, require, wait_for};
 
+#[derive(clap::Args, Debug)]
 pub struct Options {
     /// Size of the mixed set, in MB.
+    #[arg(long, default_value_t = 60)]
     pub megabytes: u64,
+    /// Rate of the emulated link, each way.
+    #[arg(long, default_value_t = 2000)]
     pub link_kbit: u64,
+    /// Every connection is cut this often.
+    #[arg(long, default_value_t = 20)]
     pub cut_seconds: u64,
     /// One-way latency of the emulated link.
+    #[arg(long, default_value_t = 20)]
     pub latency_ms: u64,
-    /// Small files for the memory row; 0 skips it.
+    /// Small files fetched while the agent's memory is sampled; 0 skips that row.
+    #[arg(long, default_value_t = 10_000)]
     pub small_files: usize,
+    #[arg(long, default_value_t = 2026)]
     pub seed: u64,
 }
 

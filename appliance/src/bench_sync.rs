@@ -29,23 +29,34 @@ use appliance::testbed::require;
 
 use crate::bench_link;
 
+#[derive(clap::Args, Debug)]
 pub struct Options {
-    /// Seconds the agent pushes over the emulated 256 kbit/s link (the goodput row); 0 skips the
-    /// transport rows.
-    pub goodput_seconds: u64,
-    /// Changes in the outbox for the memory row.
-    pub backlog: u64,
-    /// Changes in the page a center applies (the apply-rate row).
+    /// Changes in the page a center applies for the apply rate.
+    #[arg(long, default_value_t = 50_000)]
     pub rows: u64,
     /// Enrolled students at the center of the simulated day.
+    #[arg(long, default_value_t = 200)]
     pub students: usize,
     /// Changes per batch the agent pushes and pulls.
+    #[arg(long, default_value_t = 500)]
     pub batch: usize,
-    /// Days of history in the center's database before the measured day.
+    /// Days of history in the center's database before the measured day (yesterday's rows,
+    /// copied): what the moodlesync baseline ships every day.
+    #[arg(long = "history-days", default_value_t = HISTORY_DAYS)]
     pub history: usize,
-    /// Only the transport's rows (goodput and agent memory).
-    pub transport_only: bool,
+    /// Seed of the day's workload.
+    #[arg(long, default_value_t = 2026)]
     pub seed: u64,
+    /// Seconds of pushing over the emulated 256 kbit/s link cut every 30 s; 0 skips the goodput
+    /// and agent-memory rows.
+    #[arg(long, default_value_t = 120)]
+    pub goodput_seconds: u64,
+    /// Changes in the outbox while the agent's memory is sampled.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog: u64,
+    /// Only the goodput and agent-memory rows.
+    #[arg(long)]
+    pub transport_only: bool,
 }
 
 const TEACHERS: usize = 4;

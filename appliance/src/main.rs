@@ -68,55 +68,11 @@ enum Command {
 enum BenchWhat {
     /// Measure sync on a hub and two centers (real MariaDB servers): capture and apply rates, and a
     /// simulated day's bytes on the wire against a gzip'd mysqldump updated with rsync.
-    Sync {
-        /// Changes in the page a center applies for the apply rate.
-        #[arg(long, default_value_t = 50_000)]
-        rows: u64,
-        /// Enrolled students at the center of the simulated day.
-        #[arg(long, default_value_t = 200)]
-        students: usize,
-        /// Changes per batch the agent pushes and pulls.
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
-        /// Days of history in the center's database before the measured day (yesterday's rows,
-        /// copied): what the moodlesync baseline ships every day.
-        #[arg(long, default_value_t = bench_sync::HISTORY_DAYS)]
-        history_days: usize,
-        /// Seed of the day's workload.
-        #[arg(long, default_value_t = 2026)]
-        seed: u64,
-        /// Seconds of pushing over the emulated 256 kbit/s link cut every 30 s; 0 skips the goodput
-        /// and agent-memory rows.
-        #[arg(long, default_value_t = 120)]
-        goodput_seconds: u64,
-        /// Changes in the outbox while the agent's memory is sampled.
-        #[arg(long, default_value_t = 1_000_000)]
-        backlog: u64,
-        /// Only the goodput and agent-memory rows.
-        #[arg(long)]
-        transport_only: bool,
-    },
+    Sync(bench_sync::Options),
     /// Measure file sync (a hub and a center, real MariaDB, agent and hub as processes): goodput of a
     /// mixed set over an emulated slow link cut on a schedule, against rsync through the same link, and
     /// the agent's memory while it fetches many small files.
-    Files {
-        /// Size of the mixed set, in MB.
-        #[arg(long, default_value_t = 60)]
-        megabytes: u64,
-        #[arg(long, default_value_t = 2000)]
-        link_kbit: u64,
-        /// Every connection is cut this often.
-        #[arg(long, default_value_t = 20)]
-        cut_seconds: u64,
-        /// One-way latency of the emulated link.
-        #[arg(long, default_value_t = 20)]
-        latency_ms: u64,
-        /// Small files fetched while the agent's memory is sampled; 0 skips that row.
-        #[arg(long, default_value_t = 10_000)]
-        small_files: usize,
-        #[arg(long, default_value_t = 2026)]
-        seed: u64,
-    },
+    Files(bench_files::Options),
 }
 
 #[derive(Subcommand)]
@@ -233,40 +189,8 @@ fn run() -> Result<()> {
         },
         Command::Bench { idle_seconds, what } => match what {
             None => bench::run(idle_seconds),
-            Some(BenchWhat::Sync {
-                rows,
-                students,
-                batch,
-                history_days,
-                seed,
-                goodput_seconds,
-                backlog,
-                transport_only,
-            }) => bench_sync::run(&bench_sync::Options {
-                goodput_seconds,
-                backlog,
-                rows,
-                students,
-                batch,
-                history: history_days,
-                seed,
-                transport_only,
-            }),
-            Some(BenchWhat::Files {
-                megabytes,
-                link_kbit,
-                cut_seconds,
-                latency_ms,
-                small_files,
-                seed,
-            }) => bench_files::run(&bench_files::Options {
-                megabytes,
-                link_kbit,
-                cut_seconds,
-                latency_ms,
-                small_files,
-                seed,
-            }),
+            Some(BenchWhat::Sync(o)) => bench_sync::run(&o),
+            Some(BenchWhat::Files(o)) => bench_files::run(&o),
         },
     }
 }
