@@ -628,6 +628,8 @@ struct Rates {
     read: Duration,
     applied: u64,
     apply: Duration,
+    /// Statements the center's server ran meanwhile: apply is bound by round trips.
+    statements: u64,
 }
 
 /// Bulk Moodle-shaped changes at center 3, captured, pushed to the hub, and pulled by center 2 as one
@@ -650,7 +652,9 @@ fn rates(w: &mut World, course: &Course, o: &Options, t0: Instant) -> Result<Rat
     let pages = read_pages(w, w.centers[0].id, o.rows as usize + o.rows as usize / 2)?;
     let read = t.elapsed();
     let page = pages.first().map_or(0, |p| p.changes.len() as u64);
+    let before = statements(&mut w.centers[0].sql()?)?;
     let (applied, apply) = apply_pages(w, w.centers[0].id, pages, o.rows as usize * 2)?;
+    let statements = statements(&mut w.centers[0].sql()?)?.saturating_sub(before);
     Ok(Rates {
         committed: written.rows,
         captured,
@@ -661,6 +665,7 @@ fn rates(w: &mut World, course: &Course, o: &Options, t0: Instant) -> Result<Rat
         read,
         applied,
         apply,
+        statements,
     })
 }
 
@@ -745,7 +750,7 @@ fn engine_rows(o: &Options, t0: Instant) -> Result<Vec<TableRow>> {
         ),
         row(
             format!("apply at a center: one page of {} changes from the hub (post inserts, user and course last-access and discussion updates) through `agent::pull_once`", r.page),
-            format!("{apply_rate:.0} rows/s ({} in {:.2} s; reading the page at the hub: {:.2} s)", r.applied, r.apply.as_secs_f64(), r.read.as_secs_f64()),
+            format!("{apply_rate:.0} rows/s ({} in {:.2} s, {:.2} statements per change; reading the page at the hub: {:.2} s)", r.applied, r.apply.as_secs_f64(), r.statements as f64 / r.applied.max(1) as f64, r.read.as_secs_f64()),
             Some((format!(">= {APPLY_TARGET:.0} rows/s"), apply_rate >= APPLY_TARGET)),
         ),
         row(
@@ -861,4 +866,12 @@ type TableRow = (String, String, Option<(String, bool)>);
 
 fn row(measure: String, result: String, target: Option<(String, bool)>) -> TableRow {
     (measure, result, target)
+}
+
+/// Statements a server has run since it started (its `Questions` counter).
+fn statements(c: &mut mysql::Conn) -> Result<u64> {
+    let row: Option<(String, u64)> = c
+        .query_first("SHOW GLOBAL STATUS LIKE 'Questions'")
+        .context("cannot read the server's statement count")?;
+    Ok(row.map_or(0, |(_, n)| n))
 }

@@ -19,7 +19,10 @@ use super::merge::{clash_winner, merge_rows, winning_columns, ClashWinner, RowCl
 use super::policy::{Direction, Policy};
 use super::store;
 
+mod held;
 mod parked;
+
+use held::{Held, HeldWriteFailed};
 
 /// Every Moodle table's primary key.
 pub const ID: &str = "id";
@@ -85,6 +88,9 @@ pub struct Applier<'p> {
     catalog: HashMap<String, Option<TableShape>>,
     /// Tables with parked values: a newer write to such a column makes its parked value obsolete.
     parked: Option<BTreeSet<String>>,
+    /// Whether plain inserts and updates are held and written many rows per statement.
+    holding: bool,
+    held: Held,
 }
 
 /// The rows of one batch, read under lock before any decision.
@@ -104,12 +110,41 @@ impl<'p> Applier<'p> {
             target,
             catalog: HashMap::new(),
             parked: None,
+            holding: false,
+            held: Held::default(),
         }
     }
 
     /// Applies `changes` in order inside `tx`. `catch_up` records local changes committed so far; it is
     /// called after the batch's rows are locked.
+    ///
+    /// Plain inserts and updates are written many rows per statement. Should the server refuse one
+    /// of those statements, the batch is applied again from a savepoint one change at a time.
     pub fn apply(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        changes: &[Change],
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
+    ) -> Result<Tally> {
+        tx.query_drop("SAVEPOINT kituo_apply")
+            .context("cannot set a savepoint")?;
+        self.holding = true;
+        let held = self.apply_in_order(tx, changes, catch_up);
+        self.holding = false;
+        match held {
+            Err(e) if e.downcast_ref::<HeldWriteFailed>().is_some() => {
+                eprintln!("sync: applying the batch again one change at a time: {e:#}");
+                tx.query_drop("ROLLBACK TO SAVEPOINT kituo_apply")
+                    .context("cannot roll back to the savepoint")?;
+                self.held = Held::default();
+                self.parked = None;
+                self.apply_in_order(tx, changes, catch_up)
+            }
+            other => other,
+        }
+    }
+
+    fn apply_in_order(
         &mut self,
         tx: &mut Transaction<'_>,
         changes: &[Change],
@@ -135,8 +170,17 @@ impl<'p> Applier<'p> {
                 })?;
             *tally.entry(outcome).or_default() += 1;
         }
+        self.write_held(tx)?;
         self.write_clocks(tx, &pre)?;
         Ok(tally)
+    }
+
+    /// Writes what is held, before a step that reads or writes Moodle's tables directly.
+    fn write_held(&mut self, tx: &mut Transaction<'_>) -> Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        self.held.write(tx, &self.target)
     }
 
     fn shape(&mut self, tx: &mut Transaction<'_>, table: &str) -> Result<Option<TableShape>> {
@@ -349,13 +393,17 @@ impl<'p> Applier<'p> {
     }
 
     fn write_columns(
-        &self,
+        &mut self,
         tx: &mut Transaction<'_>,
         table: &str,
         id: i64,
         cols: &Row,
     ) -> Result<()> {
         if cols.is_empty() {
+            return Ok(());
+        }
+        if self.holding {
+            self.held.update(table, id, cols);
             return Ok(());
         }
         let sets: Vec<String> = cols.keys().map(|c| format!("{} = ?", quote(c))).collect();
@@ -416,6 +464,16 @@ impl<'p> Applier<'p> {
     ) -> Result<Outcome> {
         let key = (table.to_owned(), id);
         let row = self.park_unknown(tx, table, id, stamp, row)?;
+        // Without a unique key besides the id, the insert cannot clash: it can wait to go with others.
+        if self.holding && self.shape(tx, table)?.is_some_and(|s| s.uniques.is_empty()) {
+            self.held.insert(table, id, row);
+            pre.present.insert(key.clone());
+            pre.clocks.insert(key.clone(), RowClock::born(stamp));
+            pre.dirty.insert(key);
+            return Ok(Outcome::Applied);
+        }
+        // Written first, so that a duplicate below is this row's own.
+        self.write_held(tx)?;
         match self.insert_row(tx, table, &row) {
             Ok(()) => {
                 pre.present.insert(key.clone());
@@ -433,7 +491,8 @@ impl<'p> Applier<'p> {
         }
     }
 
-    fn delete_row(&self, tx: &mut Transaction<'_>, table: &str, id: i64) -> Result<()> {
+    fn delete_row(&mut self, tx: &mut Transaction<'_>, table: &str, id: i64) -> Result<()> {
+        self.write_held(tx)?;
         tx.exec_drop(
             format!("DELETE FROM {} WHERE id = ?", self.target.table(table)),
             (id,),
@@ -441,6 +500,7 @@ impl<'p> Applier<'p> {
         .map_err(anyhow::Error::from)
     }
 
+    /// Inserts one row now; the caller has written what is held.
     fn insert_row(&self, tx: &mut Transaction<'_>, table: &str, row: &Row) -> Result<()> {
         let names: Vec<String> = row.keys().map(|c| quote(c)).collect();
         let params: Vec<mysql::Value> = row.values().map(to_sql).collect();
