@@ -333,6 +333,8 @@ impl Card {
         let parts = self.partitions();
         assert_eq!(parts.len(), 3, "{parts:?}");
         assert_eq!(parts[0].0, 0x0c, "boot partition type");
+        // U-Boot's distro boot scans the partitions flagged bootable first.
+        assert_eq!(self.head[446], 0x80, "boot partition flagged bootable");
         assert_eq!(parts[0].1 as usize * SECTOR, FIRST_PARTITION);
         assert!(
             parts

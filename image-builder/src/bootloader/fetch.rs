@@ -42,6 +42,19 @@ pub fn fetch(board: &Board, cache: &Path) -> Result<Vec<Blob>> {
         .collect()
 }
 
+impl Blob {
+    /// The manifest's record of this piece.
+    pub fn describe(&self) -> crate::manifest::BootloaderPiece {
+        use sha2::{Digest, Sha256};
+        crate::manifest::BootloaderPiece {
+            name: self.piece.name.clone(),
+            sector: self.piece.sector,
+            bytes: self.data.len() as u64,
+            sha256: hex::encode(Sha256::digest(&self.data)),
+        }
+    }
+}
+
 fn bytes_of(board: &Board, piece: &Piece, cache: &Path) -> Result<Vec<u8>> {
     let file = match &piece.source {
         Source::Zeros => return Ok(vec![0; piece.bytes.unwrap_or(0) as usize]),

@@ -50,6 +50,14 @@ pub fn run(args: &Args, progress: &Progress) -> Result<()> {
     tools::check_installed(&bootloader::required_tools(&board))?;
     let epoch =
         Lock::load(&Lock::path_for(&paths.locks(), "trixie", &board.arch))?.source_date_epoch;
+    // disk::assemble replaces the output file: never a device node or anything but a plain file.
+    if let Ok(meta) = std::fs::symlink_metadata(&args.out) {
+        anyhow::ensure!(
+            meta.is_file(),
+            "{} exists and is not a plain file: boot-area writes image files only",
+            args.out.display()
+        );
+    }
     let blobs = bootloader::fetch(&board, &paths.cache)?;
     let secrets = Secrets::for_center(&paths.state, &center.id)?;
 

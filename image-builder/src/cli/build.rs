@@ -171,6 +171,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
             compressed_bytes: std::fs::metadata(&zst)?.len(),
         },
         partition_table: layout,
+        bootloader: blobs.iter().map(bootloader::Blob::describe).collect(),
         packages,
     };
     std::fs::write(
