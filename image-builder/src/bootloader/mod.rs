@@ -76,3 +76,33 @@ fn check_needs(board: &Board, boot: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_needed_file_names_itself_and_where_to_add_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("b.ini"),
+            "[board]\nname = b\narch = arm64\nfamily = rpi\n[boot]\nmethod = rpi\nneeds = start4.elf, dtbs/x.dtb\n",
+        )
+        .unwrap();
+        let board = Board::load(dir.path(), "b").unwrap();
+        let boot = dir.path().join("boot");
+        std::fs::create_dir_all(boot.join("dtbs")).unwrap();
+        std::fs::write(boot.join("start4.elf"), "").unwrap();
+        let e = check_needs(&board, &boot).unwrap_err().to_string();
+        assert!(
+            e.contains("'dtbs/x.dtb'") && !e.contains("'start4.elf'"),
+            "{e}"
+        );
+        assert!(
+            e.contains("b.ini") && e.contains("overlays/rpi/boot/"),
+            "{e}"
+        );
+        std::fs::write(boot.join("dtbs/x.dtb"), "").unwrap();
+        check_needs(&board, &boot).unwrap();
+    }
+}
