@@ -41,7 +41,7 @@ pub const SCHEMA: Schema = &[
         help: "How the board starts the kernel.",
         free_keys: false,
         keys: &[
-            Key::required("method", "direct (QEMU -kernel), rpi (firmware + config.txt), u-boot (extlinux.conf)"),
+            Key::required("method", "direct (QEMU -kernel), rpi (firmware + config.txt), u-boot (U-Boot runs boot.scr, compiled from the overlay's boot.cmd)"),
             Key::optional("cmdline", "rootwait", "kernel command line; the builder adds root="),
             Key::optional(
                 "needs",
