@@ -7,6 +7,8 @@ use anyhow::Result;
 use appliance::ini::{ConfigError, Document, Key, Schema, Section};
 use serde::Serialize;
 
+use crate::bootloader::piece::Piece;
+
 pub const SCHEMA: Schema = &[
     Section {
         name: "board",
@@ -39,13 +41,30 @@ pub const SCHEMA: Schema = &[
         help: "How the board starts the kernel.",
         free_keys: false,
         keys: &[
-            Key::required("method", "direct (QEMU -kernel), rpi (firmware + config.txt), u-boot (extlinux.conf)"),
+            Key::required("method", "direct (QEMU -kernel), rpi (firmware + config.txt), u-boot (U-Boot runs boot.scr, compiled from the overlay's boot.cmd)"),
             Key::optional("cmdline", "rootwait", "kernel command line; the builder adds root="),
+            Key::optional(
+                "needs",
+                "",
+                "files the board's firmware or bootloader needs on the boot partition, comma-separated; the build fails when one is missing",
+            ),
+            Key::optional(
+                "dtb",
+                "",
+                "u-boot: device tree (under dtbs/ on the boot partition) boot.scr loads when U-Boot does not name one in ${fdtfile}",
+            ),
         ],
     },
     Section {
         name: "boot-files",
         help: "Files copied onto the boot partition: destination = glob in the root filesystem.",
+        free_keys: true,
+        keys: &[],
+    },
+    Section {
+        name: "bootloader",
+        help: "Pieces written before the first partition, where the SoC's boot ROM reads them: \
+               name = sector=N source=URL|path|zeros sha256=HEX [member=/file/in/deb] [skip=BYTES] [bytes=N].",
         free_keys: true,
         keys: &[],
     },
@@ -86,6 +105,12 @@ pub struct Board {
     pub boot_method: String,
     pub cmdline: String,
     pub boot_files: Vec<BootFile>,
+    /// Files that must be on the boot partition once it is staged.
+    pub boot_needs: Vec<String>,
+    /// Fallback device tree for boot.scr, relative to dtbs/.
+    pub dtb: String,
+    /// The bootloader area, in config order.
+    pub bootloader: Vec<Piece>,
     pub boot_mib: u64,
     pub root_mib: u64,
     pub data_mib: u64,
@@ -128,6 +153,13 @@ impl Board {
                 Ok(BootFile { dest, source, line })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let bootloader = doc
+            .free_entries("bootloader")
+            .into_iter()
+            .map(|(name, value, line)| {
+                Piece::parse(&name, &value, line).map_err(|m| doc.error("bootloader", &name, m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Board {
             description: doc.get("board", "description").to_owned(),
             arch: doc.one_of("board", "arch", ARCHES)?,
@@ -138,6 +170,9 @@ impl Board {
             boot_method: doc.one_of("boot", "method", &["direct", "rpi", "u-boot"])?,
             cmdline: doc.get("boot", "cmdline").to_owned(),
             boot_files,
+            boot_needs: doc.list("boot", "needs"),
+            dtb: doc.get("boot", "dtb").to_owned(),
+            bootloader,
             boot_mib: doc.int_in("partitions", "boot_mib", 64..=2048)?,
             root_mib: doc.int_in("partitions", "root_mib", 512..=16384)?,
             data_mib: doc.int_in("partitions", "data_mib", 32..=16384)?,

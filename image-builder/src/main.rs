@@ -4,6 +4,7 @@ mod apt;
 mod binfmt;
 mod bmap;
 mod board;
+mod bootloader;
 mod centers;
 mod cli;
 mod cross;
@@ -74,6 +75,9 @@ enum Command {
     Build(cli::build::Args),
     /// Time cold and warm builds and report image sizes, as a table.
     Bench(cli::bench::Args),
+    /// Only the partition table, bootloader area and boot partition of a card, from an unpacked root
+    /// filesystem: checks a board's boot chain without a full build.
+    BootArea(cli::boot_area::Args),
     /// Write an image to a card: only the mapped blocks, read back from the card and verified.
     Flash(cli::flash::Args),
     /// Check a card against an image's bmap, reporting the first range that differs.
@@ -112,6 +116,7 @@ fn main() {
             );
         }),
         Command::Bench(args) => cli::bench::run_bench(&args),
+        Command::BootArea(args) => cli::boot_area::run(&args, &progress),
         Command::Flash(args) => cli::flash::run(&args, &progress),
         Command::Verify(args) => cli::verify::run(&args, &progress),
         Command::Center { command } => cli::center::run(&command),

@@ -31,7 +31,19 @@ pub struct Manifest {
     pub appliance: Appliance,
     pub image: ImageInfo,
     pub partition_table: Layout,
+    /// What the bootloader area holds (boards booting through U-Boot); left out when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bootloader: Vec<BootloaderPiece>,
     pub packages: Vec<Package>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BootloaderPiece {
+    pub name: String,
+    pub sector: u64,
+    pub bytes: u64,
+    /// sha256 of the bytes written (not of the source file or .deb).
+    pub sha256: String,
 }
 
 #[derive(Debug, Serialize)]

@@ -28,7 +28,14 @@ pub const REQUIRED: &[(&str, &str)] = &[
 
 /// Fails with one message listing every missing tool and the packages to install.
 pub fn check_required() -> Result<()> {
-    let missing: Vec<_> = REQUIRED
+    check_installed(REQUIRED)?;
+    check_mkfs_reproducible()?;
+    Ok(())
+}
+
+/// Fails with one message listing every missing command of `tools` and the packages to install.
+pub fn check_installed(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<_> = tools
         .iter()
         .filter(|(cmd, _)| which(cmd).is_none())
         .collect();
@@ -45,7 +52,6 @@ pub fn check_required() -> Result<()> {
             pkgs.join(" ")
         );
     }
-    check_mkfs_reproducible()?;
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use crate::manifest::{self, Manifest};
 use crate::packages::sha256_file;
 use crate::progress::Progress;
 use crate::secrets::Secrets;
-use crate::{cross, overlay, rootfs, tools, Paths};
+use crate::{bootloader, cross, overlay, rootfs, tools, Paths};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,6 +53,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     let center = Center::load(&center_path)?;
     // Configs first: a typo is reported before anything is installed or downloaded.
     tools::check_required()?;
+    tools::check_installed(&bootloader::required_tools(&board))?;
     let lock = Lock::load(&Lock::path_for(&paths.locks(), "trixie", &board.arch))?;
     let secrets = Secrets::for_center(&paths.state, &center.id)?;
     let center_text = std::fs::read_to_string(&center_path)
@@ -64,6 +65,8 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let epoch = lock.source_date_epoch;
+    // Before the slow root filesystem: a missing or altered bootloader blob fails the build at once.
+    let blobs = bootloader::fetch(&board, cache)?;
 
     let layers = overlay::layers(&paths.overlays(), &board);
     let mut boards = Board::all(&paths.board_configs())?;
@@ -115,15 +118,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     std::fs::write(root.join("etc/kituo/build.ini"), build_info(&context))?;
     overlay::apply(&layers, &context, &root, &boot)?;
     overlay::customize(&layers, &root, epoch)?;
-    overlay::boot_files(&board, &root, &boot)?;
-    std::fs::write(
-        boot.join("cmdline.txt"),
-        format!(
-            "{} root=PARTUUID={} rw\n",
-            board.cmdline,
-            layout.part("root-a").partuuid
-        ),
-    )?;
+    bootloader::stage(&board, &root, &boot, &layout, epoch)?;
     empty_dir(&root.join("boot/firmware"))?;
     data_tree(&root, &data)?;
     for dir in [&root, &boot, &data] {
@@ -135,6 +130,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     let step = progress.step("disk image");
     let image = args.out.join(format!("{name}.img"));
     write_disk_image(work.path(), &layout, &seed, epoch, &image)?;
+    bootloader::install(&blobs, &image)?;
     drop(work);
     step.finish();
 
@@ -175,6 +171,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
             compressed_bytes: std::fs::metadata(&zst)?.len(),
         },
         partition_table: layout,
+        bootloader: blobs.iter().map(bootloader::Blob::describe).collect(),
         packages,
     };
     std::fs::write(
@@ -274,7 +271,7 @@ fn install_appliance(root: &Path, binary: &Path) -> Result<()> {
 }
 
 /// The variables overlay templates see (documented in overlays/README.md).
-fn template_context(
+pub(crate) fn template_context(
     board: &Board,
     center: &Center,
     secrets: &Secrets,
@@ -305,6 +302,7 @@ fn template_context(
             "name": board.name, "description": board.description, "arch": board.arch, "family": board.family,
             "ram_mib": board.ram_mib.to_string(), "console": board.console,
         },
+        "boot": { "cmdline": bootloader::kernel_cmdline(board, layout), "dtb": board.dtb },
         "secrets": {
             "moodle_db_password": secrets.get("moodle_db_password"),
             "kituo_db_password": secrets.get("kituo_db_password"),

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_flash;
+pub mod boot_area;
 pub mod build;
 pub mod center;
 pub mod flash;
