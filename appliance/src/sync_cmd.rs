@@ -163,11 +163,15 @@ fn print_imported(dir: &Path, i: &bundle::import::Imported) -> Result<()> {
     for p in &i.problems {
         eprintln!("sync: {p}");
     }
+    let applied = if i.volumes == 0 {
+        "nothing was applied"
+    } else {
+        "what verified was applied, the rest was not"
+    };
     anyhow::bail!(
-        "{} problem(s) with {}; what verified was applied, the rest was not: {}",
+        "{} problem(s) with {} (listed above); {applied}",
         i.problems.len(),
         dir.display(),
-        i.problems.join("; ")
     )
 }
 

@@ -73,6 +73,7 @@ fn verify_dir(
         dir.display()
     );
     let mut bundles: BTreeMap<String, Bundle> = BTreeMap::new();
+    let mut refused = HashSet::new();
     for path in paths {
         match volume::verify(&path, key) {
             Ok(v) => {
@@ -84,17 +85,21 @@ fn verify_dir(
                     });
                 b.volumes.insert(v.manifest.index, v);
             }
-            Err(e) => problems.push(format!("{e:#}")),
+            Err(e) => {
+                problems.push(format!("{e:#}"));
+                refused.insert(path);
+            }
         }
     }
     let mut bundles: Vec<Bundle> = bundles.into_values().collect();
     for b in &bundles {
         for index in 1..=b.head.volumes {
-            if !b.volumes.contains_key(&index) {
+            let path = dir.join(b.head.file_name(index));
+            if !b.volumes.contains_key(&index) && !refused.contains(&path) {
                 problems.push(format!(
-                    "volume {index} of {} ({}) is missing or damaged: its part is left out",
+                    "volume {index} of {} ({}) is missing: its part is left out",
                     b.head.volumes,
-                    dir.join(b.head.file_name(index)).display()
+                    path.display()
                 ));
             }
         }
@@ -164,16 +169,21 @@ fn center_bundle(
             stuck: None,
         },
     )?;
-    if let Some(first) = b.volumes.get(&1) {
-        let held: Vec<ContentHash> = first
-            .manifest
-            .held
-            .iter()
-            .filter_map(|h| ContentHash::parse(h).ok())
-            .collect();
-        mover::load_at_hub(site.conn())?;
-        mover::remember_at_hub(site.conn(), &held)?;
-    }
+    // Held at the hub: the outbox on the SD card may drop them, as after a push.
+    agent::prune_outbox(site)?;
+    // What the hub holds of our blobs: not exported again.
+    let mut at_hub: Vec<ContentHash> = b
+        .volumes
+        .get(&1)
+        .map(|first| {
+            first
+                .manifest
+                .held
+                .iter()
+                .filter_map(|h| ContentHash::parse(h).ok())
+                .collect()
+        })
+        .unwrap_or_default();
     'volumes: for v in b.volumes.values() {
         out.volumes += 1;
         for batch in &v.manifest.rows {
@@ -200,8 +210,11 @@ fn center_bundle(
     if let Some(pool) = pool {
         let target = site.target().clone();
         let mut referenced = |h: &ContentHash| inventory::is_referenced(site.conn(), &target, h);
-        place_blobs(b, pool, ".bundle", &mut referenced, out)?;
+        // The hub holds every blob it bundles.
+        at_hub.extend(place_blobs(b, pool, ".bundle", &mut referenced, out)?.seen);
     }
+    mover::load_at_hub(site.conn())?;
+    mover::remember_at_hub(site.conn(), &at_hub)?;
     Ok(())
 }
 
@@ -312,8 +325,8 @@ fn hub_bundle(
         let target = site.target().clone();
         let mut referenced = |h: &ContentHash| inventory::is_referenced(site.conn(), &target, h);
         let before = out.placed.len();
-        let present = place_blobs(b, pool, &format!(".bundle{center}"), &mut referenced, out)?;
-        let mut held = present;
+        let blobs = place_blobs(b, pool, &format!(".bundle{center}"), &mut referenced, out)?;
+        let mut held = blobs.present;
         held.extend(out.placed[before..].iter().copied());
         mark_held(site.conn(), center, &held)?;
     }
@@ -356,14 +369,14 @@ fn insert_hashes(
 
 /// Places the bundle's blobs that this site's `files` rows reference and it lacks, chunk by chunk
 /// through the pool (sha1 checked, placed atomically). A blob cut by a missing volume stays a partial
-/// copy and is reported; the next stick completes it. Returns the blobs that were already here.
+/// copy and is reported; the next stick completes it.
 fn place_blobs(
     b: &Bundle,
     pool: &Pool,
     tag: &str,
     referenced: &mut dyn FnMut(&ContentHash) -> Result<bool>,
     out: &mut Imported,
-) -> Result<Vec<ContentHash>> {
+) -> Result<Blobs> {
     let mut present = Vec::new();
     let mut skip: HashSet<ContentHash> = HashSet::new();
     let mut writing: HashSet<ContentHash> = HashSet::new();
@@ -403,14 +416,23 @@ fn place_blobs(
         }
         out.problems.extend(problems);
     }
-    for hash in writing {
-        if !skip.contains(&hash) {
+    for hash in &writing {
+        if !skip.contains(hash) {
             out.problems.push(format!(
                 "file {hash} is incomplete in this copy (a volume is missing); its part is kept"
             ));
         }
     }
-    Ok(present)
+    Ok(Blobs {
+        present,
+        seen: writing.into_iter().collect(),
+    })
+}
+
+/// The blobs of a bundle: those this site held already, and every one it carried.
+struct Blobs {
+    present: Vec<ContentHash>,
+    seen: Vec<ContentHash>,
 }
 
 /// Records one bundle's import in the history.

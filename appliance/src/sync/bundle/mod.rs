@@ -55,7 +55,8 @@ pub fn parse_size(text: &str) -> Result<u64> {
         .parse()
         .with_context(|| format!("'{text}' is not a size such as 4.7G or 700M"))?;
     let bytes = (n * factor).floor();
-    if !(bytes >= MIN_VOLUME as f64) {
+    // NaN and negatives fail this too.
+    if bytes.is_nan() || bytes < MIN_VOLUME as f64 {
         bail!("a volume of '{text}' is too small: at least {MIN_VOLUME} bytes");
     }
     Ok(if bytes >= u64::MAX as f64 {

@@ -38,6 +38,10 @@ struct Draft {
     manifest_max: u64,
 }
 
+/// Reads a blob's bytes from an offset, at most so many: its size and the bytes, `None` if it is gone
+/// (as `Pool::read`).
+pub type ReadBlob<'a> = dyn FnMut(u64, usize) -> Result<Option<(u64, Vec<u8>)>> + 'a;
+
 /// Writes a bundle's volumes, each at most `limit` bytes.
 pub struct Writer {
     dir: PathBuf,
@@ -173,7 +177,7 @@ impl Writer {
         &mut self,
         hash: crate::sync::files::hash::ContentHash,
         chunk_size: usize,
-        read: &mut dyn FnMut(u64, usize) -> Result<Option<(u64, Vec<u8>)>>,
+        read: &mut ReadBlob<'_>,
     ) -> Result<bool> {
         let mut offset = 0;
         loop {
