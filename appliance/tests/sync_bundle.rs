@@ -374,6 +374,52 @@ fn damaged_forged_and_foreign_bundles_apply_nothing_and_twice_or_late_changes_no
             && c2_history.iter().any(|h| h.direction == "export"),
         "center 2's history: {c2_history:?}"
     );
+
+    // And center 2's status page lists them: its supervisor's sync thread reads the history.
+    let port = appliance::testbed::free_port()?;
+    let status = format!(
+        "[status]\nlisten = 127.0.0.1:{port}\nbuild_info = {}\n\
+         [health]\ninterval_seconds = 5\nweb_url =\nfpm_ping_url =\nmariadb_socket =\n\
+         hostapd_control =\npartitions = /\nrestart_command =\n[power]\nsources =\nhistory_file =\n",
+        b.dir.join("none.ini").display()
+    );
+    let text = std::fs::read_to_string(&c2)?;
+    let supervised = b.dir.join("supervised2.ini");
+    std::fs::write(
+        &supervised,
+        text.replacen("[sync]", &format!("{status}[sync]"), 1),
+    )?;
+    let log = b.dir.join("supervisor2.log");
+    let mut supervisor = appliance::sync::bed_services::Proc {
+        child: Command::new(exe())
+            .args(["supervise", "--config"])
+            .arg(&supervised)
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?,
+        log,
+    };
+    let shown = wait_for(Duration::from_secs(30), || {
+        let body = ureq::get(&format!("http://127.0.0.1:{port}/api/status"))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let list = v["bundles"].as_array()?.clone();
+        (list.len() >= 3).then_some(list)
+    });
+    let shown = shown.with_context(|| {
+        format!(
+            "the status page lists no bundles: {}",
+            supervisor.log_text()
+        )
+    })?;
+    ensure!(
+        shown[0]["direction"] == "import" && shown[0]["peer"] == "hub" && shown[0]["ok"] == true,
+        "the newest bundle shown: {}",
+        shown[0]
+    );
+    supervisor.kill();
     eprintln!("{:?}: done", t0.elapsed());
     Ok(())
 }
