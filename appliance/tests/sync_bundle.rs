@@ -563,6 +563,14 @@ fn a_bundle_only_center_and_a_linked_center_converge_with_the_hub_even_after_a_h
         let n = bed_files::assert_filedir_sound(&b.pool(site)?)?;
         ensure!(n >= from_hub.len() + 3, "site {site} holds {n} blobs");
     }
+    // The first stick again, now old: nothing changes at the hub.
+    let posts = b.w.hub.dump("forum_posts")?;
+    let r = import_hub(&b, &stick)?;
+    ensure!(r.ok, "the old stick failed: {}", r.stderr);
+    ensure!(
+        b.w.hub.dump("forum_posts")? == posts,
+        "the old stick changed the hub"
+    );
     // Nothing left to send: center 3's last bundle carried no changes and no files.
     let last = b.stick("c3-last");
     export(&c3, &last, None)?;
