@@ -120,6 +120,41 @@ enum SyncAction {
         #[arg(long, value_delimiter = ',')]
         tables: Vec<String>,
     },
+    /// Write everything the other side has not acknowledged (row changes and files) as a signed
+    /// bundle for a USB stick or DVD; at the hub, with --for, a bundle for one center.
+    Export {
+        /// The folder to write the volumes in (e.g. the mounted stick).
+        #[arg(long)]
+        to: PathBuf,
+        /// Largest volume, for the medium: 4.7G (a DVD), 700M, 2GiB; default one volume.
+        #[arg(long)]
+        volume_size: Option<String>,
+        /// At the hub: the center's site number the bundle is for.
+        #[arg(long = "for")]
+        center: Option<u32>,
+        /// Default /etc/kituo/appliance.ini, or /etc/kituo/hub.ini with --for.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Verify, then apply, the bundles in a folder (every volume is checked before anything is
+    /// applied; importing twice changes nothing).
+    Import {
+        dir: PathBuf,
+        /// Import at the hub (the centers' bundles).
+        #[arg(long)]
+        hub: bool,
+        /// Default /etc/kituo/appliance.ini, or /etc/kituo/hub.ini with --hub.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn hub_ini() -> PathBuf {
+    PathBuf::from("/etc/kituo/hub.ini")
+}
+
+fn appliance_ini() -> PathBuf {
+    PathBuf::from("/etc/kituo/appliance.ini")
 }
 
 fn main() {
@@ -185,6 +220,28 @@ fn run() -> Result<()> {
                     ..Default::default()
                 };
                 sync_cmd::verify(&config, &opts)
+            }
+            SyncAction::Export {
+                to,
+                volume_size,
+                center,
+                config,
+            } => {
+                let to = sync_cmd::ExportTo {
+                    dir: &to,
+                    volume_size: volume_size.as_deref(),
+                };
+                match center {
+                    Some(c) => sync_cmd::export_hub(&config.unwrap_or_else(hub_ini), c, &to),
+                    None => sync_cmd::export_center(&config.unwrap_or_else(appliance_ini), &to),
+                }
+            }
+            SyncAction::Import { dir, hub, config } => {
+                if hub {
+                    sync_cmd::import_hub(&config.unwrap_or_else(hub_ini), &dir)
+                } else {
+                    sync_cmd::import_center(&config.unwrap_or_else(appliance_ini), &dir)
+                }
             }
         },
         Command::Bench { idle_seconds, what } => match what {

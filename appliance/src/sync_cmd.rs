@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use appliance::config::Config;
+use appliance::sync::bundle;
 use appliance::sync::files::pool::Pool;
 use appliance::sync::files::serve::HubFiles;
 use appliance::sync::files::sweep;
@@ -120,4 +121,142 @@ pub fn verify(config: &Path, opts: &verify::Options) -> Result<()> {
     } else {
         anyhow::bail!("this site differs from the hub; `appliance sync verify --repair` copies the hub's rows")
     }
+}
+
+/// Where `sync export` writes.
+pub struct ExportTo<'a> {
+    pub dir: &'a Path,
+    pub volume_size: Option<&'a str>,
+}
+
+fn volume_size(to: &ExportTo<'_>) -> Result<u64> {
+    to.volume_size
+        .map_or(Ok(u64::MAX), bundle::parse_size)
+        .context("--volume-size")
+}
+
+fn print_exported(e: &bundle::export::Exported) {
+    eprintln!(
+        "sync: bundle {}: {} changes and {} files, {} bytes in {} volumes:",
+        e.bundle,
+        e.changes,
+        e.blobs,
+        e.bytes,
+        e.volumes.len()
+    );
+    for v in &e.volumes {
+        println!("{}", v.display());
+    }
+}
+
+fn print_imported(dir: &Path, i: &bundle::import::Imported) -> Result<()> {
+    eprintln!(
+        "sync: {} volumes from {}: applied {} changes, placed {} files",
+        i.volumes,
+        dir.display(),
+        i.changes,
+        i.placed.len()
+    );
+    if i.problems.is_empty() {
+        return Ok(());
+    }
+    for p in &i.problems {
+        eprintln!("sync: {p}");
+    }
+    let applied = if i.volumes == 0 {
+        "nothing was applied"
+    } else {
+        "what verified was applied, the rest was not"
+    };
+    anyhow::bail!(
+        "{} problem(s) with {} (listed above); {applied}",
+        i.problems.len(),
+        dir.display(),
+    )
+}
+
+/// A center's settings for bundles: its `[sync]` (secret, batch size) and `[moodle]`, `[files]`.
+fn center_settings(config: &Path) -> Result<(u32, appliance::sync::settings::AgentSettings)> {
+    let config = Config::load(config)?;
+    let settings = config.sync.with_context(|| {
+        format!(
+            "{}: [sync] hub_url is empty: bundles need the [sync] section too (a center that \
+             syncs only by bundles may name a hub it cannot reach)",
+            config.file.display()
+        )
+    })?;
+    Ok((u32::from(config.site_id), settings))
+}
+
+/// `appliance sync export` at a center: a bundle for the hub.
+pub fn export_center(config: &Path, to: &ExportTo<'_>) -> Result<()> {
+    let size = volume_size(to)?;
+    let (site_id, s) = center_settings(config)?;
+    let rules = s.moodle.rulebook()?;
+    let secret = Secret::read(&s.secret_file)?;
+    let mut site = Site::open(s.moodle.site_config(site_id, Role::Center)?)?;
+    let target = bundle::export::Target {
+        dir: to.dir,
+        volume_size: size,
+    };
+    let done = bundle::export::from_center(
+        &mut site,
+        rules.policy(),
+        secret,
+        s.files.as_ref(),
+        s.batch_changes,
+        &target,
+    )?;
+    print_exported(&done);
+    Ok(())
+}
+
+/// `appliance sync export --for CENTER` at the hub.
+pub fn export_hub(config: &Path, center: u32, to: &ExportTo<'_>) -> Result<()> {
+    let size = volume_size(to)?;
+    let settings = HubSettings::load(config)?;
+    let rules = settings.moodle.rulebook()?;
+    let mut site = Site::open(settings.moodle.site_config(settings.site_id, Role::Hub)?)?;
+    let pool = hub_pool(&settings)?;
+    let target = bundle::export::Target {
+        dir: to.dir,
+        volume_size: size,
+    };
+    let done =
+        bundle::export::for_center(&mut site, rules.policy(), center, pool.as_ref(), &target)?;
+    print_exported(&done);
+    Ok(())
+}
+
+fn hub_pool(settings: &HubSettings) -> Result<Option<Pool>> {
+    settings
+        .dataroot
+        .as_ref()
+        .map(|d| Pool::new(d, settings.perms))
+        .transpose()
+}
+
+/// `appliance sync import DIR` at a center.
+pub fn import_center(config: &Path, dir: &Path) -> Result<()> {
+    let (site_id, s) = center_settings(config)?;
+    let rules = s.moodle.rulebook()?;
+    let secret = Secret::read(&s.secret_file)?;
+    let mut site = Site::open(s.moodle.site_config(site_id, Role::Center)?)?;
+    let pool = s
+        .files
+        .as_ref()
+        .map(|f| Pool::new(&f.dataroot, f.perms))
+        .transpose()?;
+    let done = bundle::import::at_center(&mut site, rules.policy(), &secret, pool.as_ref(), dir)?;
+    print_imported(dir, &done)
+}
+
+/// `appliance sync import --hub DIR`.
+pub fn import_hub(config: &Path, dir: &Path) -> Result<()> {
+    let settings = HubSettings::load(config)?;
+    let rules = settings.moodle.rulebook()?;
+    let mut site = Site::open(settings.moodle.site_config(settings.site_id, Role::Hub)?)?;
+    let pool = hub_pool(&settings)?;
+    let done = bundle::import::at_hub(&mut site, rules.policy(), pool.as_ref(), dir)?;
+    print_imported(dir, &done)
 }

@@ -110,6 +110,20 @@ pub fn show(config: &Config, json: bool) -> Result<()> {
             text(&y["last_success"])
         ),
     }
+    if let Some(b) = s["bundles"].as_array().and_then(|all| all.first()) {
+        println!(
+            "Bundle:   last {} {} {} (at {}): {}",
+            text(&b["direction"]),
+            if b["direction"] == "export" {
+                "for"
+            } else {
+                "from"
+            },
+            text(&b["peer"]),
+            text(&b["at"]),
+            text(&b["result"])
+        );
+    }
     match s["update"].as_object() {
         None => println!("Update:   not configured yet"),
         Some(u) => println!(

@@ -4,13 +4,13 @@
 //! keys, e.g. `build.id`), `uptime_seconds` (of the supervisor), `generated_at` (unix seconds), `power`
 //! (state, reading, sources, bulk_sync_paused, shutdown_steps), `health` (services, disks, temperature,
 //! throttling, clock, load, memory, uptime; null before the first check), `sync`, `files` and `update`
-//! (null until their work reports; `sync.backlog_files`/`backlog_bytes` are `files.send_pending`/`send_bytes`), `history` (recent power transitions, newest last), `chart` (24 h of samples).
+//! (null until their work reports; `bundles`: recent USB/DVD bundles, newest first; `sync.backlog_files`/`backlog_bytes` are `files.send_pending`/`send_bytes`), `history` (recent power transitions, newest last), `chart` (24 h of samples).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{FileSyncStatus, Live, PowerView, SyncStatus, UpdateStatus};
+use super::{BundleRecord, FileSyncStatus, Live, PowerView, SyncStatus, UpdateStatus};
 use crate::health::Report;
 use crate::history::{Event, Sample};
 
@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub health: Option<Report>,
     pub sync: Option<SyncStatus>,
     pub files: Option<FileSyncStatus>,
+    /// Recent sneakernet bundles, newest first.
+    pub bundles: Vec<BundleRecord>,
     pub update: Option<UpdateStatus>,
     pub history: Vec<Event>,
     pub chart: Vec<Sample>,
@@ -66,6 +68,7 @@ pub fn snapshot(id: &Identity, live: &Live, uptime_seconds: u64) -> Snapshot {
             y
         }),
         files: live.files.clone(),
+        bundles: live.bundles.clone(),
         update: live.update.clone(),
         history: live.events[skip..].to_vec(),
         chart: live.samples.clone(),

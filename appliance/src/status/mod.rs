@@ -133,6 +133,28 @@ pub struct FileSyncStatus {
     pub last_error: Option<String>,
 }
 
+/// One sneakernet bundle exported or imported here (see `sync::bundle::history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleRecord {
+    /// Unix seconds.
+    pub at: u64,
+    /// `export` or `import`.
+    pub direction: String,
+    /// The other side: `hub` or a center's site number.
+    pub peer: String,
+    pub bundle: String,
+    /// Volumes written, or volumes used on import.
+    pub volumes: u32,
+    pub bytes: u64,
+    /// Row changes written, or applied.
+    pub changes: u64,
+    /// Blobs written, or placed.
+    pub blobs: u64,
+    pub ok: bool,
+    /// In words: what was done, or what was refused and why.
+    pub result: String,
+}
+
 /// What the update client reports (fed with [`Feed::set_update`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateStatus {
@@ -153,6 +175,8 @@ pub struct Live {
     pub samples: Vec<Sample>,
     pub sync: Option<SyncStatus>,
     pub files: Option<FileSyncStatus>,
+    /// Recent bundles, newest first.
+    pub bundles: Vec<BundleRecord>,
     pub update: Option<UpdateStatus>,
 }
 
@@ -215,6 +239,9 @@ impl Feed {
     }
     pub fn set_files(&self, status: FileSyncStatus) {
         self.shared.write().files = Some(status);
+    }
+    pub fn set_bundles(&self, recent: Vec<BundleRecord>) {
+        self.shared.write().bundles = recent;
     }
     pub fn set_update(&self, status: UpdateStatus) {
         self.shared.write().update = Some(status);

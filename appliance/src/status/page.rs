@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::api::Snapshot;
-use super::{FileSyncState, FileSyncStatus, LinkState};
+use super::{BundleRecord, FileSyncState, FileSyncStatus, LinkState};
 use crate::power::state::PowerState;
 
 /// What the viewer may do.
@@ -425,7 +425,30 @@ fn sync(o: &mut String, s: &Snapshot, now: u64) {
     if let Some(f) = &s.files {
         files(o, f, now);
     }
+    for b in s.bundles.iter().take(5) {
+        bundle(o, b, now);
+    }
     o.push_str("</table></section>");
+}
+
+/// One line of bundle history.
+fn bundle(o: &mut String, b: &BundleRecord, now: u64) {
+    let (way, peer) = if b.direction == "export" {
+        ("Bundle out", format!("for {}", b.peer))
+    } else {
+        ("Bundle in", format!("from {}", b.peer))
+    };
+    let class = if b.ok { "ok" } else { "bad" };
+    row(
+        o,
+        way,
+        &format!(
+            "{}, {peer}, {}: <span class=\"{class}\">{}</span>",
+            esc(&ago(now, b.at)),
+            bytes(b.bytes),
+            esc(&b.result)
+        ),
+    );
 }
 
 /// File sync's rows, in the sync table.
@@ -550,7 +573,7 @@ mod tests {
 
     use crate::status::api::{snapshot, Identity};
     use crate::status::{
-        FileSyncState, FileSyncStatus, LinkState, Shared, SyncStatus, UpdateStatus,
+        BundleRecord, FileSyncState, FileSyncStatus, LinkState, Shared, SyncStatus, UpdateStatus,
     };
 
     #[test]
@@ -583,6 +606,18 @@ mod tests {
             last_success: None,
             last_error: Some("the hub answered 503".into()),
         });
+        feed.set_bundles(vec![BundleRecord {
+            at: now - 600,
+            direction: "import".into(),
+            peer: "hub".into(),
+            bundle: "ab12".into(),
+            volumes: 2,
+            bytes: 3 << 20,
+            changes: 40,
+            blobs: 2,
+            ok: false,
+            result: "applied 40 changes; volume 2 of 3 is missing".into(),
+        }]);
         feed.set_update(UpdateStatus {
             active_slot: "B".into(),
             pending: Some("0.2.0".into()),
@@ -605,6 +640,7 @@ mod tests {
             "No UPS configured",
             "12 files (40 MB), oldest added 2 h 1 min ago; 2 large ones wait",
             "Last file error</td><td><span class=\"bad\">the hub answered 503",
+            "Bundle in</td><td>10 min ago, from hub, 3 MB: <span class=\"bad\">applied 40 changes; volume 2 of 3 is missing",
         ] {
             assert!(html.contains(text), "missing {text}: {html}");
         }

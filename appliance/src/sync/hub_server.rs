@@ -337,13 +337,8 @@ impl Worker {
     }
 
     fn secret_of(&mut self, center: u32) -> Result<Option<Secret>, Refusal> {
-        let found = self.site()?.conn().exec_first::<Vec<u8>, _, _>(
-            "SELECT secret FROM kituo_sync.centers WHERE site = ?",
-            (center,),
-        );
-        found
-            .map(|s| s.map(Secret::from_bytes))
-            .map_err(|e| self.database_failed(e.into()))
+        let found = center_secret(self.site()?.conn(), center);
+        found.map_err(|e| self.database_failed(e))
     }
 
     fn dispatch(
@@ -497,6 +492,17 @@ fn signed(
         response.add_header(h);
     }
     response
+}
+
+/// A registered center's secret; `None` for a site the hub does not know.
+pub fn center_secret(conn: &mut impl Queryable, center: u32) -> Result<Option<Secret>> {
+    let found: Option<Vec<u8>> = conn
+        .exec_first(
+            "SELECT secret FROM kituo_sync.centers WHERE site = ?",
+            (center,),
+        )
+        .context("cannot read the centers' secrets")?;
+    Ok(found.map(Secret::from_bytes))
 }
 
 /// Registers a center with its secret, or replaces the secret of a registered one.

@@ -90,7 +90,7 @@ pub fn waiting(conn: &mut impl Queryable, center: u32) -> Result<u64> {
 }
 
 /// The error that holds `center`'s queue, if one does.
-fn stuck(conn: &mut impl Queryable, center: u32) -> Result<Option<String>> {
+pub fn stuck(conn: &mut impl Queryable, center: u32) -> Result<Option<String>> {
     let error: Option<Option<String>> = conn
         .exec_first(
             "SELECT error FROM kituo_sync.inbox WHERE origin = ? ORDER BY last_seq LIMIT 1",

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod bed;
 pub mod bed_files;
 pub mod bed_services;
+pub mod bundle;
 pub mod capture;
 pub mod change;
 pub mod files;

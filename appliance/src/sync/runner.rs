@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use rand::Rng;
 
 use super::agent;
+use super::bundle;
 use super::files::mover::Mover;
 use super::hlc;
 use super::http_link::{HttpLink, LinkOptions, Traffic};
@@ -24,7 +25,7 @@ use super::store;
 use super::verify;
 use super::wire::Secret;
 use crate::power::BulkSyncGate;
-use crate::status::{Feed, LinkState, SyncStatus};
+use crate::status::{BundleRecord, Feed, LinkState, SyncStatus};
 
 /// How the supervisor steers the agent.
 #[derive(Clone, Default)]
@@ -47,6 +48,8 @@ impl Controls {
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const MIN_BATCH: usize = 10;
+/// Bundles the status page lists.
+const BUNDLES_SHOWN: usize = 5;
 
 pub struct Runner {
     settings: AgentSettings,
@@ -63,6 +66,8 @@ pub struct Runner {
     hub_stuck: Option<String>,
     /// File sync, when `[files] dataroot` is set.
     files: Option<Mover>,
+    /// The bundle history last shown.
+    bundles: Vec<BundleRecord>,
 }
 
 impl Runner {
@@ -91,6 +96,7 @@ impl Runner {
             status: not_started(None),
             failures: 0,
             hub_stuck: None,
+            bundles: Vec::new(),
         })
     }
 
@@ -143,6 +149,7 @@ impl Runner {
             Some(site) => site,
             None => Site::open(self.site_cfg.clone())?,
         };
+        self.publish_bundles(&mut site);
         let moved = self.exchange_with(&mut site);
         // Kept even after an error: `failed` drops it if the database was the trouble.
         self.site = Some(site);
@@ -262,6 +269,22 @@ impl Runner {
             .saturating_mul(1u32 << self.failures.min(16))
             .min(self.settings.backoff_max);
         ceiling.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    /// Shows the bundles exported and imported here (by `appliance sync export|import`, another
+    /// process: the history is in the database), when it changed.
+    fn publish_bundles(&mut self, site: &mut Site) {
+        let Some(feed) = &self.controls.feed else {
+            return;
+        };
+        match bundle::history::recent(site.conn(), BUNDLES_SHOWN) {
+            Ok(recent) if recent != self.bundles => {
+                feed.set_bundles(recent.clone());
+                self.bundles = recent;
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("sync: {e:#}"),
+        }
     }
 
     fn publish(&self) {

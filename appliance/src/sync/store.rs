@@ -105,6 +105,33 @@ const TABLES: &[&str] = &[
         pulled BIGINT UNSIGNED NOT NULL DEFAULT 0
     ) ENGINE=InnoDB",
     "ALTER TABLE kituo_sync.centers ADD COLUMN IF NOT EXISTS pulled BIGINT UNSIGNED NOT NULL DEFAULT 0",
+    // Every bundle exported or imported here, for the status page (see `bundle::history`).
+    "CREATE TABLE IF NOT EXISTS kituo_sync.bundles (
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+        direction VARCHAR(8) NOT NULL,
+        peer VARCHAR(16) NOT NULL,
+        bundle VARCHAR(64) NOT NULL,
+        volumes INT UNSIGNED NOT NULL,
+        bytes BIGINT UNSIGNED NOT NULL,
+        changes BIGINT UNSIGNED NOT NULL,
+        blobs BIGINT UNSIGNED NOT NULL,
+        ok TINYINT NOT NULL,
+        result VARCHAR(1000) NOT NULL
+    ) ENGINE=InnoDB",
+    // Hub only: the blobs a bundle-only center said it lacks (its next bundle from the hub carries
+    // them), and the center's blobs the hub took from its bundles (the next bundle says so, and the
+    // center stops exporting them).
+    "CREATE TABLE IF NOT EXISTS kituo_sync.bundle_wants (
+        center INT UNSIGNED NOT NULL,
+        hash BINARY(20) NOT NULL,
+        PRIMARY KEY (center, hash)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS kituo_sync.bundle_held (
+        center INT UNSIGNED NOT NULL,
+        hash BINARY(20) NOT NULL,
+        PRIMARY KEY (center, hash)
+    ) ENGINE=InnoDB",
     // Hub only: centers' batches stored as they came, until applied (see `inbox`).
     "CREATE TABLE IF NOT EXISTS kituo_sync.inbox (
         origin INT UNSIGNED NOT NULL,

@@ -600,7 +600,7 @@ impl Mover {
     }
 }
 
-fn load_at_hub(conn: &mut mysql::Conn) -> Result<HashSet<ContentHash>> {
+pub fn load_at_hub(conn: &mut mysql::Conn) -> Result<HashSet<ContentHash>> {
     conn.query_drop(AT_HUB_TABLE)
         .context("cannot create kituo_sync.files_at_hub")?;
     let rows: Vec<Vec<u8>> = conn
@@ -609,7 +609,7 @@ fn load_at_hub(conn: &mut mysql::Conn) -> Result<HashSet<ContentHash>> {
     rows.iter().map(|r| ContentHash::from_slice(r)).collect()
 }
 
-fn remember_at_hub(conn: &mut mysql::Conn, hashes: &[ContentHash]) -> Result<()> {
+pub fn remember_at_hub(conn: &mut mysql::Conn, hashes: &[ContentHash]) -> Result<()> {
     for batch in hashes.chunks(1000) {
         let marks = vec!["(?)"; batch.len()].join(",");
         let params: Vec<mysql::Value> = batch.iter().map(|h| h.0.to_vec().into()).collect();
