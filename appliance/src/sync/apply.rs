@@ -175,6 +175,13 @@ impl<'p> Applier<'p> {
         Ok(tally)
     }
 
+    fn write_held_if_full(&mut self, tx: &mut Transaction<'_>) -> Result<()> {
+        if self.held.is_full() {
+            self.held.write(tx, &self.target)?;
+        }
+        Ok(())
+    }
+
     /// Writes what is held, before a step that reads or writes Moodle's tables directly.
     fn write_held(&mut self, tx: &mut Transaction<'_>) -> Result<()> {
         if self.held.is_empty() {
@@ -404,7 +411,7 @@ impl<'p> Applier<'p> {
         }
         if self.holding {
             self.held.update(table, id, cols);
-            return Ok(());
+            return self.write_held_if_full(tx);
         }
         let sets: Vec<String> = cols.keys().map(|c| format!("{} = ?", quote(c))).collect();
         let mut params: Vec<mysql::Value> = cols.values().map(to_sql).collect();
@@ -470,6 +477,7 @@ impl<'p> Applier<'p> {
             pre.present.insert(key.clone());
             pre.clocks.insert(key.clone(), RowClock::born(stamp));
             pre.dirty.insert(key);
+            self.write_held_if_full(tx)?;
             return Ok(Outcome::Applied);
         }
         // Written first, so that a duplicate below is this row's own.

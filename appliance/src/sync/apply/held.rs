@@ -24,6 +24,8 @@ pub struct HeldWriteFailed;
 
 /// Rows per statement: a few hundred already make the round trip negligible.
 const MAX_ROWS: usize = 500;
+/// Rows held at most before they are written.
+const HELD_ROWS: usize = 10 * MAX_ROWS;
 /// The protocol's limit on placeholders per prepared statement is 65,535.
 const MAX_PARAMS: usize = 60_000;
 /// Well below the 16 MiB `max_allowed_packet` of a stock MariaDB (Moodle's posts can be large).
@@ -41,6 +43,11 @@ pub(super) struct Held {
 impl Held {
     pub fn is_empty(&self) -> bool {
         self.inserts.is_empty() && self.updates.is_empty()
+    }
+
+    /// Enough rows held to write them out: a large page then needs no second copy of all its rows.
+    pub fn is_full(&self) -> bool {
+        self.inserts.len() + self.updates.len() >= HELD_ROWS
     }
 
     pub fn insert(&mut self, table: &str, id: i64, row: Row) {
