@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use appliance::center::Center;
+use appliance::commission::{apply, context, render};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use walkdir::WalkDir;
@@ -121,6 +122,14 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     bootloader::stage(&board, &root, &boot, &layout, epoch)?;
     empty_dir(&root.join("boot/firmware"))?;
     data_tree(&root, &data)?;
+    install_commissioning(
+        &layers,
+        &image_context(&board, &layout, &build_id, epoch),
+        &secrets,
+        &center.id,
+        &root,
+        &data,
+    )?;
     for dir in [&root, &boot, &data] {
         overlay::clamp_mtimes(dir, epoch)?;
     }
@@ -270,7 +279,8 @@ fn install_appliance(root: &Path, binary: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The variables overlay templates see (documented in overlays/README.md).
+/// The variables overlay templates see (documented in overlays/README.md): the center half, built by
+/// the same code first boot uses for another center, and this image's half.
 pub(crate) fn template_context(
     board: &Board,
     center: &Center,
@@ -279,35 +289,20 @@ pub(crate) fn template_context(
     build_id: &str,
     epoch: u64,
 ) -> Value {
-    let passphrase = center
-        .passphrase
-        .clone()
-        .unwrap_or_else(|| secrets.get("wifi_passphrase").to_owned());
+    context::merge(
+        context::center_half(center, &secrets.values),
+        image_context(board, layout, build_id, epoch),
+    )
+}
+
+/// The image half: what does not depend on the center. Kept in the image for first boot.
+fn image_context(board: &Board, layout: &Layout, build_id: &str, epoch: u64) -> Value {
     json!({
-        "center": { "id": center.id, "name": center.name, "timezone": center.timezone },
-        "network": {
-            "hostname": center.hostname, "domain": center.domain,
-            "ap_address": format!("{}/{}", center.ap_ip, center.ap_prefix), "ap_ip": center.ap_ip.to_string(),
-            "ap_prefix": center.ap_prefix.to_string(), "ap_netmask": center.ap_netmask().to_string(),
-            "ap_subnet": center.ap_subnet(), "dhcp_start": center.dhcp_start.to_string(), "dhcp_end": center.dhcp_end.to_string(),
-        },
-        "wifi": { "ssid": center.ssid, "passphrase": passphrase, "country": center.country, "channel": center.channel.to_string() },
-        "sync": {
-            "hub_url": center.hub_url, "site_id": center.site_id.to_string(),
-            "auto_increment_increment": center.auto_increment_increment.to_string(),
-            "auto_increment_offset": center.site_id.to_string(),
-        },
-        "access": { "ssh_authorized_keys": center.ssh_authorized_keys },
         "board": {
             "name": board.name, "description": board.description, "arch": board.arch, "family": board.family,
             "ram_mib": board.ram_mib.to_string(), "console": board.console,
         },
         "boot": { "cmdline": bootloader::kernel_cmdline(board, layout), "dtb": board.dtb },
-        "secrets": {
-            "moodle_db_password": secrets.get("moodle_db_password"),
-            "kituo_db_password": secrets.get("kituo_db_password"),
-            "sync_secret": secrets.get("sync_secret"),
-        },
         "build": { "version": appliance::VERSION, "id": build_id, "source_date_epoch": epoch.to_string() },
         "disk": {
             "id": layout.disk_id,
@@ -318,6 +313,29 @@ pub(crate) fn template_context(
             "root_b_mib": (layout.root_b_bytes >> 20).to_string(),
         },
     })
+}
+
+/// What first boot needs to configure the card for another center (`appliance center apply`): the
+/// root filesystem's templates, the image half of their context, and this center's secrets on the
+/// data partition (root only), which the card keeps when its center.ini names the same center.
+fn install_commissioning(
+    layers: &[PathBuf],
+    image_context: &Value,
+    secrets: &Secrets,
+    center_id: &str,
+    root: &Path,
+    data: &Path,
+) -> Result<()> {
+    let rootfs: Vec<PathBuf> = layers.iter().map(|l| l.join("rootfs")).collect();
+    render::install_templates(&rootfs, root)?;
+    let path = root.join(render::IMAGE_CONTEXT);
+    std::fs::write(&path, serde_json::to_string_pretty(image_context)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let card = data.join(apply::SECRETS_FILE.trim_start_matches("data/"));
+    secrets.file(Some(center_id)).save(
+        &card,
+        "Secrets of this card, from the image builder. Keep private.",
+    )
 }
 
 fn build_info(context: &Value) -> String {
