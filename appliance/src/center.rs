@@ -299,6 +299,17 @@ mod tests {
     }
 
     #[test]
+    fn file_edited_on_windows_reads_the_same() {
+        let windows = format!("\u{feff}{}", GOOD.replace('\n', "\r\n"));
+        let c = parse(&windows).unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.ssid.as_str(), c.hub_url.as_str()),
+            ("dsm", "K", "https://hub")
+        );
+        assert_eq!(c.passphrase.as_deref(), Some("12345678"));
+    }
+
+    #[test]
     fn example_center_in_the_repository_is_valid() {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../board-configs/example-center.ini");
