@@ -18,6 +18,8 @@ use crate::ini::Document;
 pub const CENTER_FILE: &str = "boot/firmware/center.ini";
 /// The card's own secrets, on the data partition (they survive root slot updates).
 pub const SECRETS_FILE: &str = "data/kituo/secrets.ini";
+/// The same, relative to the data partition's root (where the builder stages it).
+pub const SECRETS_ON_DATA: &str = "kituo/secrets.ini";
 /// What the last run did, for the status page.
 pub const RECORD_FILE: &str = "data/kituo/center.json";
 const ZONEINFO: &str = "usr/share/zoneinfo";
@@ -174,10 +176,7 @@ fn card_secrets(path: &Path, center: &Center) -> Result<secrets::File> {
         };
     }
     secrets::fill_missing(&mut file.values);
-    // The hub's registered secret, when the center config brings it, is the one to keep.
-    if let Some(secret) = &center.sync_secret {
-        file.values.insert("sync_secret".into(), secret.clone());
-    }
+    file.take_from_config(center);
     Ok(file)
 }
 

@@ -10,6 +10,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use rand::distributions::{Alphanumeric, DistString};
 
+use crate::center::Center;
+
 /// The secrets every center has, and their length.
 pub const NAMES: &[(&str, usize)] = &[
     ("moodle_db_password", 32),
@@ -78,6 +80,14 @@ impl File {
             .and_then(|s| s.get("center"))
             .map(str::to_owned);
         Ok(Self { center, values })
+    }
+
+    /// Takes the secrets the center config itself holds: the hub's registered sync secret wins over a
+    /// generated one.
+    pub fn take_from_config(&mut self, center: &Center) {
+        if let Some(secret) = &center.sync_secret {
+            self.values.insert("sync_secret".into(), secret.clone());
+        }
     }
 
     pub fn to_text(&self, header: &str) -> Result<String> {

@@ -126,7 +126,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
         &layers,
         &image_context(&board, &layout, &build_id, epoch),
         &secrets,
-        &center.id,
+        &center,
         &root,
         &data,
     )?;
@@ -322,7 +322,7 @@ fn install_commissioning(
     layers: &[PathBuf],
     image_context: &Value,
     secrets: &Secrets,
-    center_id: &str,
+    center: &Center,
     root: &Path,
     data: &Path,
 ) -> Result<()> {
@@ -331,9 +331,10 @@ fn install_commissioning(
     let path = root.join(render::IMAGE_CONTEXT);
     std::fs::write(&path, serde_json::to_string_pretty(image_context)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
-    let card = data.join(apply::SECRETS_FILE.trim_start_matches("data/"));
-    secrets.file(Some(center_id)).save(
-        &card,
+    let mut card = secrets.file(Some(&center.id));
+    card.take_from_config(center);
+    card.save(
+        &data.join(apply::SECRETS_ON_DATA),
         "Secrets of this card, from the image builder. Keep private.",
     )
 }
@@ -441,5 +442,47 @@ mod tests {
         assert_eq!(utc_datetime(0), "1970-01-01 00:00:00");
         assert_eq!(utc_datetime(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(utc_datetime(1_795_317_743), "2026-11-22 03:22:23");
+    }
+
+    /// First boot rebuilds the builder's template context from what the image carries: for the center
+    /// the image was built for, it must be the very same context, so a card renders the same files.
+    #[test]
+    fn image_carries_the_context_first_boot_renders_with() {
+        use std::os::unix::fs::PermissionsExt;
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let board = Board::load(&repo.join("board-configs"), "rpi4").unwrap();
+        let center = Center::load(&repo.join("board-configs/example-center.ini")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::for_center(&dir.path().join("state"), &center.id).unwrap();
+        let layout = Layout::new("seed", board.boot_mib, board.root_mib, board.data_mib);
+        let (root, data) = (dir.path().join("root"), dir.path().join("data"));
+        std::fs::create_dir_all(root.join("usr/share/kituo")).unwrap();
+        std::fs::create_dir_all(data.join("kituo")).unwrap();
+        let layers = overlay::layers(&repo.join("overlays"), &board);
+        let image = image_context(&board, &layout, "build-id", 1);
+        install_commissioning(&layers, &image, &secrets, &center, &root, &data).unwrap();
+
+        let card_path = data.join(apply::SECRETS_ON_DATA);
+        let card = appliance::commission::secrets::File::load(&card_path).unwrap();
+        assert_eq!(card.center.as_deref(), Some("example"));
+        assert_eq!(card.values, secrets.values);
+        let mode = std::fs::metadata(&card_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let carried: Value =
+            serde_json::from_slice(&std::fs::read(root.join(render::IMAGE_CONTEXT)).unwrap())
+                .unwrap();
+        assert_eq!(
+            context::merge(context::center_half(&center, &card.values), carried),
+            template_context(&board, &center, &secrets, &layout, "build-id", 1)
+        );
+        let templates: Vec<PathBuf> = render::templates(&root.join(render::TEMPLATES))
+            .unwrap()
+            .into_iter()
+            .map(|(_, rel)| rel)
+            .collect();
+        assert!(templates.contains(&PathBuf::from("etc/hostapd/kituo.conf")));
+        assert!(templates.contains(&PathBuf::from("etc/kituo/appliance.ini")));
+        // Boot partition templates are the board's, not the center's: not carried.
+        assert!(!templates.iter().any(|t| t.ends_with("config.txt")));
     }
 }
