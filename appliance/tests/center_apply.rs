@@ -266,6 +266,12 @@ fn invalid_center_changes_nothing_and_is_recorded() {
     );
     assert_unchanged(root, &before, &[apply::RECORD_FILE, apply::CENTER_FILE]);
 
+    // Removed: nothing applied, and the page no longer shows an error about a file that is gone.
+    std::fs::remove_file(root.join(apply::CENTER_FILE)).unwrap();
+    apply(root);
+    assert_eq!(record(root).error, None);
+    assert_unchanged(root, &before, &[apply::RECORD_FILE, apply::CENTER_FILE]);
+
     // Fixed: applied, and the error is gone.
     std::fs::write(root.join(apply::CENTER_FILE), DSM).unwrap();
     apply(root);

@@ -69,11 +69,21 @@ struct Plan {
 /// Applies `<root>/boot/firmware/center.ini` to the root filesystem under `root` (`/` on a card).
 pub fn run(root: &Path) -> Result<Outcome> {
     let source = root.join(CENTER_FILE);
-    if !source.exists() {
-        return Ok(Outcome::NoFile);
-    }
     let record_path = root.join(RECORD_FILE);
     let previous = Record::load(&record_path).unwrap_or_default();
+    if !source.exists() {
+        // Nothing to apply; but an error about a file that is gone would stay on the page for ever.
+        if previous.error.is_some() {
+            save_record(
+                &record_path,
+                &Record {
+                    error: None,
+                    ..previous
+                },
+            )?;
+        }
+        return Ok(Outcome::NoFile);
+    }
     let display = Path::new("/").join(CENTER_FILE).display().to_string();
     let plan = match plan(root, &source) {
         Ok(plan) => plan,
