@@ -329,6 +329,9 @@ fn install_commissioning(
     let rootfs: Vec<PathBuf> = layers.iter().map(|l| l.join("rootfs")).collect();
     render::install_templates(&rootfs, root)?;
     let path = root.join(render::IMAGE_CONTEXT);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     std::fs::write(&path, serde_json::to_string_pretty(image_context)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     let mut card = secrets.file(Some(&center.id));
