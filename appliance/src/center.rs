@@ -57,6 +57,11 @@ pub const SCHEMA: Schema = &[
             Key::required("hub_url", "URL of the central hub"),
             Key::required("site_id", "this site's number, 2 to 63 (the hub is 1); also MariaDB's server_id"),
             Key::optional("auto_increment_increment", "64", "shared by all sites: step between auto-increment ids"),
+            Key::optional(
+                "secret",
+                "",
+                "the center's sync secret as registered at the hub, 64 hex digits; empty: the card keeps its own or generates one",
+            ),
         ],
     },
     Section {
@@ -91,6 +96,8 @@ pub struct Center {
     pub hub_url: String,
     pub site_id: u8,
     pub auto_increment_increment: u8,
+    /// `None`: the builder (or the card) generates one and keeps it with the center's secrets.
+    pub sync_secret: Option<String>,
     pub ssh_authorized_keys: Vec<String>,
 }
 
@@ -166,6 +173,13 @@ impl Center {
             "site_id",
             2..=u64::from(auto_increment_increment) - 1,
         )? as u8;
+        let sync_secret = Some(doc.get("sync", "secret").to_owned()).filter(|s| !s.is_empty());
+        if sync_secret
+            .as_ref()
+            .is_some_and(|s| s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(doc.error("sync", "secret", "expected 64 hexadecimal digits"));
+        }
         let ssh_authorized_keys = split_list(doc.get("access", "ssh_authorized_keys"));
         if let Some(bad) = ssh_authorized_keys
             .iter()
@@ -194,6 +208,7 @@ impl Center {
             hub_url,
             site_id,
             auto_increment_increment,
+            sync_secret,
             ssh_authorized_keys,
         })
     }
@@ -267,6 +282,31 @@ mod tests {
     fn site_id_must_fit_the_increment() {
         let e = parse(&GOOD.replace("site_id = 3", "site_id = 64")).unwrap_err();
         assert!(e.message.contains("from 2 to 63"), "{e}");
+    }
+
+    #[test]
+    fn sync_secret_must_be_64_hex_digits() {
+        let with = |secret: &str| parse(&format!("{GOOD}secret = {secret}\n"));
+        let e = with("abc").unwrap_err();
+        assert_eq!(e.line, Some(10));
+        assert!(e.message.contains("'secret'"), "{e}");
+        assert!(with(&"g".repeat(64)).is_err());
+        assert_eq!(
+            with(&"a1".repeat(32)).unwrap().sync_secret,
+            Some("a1".repeat(32))
+        );
+        assert_eq!(parse(GOOD).unwrap().sync_secret, None);
+    }
+
+    #[test]
+    fn file_edited_on_windows_reads_the_same() {
+        let windows = format!("\u{feff}{}", GOOD.replace('\n', "\r\n"));
+        let c = parse(&windows).unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.ssid.as_str(), c.hub_url.as_str()),
+            ("dsm", "K", "https://hub")
+        );
+        assert_eq!(c.passphrase.as_deref(), Some("12345678"));
     }
 
     #[test]

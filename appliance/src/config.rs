@@ -33,6 +33,12 @@ pub const SCHEMA: Schema = &[
                 "file the image builder writes with the build's identity",
             ),
             Key::optional(
+                "center_record",
+                "/data/kituo/center.json",
+                "what `appliance center apply` did with the boot partition's center.ini at first boot (an \
+                 error there is shown on the page)",
+            ),
+            Key::optional(
                 "refresh_seconds",
                 "30",
                 "how often the page reloads itself in the technician's browser, 5 to 3600",
@@ -291,6 +297,7 @@ pub struct Config {
     pub site_id: u8,
     pub listen: SocketAddr,
     pub build_info: PathBuf,
+    pub center_record: PathBuf,
     pub refresh_seconds: u64,
     pub technician_password_hash: Option<String>,
     pub reboot_command: Option<Cmd>,
@@ -498,6 +505,7 @@ impl Config {
             site_id: doc.int_in("site", "site_id", 1..=255)? as u8,
             listen: doc.parse_as("status", "listen", "an address:port like 127.0.0.1:8080")?,
             build_info: doc.get("status", "build_info").into(),
+            center_record: doc.get("status", "center_record").into(),
             refresh_seconds: doc.int_in("status", "refresh_seconds", 5..=3600)?,
             technician_password_hash: (!hash.is_empty()).then(|| hash.to_owned()),
             reboot_command: Cmd::parse(doc.get("status", "reboot_command")),

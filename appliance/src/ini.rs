@@ -90,6 +90,8 @@ impl Document {
     }
 
     pub fn parse(path: &Path, text: &str, schema: Schema) -> Result<Self, ConfigError> {
+        // Windows editors (Notepad) start a UTF-8 file with a byte order mark; center.ini is edited anywhere.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let err = |line: Option<usize>, message: String| ConfigError {
             file: path.to_owned(),
             line,

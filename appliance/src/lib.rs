@@ -5,10 +5,12 @@
 //! - [`health`]: service probes, restarts, system facts
 //! - [`status`]: the technician's page, JSON API and metrics, and the [`status::Feed`] for sync and updates
 //! - [`history`]: power transitions and the 24-hour chart, persisted sparingly
+//! - [`commission`]: a center config turned into the card's files (builder and first boot)
 //! - [`supervisor`]: wires them together (`appliance supervise`)
 //! - [`testbed`], [`linkem`]: real services and an emulated bad link, for the tests and `appliance bench`
 
 pub mod center;
+pub mod commission;
 pub mod config;
 pub mod health;
 pub mod history;

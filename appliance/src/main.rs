@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<HubAction>,
     },
+    /// The center configuration of this card.
+    Center {
+        #[command(subcommand)]
+        action: CenterAction,
+    },
     /// The sync agent's commands.
     Sync {
         #[command(subcommand)]
@@ -96,6 +101,18 @@ enum HubAction {
         /// Make a new secret and write it here (mode 0600) for the card's [sync] secret_file.
         #[arg(long)]
         secret_out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CenterAction {
+    /// Apply the center.ini on the boot partition (first boot): render the image's templates for that
+    /// center, writing only files that change; print each changed file. A missing file does nothing; an
+    /// invalid one changes nothing and is recorded for the status page (exit 0: boot goes on).
+    Apply {
+        /// The root filesystem to configure (a test's temporary folder).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
     },
 }
 
@@ -164,6 +181,23 @@ fn main() {
     }
 }
 
+fn center_apply(root: &std::path::Path) -> Result<()> {
+    use appliance::commission::apply::{run, Outcome, CENTER_FILE};
+    match run(root)? {
+        Outcome::NoFile => eprintln!("center: no /{CENTER_FILE}: nothing to apply"),
+        Outcome::Invalid(error) => {
+            eprintln!("center: ERROR: not applied, the card keeps its configuration: {error}")
+        }
+        Outcome::Applied(changed) => {
+            eprintln!("center: applied, {} files changed", changed.len());
+            for file in changed {
+                println!("{file}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Supervise { config } => {
@@ -205,6 +239,9 @@ fn run() -> Result<()> {
                 sync_cmd::add_center(&config, site, &name, source)
             }
         },
+        Command::Center {
+            action: CenterAction::Apply { root },
+        } => center_apply(&root),
         Command::Sync { action } => match action {
             SyncAction::Run { config } => sync_cmd::run_agent(&config),
             SyncAction::Verify {

@@ -289,6 +289,7 @@ pub fn run(config: Config) -> Result<()> {
             center_name: config.center_name.clone(),
             site_id: config.site_id,
             build,
+            center_config: crate::commission::apply::Record::load(&config.center_record),
         },
         refresh_seconds: config.refresh_seconds,
         password_hash: config.technician_password_hash.clone(),

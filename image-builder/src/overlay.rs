@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use minijinja::{Environment, UndefinedBehavior};
+use appliance::commission::render;
+use minijinja::Environment;
 use serde_json::Value;
 use walkdir::WalkDir;
 
@@ -32,9 +33,7 @@ pub fn package_lists(layers: &[PathBuf]) -> Vec<PathBuf> {
 
 /// Copies every layer's `rootfs/` into `root` and `boot/` into `boot`, rendering templates.
 pub fn apply(layers: &[PathBuf], context: &Value, root: &Path, boot: &Path) -> Result<()> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
+    let env = render::environment();
     for layer in layers {
         copy_tree(&env, context, &layer.join("rootfs"), root)?;
         copy_tree(&env, context, &layer.join("boot"), boot)?;
@@ -67,10 +66,7 @@ fn copy_tree(env: &Environment, context: &Value, from: &Path, to: &Path) -> Resu
         let mode = entry.metadata()?.permissions().mode() & 0o755;
         if let Some(name) = rel.to_str().and_then(|n| n.strip_suffix(".tmpl")) {
             dest = to.join(name);
-            let source = std::fs::read_to_string(entry.path())?;
-            let text = env
-                .render_str(&source, context)
-                .with_context(|| format!("cannot render template {}", entry.path().display()))?;
+            let text = render::render(env, entry.path(), context)?;
             std::fs::write(&dest, text)?;
         } else {
             std::fs::copy(entry.path(), &dest)

@@ -68,17 +68,24 @@ fn new_twice_gives_fresh_secrets_and_the_next_free_site() {
     assert_ne!(pa, pb, "each center gets its own passphrase");
     assert!(pa.len() >= 16, "{pa}");
 
-    // The other secrets stay with the builder, and the passphrase there is the same.
+    // The other secrets stay with the builder; the passphrase and the sync secret there are the
+    // config's, so a card of a shared image gets the secret the hub registers.
     let secrets =
         std::fs::read_to_string(dir.path().join("state/centers/dsm/secrets.ini")).unwrap();
     assert!(
         secrets.contains(&format!("wifi_passphrase = {pa}\n")),
         "{secrets}"
     );
-    assert!(secrets.contains("sync_secret = "), "{secrets}");
-    assert!(!std::fs::read_to_string(dir.path().join("dsm.ini"))
-        .unwrap()
-        .contains("sync_secret"));
+    let sync = a.sync_secret.expect("center new writes [sync] secret");
+    assert_eq!(sync.len(), 64);
+    assert_ne!(Some(sync.clone()), b.sync_secret);
+    assert!(
+        secrets.contains(&format!("sync_secret = {sync}\n")),
+        "{secrets}"
+    );
+    assert!(!secrets.contains("db_password = \n"), "{secrets}");
+    let config = std::fs::read_to_string(dir.path().join("dsm.ini")).unwrap();
+    assert!(!config.contains("db_password"), "{config}");
 
     // A taken id is refused, and nothing is written.
     let out = dir.path().join("again.ini");

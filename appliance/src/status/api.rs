@@ -1,7 +1,8 @@
 //! `/api/status`: the JSON document behind the page, the metrics and `appliance status`.
 //!
 //! Fields: `version`, `center_id`, `center_name`, `site_id`, `build` (the build-info file's `[build]`
-//! keys, e.g. `build.id`), `uptime_seconds` (of the supervisor), `generated_at` (unix seconds), `power`
+//! keys, e.g. `build.id`), `center_config` (what first boot did with the boot partition's center.ini:
+//! `center_id`, `source`, `sha256`, `changed` files, `error` naming file, line and key; null without one), `uptime_seconds` (of the supervisor), `generated_at` (unix seconds), `power`
 //! (state, reading, sources, bulk_sync_paused, shutdown_steps), `health` (services, disks, temperature,
 //! throttling, clock, load, memory, uptime; null before the first check), `sync`, `files` and `update`
 //! (null until their work reports; `bundles`: recent USB/DVD bundles, newest first; `sync.backlog_files`/`backlog_bytes` are `files.send_pending`/`send_bytes`), `history` (recent power transitions, newest last), `chart` (24 h of samples).
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{BundleRecord, FileSyncStatus, Live, PowerView, SyncStatus, UpdateStatus};
+use crate::commission::apply::Record;
 use crate::health::Report;
 use crate::history::{Event, Sample};
 
@@ -25,6 +27,8 @@ pub struct Snapshot {
     pub center_name: String,
     pub site_id: u8,
     pub build: BTreeMap<String, String>,
+    /// What first boot did with the boot partition's center.ini; null when it never had one.
+    pub center_config: Option<Record>,
     pub uptime_seconds: u64,
     pub generated_at: u64,
     pub power: PowerView,
@@ -45,6 +49,7 @@ pub struct Identity {
     pub center_name: String,
     pub site_id: u8,
     pub build: BTreeMap<String, String>,
+    pub center_config: Option<Record>,
 }
 
 pub fn snapshot(id: &Identity, live: &Live, uptime_seconds: u64) -> Snapshot {
@@ -55,6 +60,7 @@ pub fn snapshot(id: &Identity, live: &Live, uptime_seconds: u64) -> Snapshot {
         center_name: id.center_name.clone(),
         site_id: id.site_id,
         build: id.build.clone(),
+        center_config: id.center_config.clone(),
         uptime_seconds,
         generated_at: crate::history::unix_now(),
         power: live.power.clone(),

@@ -121,6 +121,7 @@ pub fn render(s: &Snapshot, refresh_seconds: u64, access: Access<'_>) -> String 
             "refreshes by itself"
         },
     );
+    center_config(&mut o, s);
     power(&mut o, s, now);
     chart(&mut o, s, now);
     services(&mut o, s);
@@ -495,6 +496,20 @@ fn files(o: &mut String, f: &FileSyncStatus, now: u64) {
     }
 }
 
+/// Shown only when the boot partition's center.ini was not applied: the technician must fix the file.
+fn center_config(o: &mut String, s: &Snapshot) {
+    let Some(error) = s.center_config.as_ref().and_then(|c| c.error.as_deref()) else {
+        return;
+    };
+    let _ = write!(
+        o,
+        "<section id=\"center-config\"><h2>Center config</h2><p><span class=\"bad\">center.ini was not \
+         applied; the card keeps its configuration:</span> {}</p><p class=\"dim\">Fix the file on the boot \
+         partition (any computer can edit it) and restart the card.</p></section>",
+        esc(error)
+    );
+}
+
 fn update(o: &mut String, s: &Snapshot) {
     o.push_str("<section id=\"update\"><h2>Software update</h2>");
     let Some(u) = &s.update else {
@@ -628,6 +643,12 @@ mod tests {
             center_name: String::new(),
             site_id: 3,
             build: Default::default(),
+            center_config: Some(crate::commission::apply::Record {
+                error: Some(
+                    "/boot/firmware/center.ini:9: key 'site_id' in section [sync]: <99>".into(),
+                ),
+                ..Default::default()
+            }),
         };
         let html = render(&snapshot(&id, &shared.read(), 5), 30, Access::ReadOnly);
         for text in [
@@ -641,6 +662,8 @@ mod tests {
             "12 files (40 MB), oldest added 2 h 1 min ago; 2 large ones wait",
             "Last file error</td><td><span class=\"bad\">the hub answered 503",
             "Bundle in</td><td>10 min ago, from hub, 3 MB: <span class=\"bad\">applied 40 changes; volume 2 of 3 is missing",
+            "center.ini was not applied",
+            "/boot/firmware/center.ini:9: key &#39;site_id&#39; in section [sync]: &lt;99&gt;",
         ] {
             assert!(html.contains(text), "missing {text}: {html}");
         }

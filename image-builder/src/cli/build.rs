@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use appliance::center::Center;
+use appliance::commission::{apply, context, render};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use walkdir::WalkDir;
@@ -121,6 +122,14 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     bootloader::stage(&board, &root, &boot, &layout, epoch)?;
     empty_dir(&root.join("boot/firmware"))?;
     data_tree(&root, &data)?;
+    install_commissioning(
+        &layers,
+        &image_context(&board, &layout, &build_id, epoch),
+        &secrets,
+        &center,
+        &root,
+        &data,
+    )?;
     for dir in [&root, &boot, &data] {
         overlay::clamp_mtimes(dir, epoch)?;
     }
@@ -270,7 +279,8 @@ fn install_appliance(root: &Path, binary: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The variables overlay templates see (documented in overlays/README.md).
+/// The variables overlay templates see (documented in overlays/README.md): the center half, built by
+/// the same code first boot uses for another center, and this image's half.
 pub(crate) fn template_context(
     board: &Board,
     center: &Center,
@@ -279,35 +289,20 @@ pub(crate) fn template_context(
     build_id: &str,
     epoch: u64,
 ) -> Value {
-    let passphrase = center
-        .passphrase
-        .clone()
-        .unwrap_or_else(|| secrets.get("wifi_passphrase").to_owned());
+    context::merge(
+        context::center_half(center, &secrets.values),
+        image_context(board, layout, build_id, epoch),
+    )
+}
+
+/// The image half: what does not depend on the center. Kept in the image for first boot.
+fn image_context(board: &Board, layout: &Layout, build_id: &str, epoch: u64) -> Value {
     json!({
-        "center": { "id": center.id, "name": center.name, "timezone": center.timezone },
-        "network": {
-            "hostname": center.hostname, "domain": center.domain,
-            "ap_address": format!("{}/{}", center.ap_ip, center.ap_prefix), "ap_ip": center.ap_ip.to_string(),
-            "ap_prefix": center.ap_prefix.to_string(), "ap_netmask": center.ap_netmask().to_string(),
-            "ap_subnet": center.ap_subnet(), "dhcp_start": center.dhcp_start.to_string(), "dhcp_end": center.dhcp_end.to_string(),
-        },
-        "wifi": { "ssid": center.ssid, "passphrase": passphrase, "country": center.country, "channel": center.channel.to_string() },
-        "sync": {
-            "hub_url": center.hub_url, "site_id": center.site_id.to_string(),
-            "auto_increment_increment": center.auto_increment_increment.to_string(),
-            "auto_increment_offset": center.site_id.to_string(),
-        },
-        "access": { "ssh_authorized_keys": center.ssh_authorized_keys },
         "board": {
             "name": board.name, "description": board.description, "arch": board.arch, "family": board.family,
             "ram_mib": board.ram_mib.to_string(), "console": board.console,
         },
         "boot": { "cmdline": bootloader::kernel_cmdline(board, layout), "dtb": board.dtb },
-        "secrets": {
-            "moodle_db_password": secrets.get("moodle_db_password"),
-            "kituo_db_password": secrets.get("kituo_db_password"),
-            "sync_secret": secrets.get("sync_secret"),
-        },
         "build": { "version": appliance::VERSION, "id": build_id, "source_date_epoch": epoch.to_string() },
         "disk": {
             "id": layout.disk_id,
@@ -318,6 +313,33 @@ pub(crate) fn template_context(
             "root_b_mib": (layout.root_b_bytes >> 20).to_string(),
         },
     })
+}
+
+/// What first boot needs to configure the card for another center (`appliance center apply`): the
+/// root filesystem's templates, the image half of their context, and this center's secrets on the
+/// data partition (root only), which the card keeps when its center.ini names the same center.
+fn install_commissioning(
+    layers: &[PathBuf],
+    image_context: &Value,
+    secrets: &Secrets,
+    center: &Center,
+    root: &Path,
+    data: &Path,
+) -> Result<()> {
+    let rootfs: Vec<PathBuf> = layers.iter().map(|l| l.join("rootfs")).collect();
+    render::install_templates(&rootfs, root)?;
+    let path = root.join(render::IMAGE_CONTEXT);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(image_context)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut card = secrets.file(Some(&center.id));
+    card.take_from_config(center);
+    card.save(
+        &data.join(apply::SECRETS_ON_DATA),
+        "Secrets of this card, from the image builder. Keep private.",
+    )
 }
 
 fn build_info(context: &Value) -> String {
@@ -423,5 +445,47 @@ mod tests {
         assert_eq!(utc_datetime(0), "1970-01-01 00:00:00");
         assert_eq!(utc_datetime(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(utc_datetime(1_795_317_743), "2026-11-22 03:22:23");
+    }
+
+    /// First boot rebuilds the builder's template context from what the image carries: for the center
+    /// the image was built for, it must be the very same context, so a card renders the same files.
+    #[test]
+    fn image_carries_the_context_first_boot_renders_with() {
+        use std::os::unix::fs::PermissionsExt;
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let board = Board::load(&repo.join("board-configs"), "rpi4").unwrap();
+        let center = Center::load(&repo.join("board-configs/example-center.ini")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::for_center(&dir.path().join("state"), &center.id).unwrap();
+        let layout = Layout::new("seed", board.boot_mib, board.root_mib, board.data_mib);
+        let (root, data) = (dir.path().join("root"), dir.path().join("data"));
+        std::fs::create_dir_all(root.join("usr/share/kituo")).unwrap();
+        std::fs::create_dir_all(data.join("kituo")).unwrap();
+        let layers = overlay::layers(&repo.join("overlays"), &board);
+        let image = image_context(&board, &layout, "build-id", 1);
+        install_commissioning(&layers, &image, &secrets, &center, &root, &data).unwrap();
+
+        let card_path = data.join(apply::SECRETS_ON_DATA);
+        let card = appliance::commission::secrets::File::load(&card_path).unwrap();
+        assert_eq!(card.center.as_deref(), Some("example"));
+        assert_eq!(card.values, secrets.values);
+        let mode = std::fs::metadata(&card_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let carried: Value =
+            serde_json::from_slice(&std::fs::read(root.join(render::IMAGE_CONTEXT)).unwrap())
+                .unwrap();
+        assert_eq!(
+            context::merge(context::center_half(&center, &card.values), carried),
+            template_context(&board, &center, &secrets, &layout, "build-id", 1)
+        );
+        let templates: Vec<PathBuf> = render::templates(&root.join(render::TEMPLATES))
+            .unwrap()
+            .into_iter()
+            .map(|(_, rel)| rel)
+            .collect();
+        assert!(templates.contains(&PathBuf::from("etc/hostapd/kituo.conf")));
+        assert!(templates.contains(&PathBuf::from("etc/kituo/appliance.ini")));
+        // Boot partition templates are the board's, not the center's: not carried.
+        assert!(!templates.iter().any(|t| t.ends_with("config.txt")));
     }
 }

@@ -1,8 +1,9 @@
 //! `image-builder center new` (a center config with a fresh Wi-Fi passphrase and a free site number, and
 //! the center's other secrets in the builder's state) and `image-builder center check FILE`.
 //!
-//! The passphrase goes into the center config: it belongs on the card's boot partition and a technician
-//! needs it. The database passwords and the sync secret stay in `<state>/centers/<id>/secrets.ini`, as for
+//! The passphrase and the sync secret go into the center config: it belongs on the card's boot partition,
+//! a technician needs the passphrase, and a card flashed from a shared image must have the secret the hub
+//! registers. Both are also kept with the database passwords in `<state>/centers/<id>/secrets.ini`, as for
 //! every built center, beside a copy of the new config, which is how the next `center new` knows the site
 //! number is taken.
 
@@ -169,6 +170,8 @@ pub fn new(args: &NewArgs) -> Result<(PathBuf, Center)> {
     };
 
     let passphrase = secrets::fresh("wifi_passphrase").context("no Wi-Fi passphrase generator")?;
+    // In the config too: a card flashed from a shared image then has the secret the hub registers.
+    let sync_secret = secrets::fresh("sync_secret").context("no sync secret generator")?;
     let mut values = vec![
         ("center", "id", id.clone()),
         ("center", "name", args.name.clone()),
@@ -181,6 +184,7 @@ pub fn new(args: &NewArgs) -> Result<(PathBuf, Center)> {
         ("sync", "hub_url", args.hub_url.clone()),
         ("sync", "site_id", site_id.to_string()),
         ("sync", "auto_increment_increment", increment.to_string()),
+        ("sync", "secret", sync_secret.clone()),
     ];
     if let Some(tz) = &args.timezone {
         values.push(("center", "timezone", tz.clone()));
@@ -194,7 +198,14 @@ pub fn new(args: &NewArgs) -> Result<(PathBuf, Center)> {
     let (text, center) = render::center_ini(&out, &values)
         .context("the given values do not make a valid center config")?;
 
-    Secrets::create(&args.paths.state, id, &[("wifi_passphrase", &passphrase)])?;
+    Secrets::create(
+        &args.paths.state,
+        id,
+        &[
+            ("wifi_passphrase", &passphrase),
+            ("sync_secret", &sync_secret),
+        ],
+    )?;
     registry::record(&args.paths.state, id, &text)?;
     render::write_new(&out, &text)?;
     Ok((out, center))
