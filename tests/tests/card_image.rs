@@ -1,7 +1,9 @@
 //! The product test: build the qemu-arm64 card image with the real builder, check its outputs with the
-//! real tools (bmaptool, zstd), boot it under QEMU (TCG) and check from outside what a center relies on:
-//! the web stack, the database settings the sync engine needs, the supervisor, first boot, SSH, and the
-//! Wi-Fi access point on a virtual radio.
+//! real tools (bmaptool, zstd), flash it with `image-builder flash` onto a card file together with the
+//! center.ini of another center (one image serves many centers), boot it under QEMU (TCG) and check from
+//! outside what a center relies on: that first boot applied that center.ini, the web stack, the database
+//! settings the sync engine needs, the supervisor, first boot, SSH, and the Wi-Fi access point on a
+//! virtual radio. A second boot changes nothing.
 
 use std::process::Command;
 use std::time::Duration;
@@ -9,8 +11,18 @@ use std::time::Duration;
 use kituo_tests::*;
 use serde_json::Value;
 
+/// The center the image is built for.
 const SSID: &str = "Kituo-Test";
 const PASSPHRASE: &str = "test-passphrase-42";
+
+/// The center whose center.ini the card gets when it is flashed.
+const CARD_ID: &str = "mwanza";
+const CARD_NAME: &str = "Mwanza Learning Center";
+const CARD_SITE: u64 = 7;
+const CARD_SSID: &str = "Kituo-Mwanza";
+const CARD_PASSPHRASE: &str = "mwanza-passphrase-7";
+const CARD_HUB: &str = "https://hub.example/mwanza";
+const CARD_SECRET: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
 #[test]
 fn qemu_arm64_image_builds_boots_and_serves() {
@@ -48,15 +60,31 @@ fn qemu_arm64_image_builds_boots_and_serves() {
 
     check_outputs(&out_dir, name, &manifest);
 
-    // A card larger than the image, so first boot has room to grow /data and make root slot B.
+    // A card larger than the image, so first boot has room to grow /data and make root slot B, flashed
+    // from the compressed image with another center's config on its boot partition.
+    let card_center = work.join("card-center.ini");
+    std::fs::write(
+        &card_center,
+        format!(
+            "[center]\nid = {CARD_ID}\nname = {CARD_NAME}\ntimezone = Africa/Nairobi\n\
+             [wifi]\nssid = {CARD_SSID}\npassphrase = {CARD_PASSPHRASE}\ncountry = TZ\nchannel = 11\n\
+             [sync]\nhub_url = {CARD_HUB}\nsite_id = {CARD_SITE}\nsecret = {CARD_SECRET}\n\
+             [access]\nssh_authorized_keys = {public_key}\n"
+        ),
+    )
+    .unwrap();
     let disk = work.join("card.img");
-    std::fs::copy(&image, &disk).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&disk)
+    let _ = std::fs::remove_file(&disk);
+    std::fs::File::create(&disk)
         .unwrap()
         .set_len(6 << 30)
         .unwrap();
+    run(Command::new(image_builder())
+        .args(["flash", "--allow-file", "--device"])
+        .arg(&disk)
+        .arg("--center")
+        .arg(&card_center)
+        .arg(out_dir.join(format!("{name}.img.zst"))));
 
     let mut vm = Vm::boot(&disk, &key, &work).expect("QEMU starts");
     let status = vm
@@ -68,14 +96,55 @@ fn qemu_arm64_image_builds_boots_and_serves() {
         "{status}"
     );
     assert_eq!(status["build"]["id"], manifest["build_id"], "{status}");
-    assert_eq!(status["center_id"], "testcenter");
-    assert_eq!(status["site_id"], 5);
+    check_center_applied(&vm, &status);
 
     check_web_and_database(&mut vm);
     check_first_boot_and_services(&vm);
     check_ssh_refuses_passwords(&vm);
     check_access_point(&vm);
     vm.shutdown().expect("clean power-off");
+
+    // The second boot finds everything done: no first-boot step changes anything.
+    let mut vm = Vm::boot(&disk, &key, &work).expect("QEMU starts again");
+    let status = vm
+        .wait_http("/api/status", Duration::from_secs(900))
+        .expect("the status endpoint answers after a reboot");
+    let status: Value = serde_json::from_str(&status).expect("status is JSON");
+    check_center_applied(&vm, &status);
+    let again = vm
+        .ssh("systemctl is-active kituo-firstboot.service; wc -c < /run/kituo-firstboot.actions")
+        .unwrap();
+    assert_eq!(
+        again.split_whitespace().collect::<Vec<_>>(),
+        ["active", "0"],
+        "the second boot changed something:\n{again}\n{}",
+        vm.ssh("cat /run/kituo-firstboot.actions").unwrap_or_default()
+    );
+    vm.shutdown().expect("clean power-off after the second boot");
+}
+
+/// First boot applied the card's center.ini: who the card is, its hub and its sync secret.
+fn check_center_applied(vm: &Vm, status: &Value) {
+    assert_eq!(status["center_id"], CARD_ID, "{status}");
+    assert_eq!(status["site_id"], CARD_SITE, "{status}");
+    let applied = &status["center_config"];
+    assert_eq!(applied["center_id"], CARD_ID, "{status}");
+    assert_eq!(applied["error"], Value::Null, "{status}");
+    let files = vm
+        .ssh(
+            "grep '^hub_url' /etc/kituo/appliance.ini; cat /etc/kituo/secrets/sync-secret; echo; \
+             grep -E '^(ssid|channel)=' /etc/hostapd/kituo.conf; readlink /etc/localtime",
+        )
+        .unwrap();
+    for expected in [
+        format!("hub_url = {CARD_HUB}"),
+        CARD_SECRET.to_owned(),
+        format!("ssid={CARD_SSID}"),
+        "channel=11".to_owned(),
+        "Africa/Nairobi".to_owned(),
+    ] {
+        assert!(files.contains(&expected), "{expected} missing:\n{files}");
+    }
 }
 
 /// The image's companions: checksum, bmap (checked by bmaptool itself), compressed image, manifest.
@@ -144,7 +213,7 @@ fn check_outputs(out: &std::path::Path, name: &str, manifest: &Value) {
 /// nginx -> PHP-FPM -> MariaDB over its socket, with the settings the sync engine needs.
 fn check_web_and_database(vm: &mut Vm) {
     let page = vm.http_get("/").expect("front page");
-    assert!(page.contains("Test Center"), "{page}");
+    assert!(page.contains(CARD_NAME), "{page}");
     // PHP-FPM starts after the database users exist, which on first boot is a while after the supervisor.
     let health = vm
         .wait_http("/kituo-health.php", Duration::from_secs(300))
@@ -156,8 +225,8 @@ fn check_web_and_database(vm: &mut Vm) {
     assert_eq!(db["binlog_format"], "ROW", "{health}");
     assert_eq!(db["binlog_row_image"], "FULL", "{health}");
     assert_eq!(db["auto_increment_increment"], 64, "{health}");
-    assert_eq!(db["auto_increment_offset"], 5, "{health}");
-    assert_eq!(db["server_id"], 5, "{health}");
+    assert_eq!(db["auto_increment_offset"], CARD_SITE, "{health}");
+    assert_eq!(db["server_id"], CARD_SITE, "{health}");
     assert_eq!(db["skip_networking"], "ON", "{health}");
     // The supervisor runs the sync agent; with no Moodle code on this test card it says why it waits.
     let status: Value =
@@ -275,7 +344,7 @@ hostapd_cli -p /run/hostapd -i wlan0 status | grep '^state='
 ip netns add sta
 iw phy "$(basename "$(readlink -f /sys/class/net/wlan1/phy80211)")" set netns name sta
 ip netns exec sta ip link set wlan1 up
-printf 'network={{\n ssid="{SSID}"\n psk="{PASSPHRASE}"\n key_mgmt=WPA-PSK\n}}\n' > /run/sta.conf
+printf 'network={{\n ssid="{CARD_SSID}"\n psk="{CARD_PASSPHRASE}"\n key_mgmt=WPA-PSK\n}}\n' > /run/sta.conf
 ip netns exec sta wpa_supplicant -B -i wlan1 -c /run/sta.conf -P /run/sta.pid >/dev/null
 for i in $(seq 60); do ip netns exec sta iw dev wlan1 link | grep -q Connected && break; sleep 1; done
 ip netns exec sta iw dev wlan1 link | grep -E 'Connected|SSID'
@@ -292,7 +361,7 @@ ip netns exec sta busybox wget -q -O - http://10.42.0.1/
         .unwrap_or_else(|e| panic!("access point check failed: {e}"));
     assert!(out.contains("state=ENABLED"), "hostapd is not up:\n{out}");
     assert!(
-        out.contains(&format!("SSID: {SSID}")),
+        out.contains(&format!("SSID: {CARD_SSID}")),
         "client did not associate:\n{out}"
     );
     assert!(
@@ -304,7 +373,7 @@ ip netns exec sta busybox wget -q -O - http://10.42.0.1/
         "the appliance's name did not resolve:\n{out}"
     );
     assert!(
-        out.contains("Test Center"),
+        out.contains(CARD_NAME),
         "the page did not load over Wi-Fi:\n{out}"
     );
 }
