@@ -7,29 +7,13 @@
 use anyhow::{ensure, Result};
 use appliance::sync::agent::{self, HUB_CURSOR};
 use appliance::sync::bed::{world, Direct, Node, World};
+use appliance::sync::policy::Policy;
 use appliance::sync::store;
-use appliance::sync::workload::{Course, Workload};
+use appliance::sync::workload::{Course, Workload, TWO_WAY_TABLES};
 use mysql::prelude::Queryable;
 
-/// The two-way tables the workload writes.
-const TWO_WAY: &[&str] = &[
-    "user",
-    "user_lastaccess",
-    "user_enrolments",
-    "role_assignments",
-    "forum_discussions",
-    "forum_posts",
-    "forum_discussion_subs",
-    "assign_submission",
-    "assignsubmission_onlinetext",
-    "assign_grades",
-    "assignfeedback_comments",
-    "grade_grades",
-    "grade_grades_history",
-];
-
-/// Pulls everything the hub has for center `at`, `max` changes per page; returns the pages.
-fn pull_all(w: &mut World, at: usize, max: usize) -> Result<u64> {
+/// Center `at` and the hub, reached in-process.
+fn center_and_hub(w: &mut World, at: usize) -> (&mut Node, Direct<'_>, &Policy) {
     let World {
         hub,
         centers,
@@ -37,11 +21,17 @@ fn pull_all(w: &mut World, at: usize, max: usize) -> Result<u64> {
         ..
     } = w;
     let node = &mut centers[at];
-    let mut link = Direct {
+    let link = Direct {
         hub: &mut hub.site,
         policy,
         center: node.id,
     };
+    (node, link, policy)
+}
+
+/// Pulls everything the hub has for center `at`, `max` changes per page; returns the pages.
+fn pull_all(w: &mut World, at: usize, max: usize) -> Result<u64> {
+    let (node, mut link, policy) = center_and_hub(w, at);
     let mut pages = 0;
     while agent::pull_once(&mut node.site, policy, &mut link, max)?.advanced {
         pages += 1;
@@ -50,25 +40,14 @@ fn pull_all(w: &mut World, at: usize, max: usize) -> Result<u64> {
 }
 
 fn push_all(w: &mut World, at: usize) -> Result<()> {
-    let World {
-        hub,
-        centers,
-        policy,
-        ..
-    } = w;
-    let node = &mut centers[at];
+    let (node, mut link, policy) = center_and_hub(w, at);
     node.site.capture(policy)?;
-    let mut link = Direct {
-        hub: &mut hub.site,
-        policy,
-        center: node.id,
-    };
     while agent::push_once(&mut node.site, &mut link, 200)?.acked > 0 {}
     Ok(())
 }
 
 fn same_as_hub(hub: &Node, node: &Node) -> Result<()> {
-    for table in TWO_WAY {
+    for table in TWO_WAY_TABLES {
         ensure!(
             node.dump(table)? == hub.dump(table)?,
             "{table} differs between the hub and center {}",

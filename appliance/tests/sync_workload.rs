@@ -9,25 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use appliance::sync::bed::{world, Node, INCREMENT};
-use appliance::sync::workload::{fill_outbox, Action, Course, Kind, PostLedger, Workload};
+use appliance::sync::workload::{
+    fill_outbox, Action, Course, Kind, PostLedger, Workload, TWO_WAY_TABLES,
+};
 use mysql::prelude::Queryable;
-
-/// Every two-way table the workload writes.
-const TWO_WAY: &[&str] = &[
-    "user",
-    "user_lastaccess",
-    "user_enrolments",
-    "role_assignments",
-    "forum_discussions",
-    "forum_posts",
-    "forum_discussion_subs",
-    "assign_submission",
-    "assignsubmission_onlinetext",
-    "assign_grades",
-    "assignfeedback_comments",
-    "grade_grades",
-    "grade_grades_history",
-];
 
 /// Sync rounds run while the workloads run, the most steps a workload takes meanwhile, and its pause
 /// between steps (so that more than one round overlaps the workloads).
@@ -189,7 +174,7 @@ fn moodle_actions_at_every_site_converge_with_every_post_once() -> Result<()> {
         "every new post has its own marker"
     );
 
-    for table in TWO_WAY {
+    for table in TWO_WAY_TABLES {
         same_everywhere(&w.hub, &w.centers, table)?;
     }
     ensure!(

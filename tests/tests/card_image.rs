@@ -52,7 +52,6 @@ fn qemu_arm64_image_builds_boots_and_serves() {
         .arg("--cache")
         .arg(cache_dir()));
     let name = "kituo-qemu-arm64-testcenter";
-    let image = out_dir.join(format!("{name}.img"));
     let manifest: Value = serde_json::from_str(
         &std::fs::read_to_string(out_dir.join(format!("{name}.manifest.json"))).unwrap(),
     )
@@ -118,9 +117,11 @@ fn qemu_arm64_image_builds_boots_and_serves() {
         again.split_whitespace().collect::<Vec<_>>(),
         ["active", "0"],
         "the second boot changed something:\n{again}\n{}",
-        vm.ssh("cat /run/kituo-firstboot.actions").unwrap_or_default()
+        vm.ssh("cat /run/kituo-firstboot.actions")
+            .unwrap_or_default()
     );
-    vm.shutdown().expect("clean power-off after the second boot");
+    vm.shutdown()
+        .expect("clean power-off after the second boot");
 }
 
 /// First boot applied the card's center.ini: who the card is, its hub and its sync secret.

@@ -37,6 +37,23 @@ macro_rules! values {
     };
 }
 
+/// Every two-way table the workload writes: what the tests compare between sites.
+pub const TWO_WAY_TABLES: &[&str] = &[
+    "user",
+    "user_lastaccess",
+    "user_enrolments",
+    "role_assignments",
+    "forum_discussions",
+    "forum_posts",
+    "forum_discussion_subs",
+    "assign_submission",
+    "assignsubmission_onlinetext",
+    "assign_grades",
+    "assignfeedback_comments",
+    "grade_grades",
+    "grade_grades_history",
+];
+
 mod assign;
 mod bulk;
 mod course;

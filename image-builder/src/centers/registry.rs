@@ -103,21 +103,8 @@ pub fn free_site_id(taken: &BTreeSet<u8>, increment: u8) -> Option<u8> {
 /// Keeps a copy of a center's config beside its secrets (`<state>/centers/<id>/center.ini`), so that
 /// `center new` knows its site_id; `build` and `center new` call it. Replaces an older copy.
 pub fn record(state_dir: &Path, id: &str, text: &str) -> Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = Secrets::dir(state_dir, id).join("center.ini");
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    appliance::commission::secrets::write_private(&path, text.as_bytes())?;
     Ok(path)
 }
 

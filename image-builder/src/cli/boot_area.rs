@@ -6,10 +6,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use appliance::center::Center;
 
-use crate::board::Board;
-use crate::cli::build::template_context;
+use crate::cli::build::{load_configs, template_context};
 use crate::disk::{self, Layout};
 use crate::lockfile::Lock;
 use crate::progress::Progress;
@@ -36,12 +34,7 @@ pub struct Args {
 
 pub fn run(args: &Args, progress: &Progress) -> Result<()> {
     let paths = &args.paths;
-    let board = Board::load(&paths.board_configs(), &args.board)?;
-    let center_path = args
-        .center
-        .clone()
-        .unwrap_or_else(|| paths.board_configs().join("example-center.ini"));
-    let center = Center::load(&center_path)?;
+    let (board, _, center) = load_configs(paths, &args.board, args.center.as_deref())?;
     tools::check_installed(&[
         ("sfdisk", "fdisk"),
         ("mkfs.vfat", "dosfstools"),

@@ -39,6 +39,20 @@ pub struct Args {
     pub paths: Paths,
 }
 
+/// The board config and the center config (`example-center.ini` by default), with its path.
+pub fn load_configs(
+    paths: &Paths,
+    board: &str,
+    center: Option<&Path>,
+) -> Result<(Board, PathBuf, Center)> {
+    let board = Board::load(&paths.board_configs(), board)?;
+    let center_path = center
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| paths.board_configs().join("example-center.ini"));
+    let center = Center::load(&center_path)?;
+    Ok((board, center_path, center))
+}
+
 pub struct Outputs {
     pub image: PathBuf,
     pub manifest: Manifest,
@@ -46,12 +60,7 @@ pub struct Outputs {
 
 pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     let paths = &args.paths;
-    let board = Board::load(&paths.board_configs(), &args.board)?;
-    let center_path = args
-        .center
-        .clone()
-        .unwrap_or_else(|| paths.board_configs().join("example-center.ini"));
-    let center = Center::load(&center_path)?;
+    let (board, center_path, center) = load_configs(paths, &args.board, args.center.as_deref())?;
     // Configs first: a typo is reported before anything is installed or downloaded.
     tools::check_required()?;
     tools::check_installed(&bootloader::required_tools(&board))?;
