@@ -127,6 +127,15 @@ impl Center {
         {
             return Err(doc.error("network", "hostname", "use letters, digits and '-'"));
         }
+        // Templates put the domain into PHP and shell strings (config.php, moodle-install).
+        let domain = doc.get("network", "domain");
+        if domain.is_empty()
+            || !domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            return Err(doc.error("network", "domain", "use letters, digits, '-' and '.'"));
+        }
         let (ap_ip, ap_prefix) = parse_cidr(doc)?;
         let dhcp_start: Ipv4Addr = doc.parse_as("network", "dhcp_start", "an IPv4 address")?;
         let dhcp_end: Ipv4Addr = doc.parse_as("network", "dhcp_end", "an IPv4 address")?;
