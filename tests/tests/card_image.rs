@@ -118,9 +118,11 @@ fn qemu_arm64_image_builds_boots_and_serves() {
         again.split_whitespace().collect::<Vec<_>>(),
         ["active", "0"],
         "the second boot changed something:\n{again}\n{}",
-        vm.ssh("cat /run/kituo-firstboot.actions").unwrap_or_default()
+        vm.ssh("cat /run/kituo-firstboot.actions")
+            .unwrap_or_default()
     );
-    vm.shutdown().expect("clean power-off after the second boot");
+    vm.shutdown()
+        .expect("clean power-off after the second boot");
 }
 
 /// First boot applied the card's center.ini: who the card is, its hub and its sync secret.
