@@ -224,6 +224,25 @@ fn first_boot_installs_moodle_once_and_recovers_a_cut_install() {
         .php("index.php")
         .contains("<h1>Example Regional Center</h1>"));
 
+    // wwwroot: the access point's name, or the address the LAN reached the appliance by; nothing else.
+    for (host, wwwroot) in [
+        ("kituo.kituo.lan", "http://kituo.kituo.lan"),
+        ("192.168.1.20", "http://192.168.1.20"),
+        ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("evil.example", "http://kituo.kituo.lan"),
+        ("10.0.0.1/x", "http://kituo.kituo.lan"),
+    ] {
+        let php = format!(
+            "$_SERVER['HTTP_HOST'] = '{host}'; require '{}/config.php'; echo $CFG->wwwroot;",
+            card.moodle.display()
+        );
+        let out = run(Command::new("runuser").args(["-u", "www-data", "--", "php", "-r", &php]));
+        assert_eq!(
+            (host, String::from_utf8_lossy(&out.stdout).trim()),
+            (host, wwwroot)
+        );
+    }
+
     // Second boot: nothing happens.
     let (out, log) = card.install("second");
     assert!(
