@@ -287,6 +287,16 @@ mod tests {
         assert!(e.message.contains("'passphrase'"), "{e}");
     }
 
+    /// The domain goes into config.php's and moodle-install's quoted strings.
+    #[test]
+    fn domain_is_a_plain_dns_name() {
+        let with = |domain: &str| parse(&format!("{GOOD}[network]\ndomain = {domain}\n"));
+        assert_eq!(with("school.ac.tz").unwrap().domain, "school.ac.tz");
+        let e = with("x';rm -rf /").unwrap_err();
+        assert_eq!(e.line, Some(11));
+        assert!(e.message.contains("'domain'"), "{e}");
+    }
+
     #[test]
     fn site_id_must_fit_the_increment() {
         let e = parse(&GOOD.replace("site_id = 3", "site_id = 64")).unwrap_err();
