@@ -127,6 +127,15 @@ impl Center {
         {
             return Err(doc.error("network", "hostname", "use letters, digits and '-'"));
         }
+        // Templates put the domain into PHP and shell strings (config.php, moodle-install).
+        let domain = doc.get("network", "domain");
+        if domain.is_empty()
+            || !domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            return Err(doc.error("network", "domain", "use letters, digits, '-' and '.'"));
+        }
         let (ap_ip, ap_prefix) = parse_cidr(doc)?;
         let dhcp_start: Ipv4Addr = doc.parse_as("network", "dhcp_start", "an IPv4 address")?;
         let dhcp_end: Ipv4Addr = doc.parse_as("network", "dhcp_end", "an IPv4 address")?;
@@ -276,6 +285,16 @@ mod tests {
         let e = parse(&GOOD.replace("12345678", "1234")).unwrap_err();
         assert_eq!(e.line, Some(6));
         assert!(e.message.contains("'passphrase'"), "{e}");
+    }
+
+    /// The domain goes into config.php's and moodle-install's quoted strings.
+    #[test]
+    fn domain_is_a_plain_dns_name() {
+        let with = |domain: &str| parse(&format!("{GOOD}[network]\ndomain = {domain}\n"));
+        assert_eq!(with("school.ac.tz").unwrap().domain, "school.ac.tz");
+        let e = with("x';rm -rf /").unwrap_err();
+        assert_eq!(e.line, Some(11));
+        assert!(e.message.contains("'domain'"), "{e}");
     }
 
     #[test]

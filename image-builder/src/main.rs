@@ -12,6 +12,7 @@ mod disk;
 mod flash;
 mod lockfile;
 mod manifest;
+mod moodle;
 mod overlay;
 mod packages;
 mod progress;

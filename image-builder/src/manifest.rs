@@ -34,6 +34,9 @@ pub struct Manifest {
     /// What the bootloader area holds (boards booting through U-Boot); left out when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bootloader: Vec<BootloaderPiece>,
+    /// The Moodle release in /var/www/moodle; left out for an image without Moodle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moodle: Option<crate::moodle::Release>,
     pub packages: Vec<Package>,
 }
 

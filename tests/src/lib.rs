@@ -112,6 +112,38 @@ pub fn sha256(path: &Path) -> String {
         .to_owned()
 }
 
+/// The stand-in Moodle (tests/fixtures/moodle-standin: NOT Moodle, its layout and entry points) packed as
+/// a release tarball with one top folder `moodle/`, like download.moodle.org's, and the release INI
+/// `image-builder build --moodle` reads for it. Returns (tarball, release INI).
+pub fn moodle_standin_release(dir: &Path) -> (PathBuf, PathBuf) {
+    let tarball = dir.join("moodle-standin.tgz");
+    run(Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(workspace().join("tests/fixtures"))
+        .args([
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--transform=s,^moodle-standin,moodle,",
+            "moodle-standin",
+        ]));
+    let ini = dir.join("moodle-standin.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "; The test stand-in, not Moodle (tests/fixtures/moodle-standin).\n[moodle]\nversion = 4.5.0-standin\nsource = {}\nsha256 = {}\n",
+            tarball.display(),
+            sha256(&tarball)
+        ),
+    )
+    .expect("write the release INI");
+    (tarball, ini)
+}
+
 /// An SSH key pair for logging in to a test image.
 pub fn ssh_key(dir: &Path) -> (PathBuf, String) {
     let key = dir.join("id_ed25519");

@@ -3,7 +3,8 @@
 //! center.ini of another center (one image serves many centers), boot it under QEMU (TCG) and check from
 //! outside what a center relies on: that first boot applied that center.ini, the web stack, the database
 //! settings the sync engine needs, the supervisor, first boot, SSH, and the Wi-Fi access point on a
-//! virtual radio. A second boot changes nothing.
+//! virtual radio, and Moodle: the stand-in release (tests/fixtures/moodle-standin, not Moodle) built in
+//! with `--moodle`, installed into MariaDB on first boot, its cron on a timer. A second boot changes nothing.
 
 use std::process::Command;
 use std::time::Duration;
@@ -42,9 +43,12 @@ fn qemu_arm64_image_builds_boots_and_serves() {
     .unwrap();
 
     let out_dir = work.join("out");
+    let (_, moodle_release) = moodle_standin_release(&work);
     run(Command::new(image_builder())
         .args(["build", "--board", "qemu-arm64", "--center"])
         .arg(&center)
+        .arg("--moodle")
+        .arg(&moodle_release)
         .arg("--out")
         .arg(&out_dir)
         .arg("--state")
@@ -98,6 +102,7 @@ fn qemu_arm64_image_builds_boots_and_serves() {
     check_center_applied(&vm, &status);
 
     check_web_and_database(&mut vm);
+    let site = check_moodle(&vm);
     check_first_boot_and_services(&vm);
     check_ssh_refuses_passwords(&vm);
     check_access_point(&vm);
@@ -110,6 +115,15 @@ fn qemu_arm64_image_builds_boots_and_serves() {
         .expect("the status endpoint answers after a reboot");
     let status: Value = serde_json::from_str(&status).expect("status is JSON");
     check_center_applied(&vm, &status);
+    let install = vm
+        .ssh("journalctl -b -o cat -u kituo-moodle-install.service")
+        .unwrap();
+    assert!(install.contains("nothing to do"), "{install}");
+    assert_eq!(
+        check_moodle(&vm),
+        site,
+        "the second boot installed Moodle again"
+    );
     let again = vm
         .ssh("systemctl is-active kituo-firstboot.service; wc -c < /run/kituo-firstboot.actions")
         .unwrap();
@@ -209,16 +223,24 @@ fn check_outputs(out: &std::path::Path, name: &str, manifest: &Value) {
         manifest["center_config_sha256"].as_str().map(str::len),
         Some(64)
     );
+    assert_eq!(manifest["moodle"]["version"], "4.5.0-standin");
+    assert_eq!(
+        manifest["moodle"]["sha256"].as_str().map(str::len),
+        Some(64)
+    );
 }
 
 /// nginx -> PHP-FPM -> MariaDB over its socket, with the settings the sync engine needs.
 fn check_web_and_database(vm: &mut Vm) {
-    let page = vm.http_get("/").expect("front page");
-    assert!(page.contains(CARD_NAME), "{page}");
-    // PHP-FPM starts after the database users exist, which on first boot is a while after the supervisor.
+    // PHP-FPM starts after the database users exist and Moodle's install, which on first boot is a while
+    // after the supervisor.
     let health = vm
-        .wait_http("/kituo-health.php", Duration::from_secs(300))
+        .wait_http("/kituo-health.php", Duration::from_secs(600))
         .expect("health page");
+    // Moodle's front page (the stand-in's prints the site name from the database: the install used the
+    // card's center.ini).
+    let page = vm.http_get("/").expect("front page");
+    assert!(page.contains(&format!("<h1>{CARD_NAME}</h1>")), "{page}");
     let health: Value = serde_json::from_str(&health).expect("JSON");
     let db = &health["db"];
     assert_eq!(db["ok"], true, "{health}");
@@ -229,11 +251,16 @@ fn check_web_and_database(vm: &mut Vm) {
     assert_eq!(db["auto_increment_offset"], CARD_SITE, "{health}");
     assert_eq!(db["server_id"], CARD_SITE, "{health}");
     assert_eq!(db["skip_networking"], "ON", "{health}");
-    // The supervisor runs the sync agent; with no Moodle code on this test card it says why it waits.
+    // The supervisor runs the sync agent: with Moodle's schema in place it gets as far as the hub, which
+    // does not exist (hub.example), so it reports a connection error, not a missing schema.
     let status: Value =
         serde_json::from_str(&vm.http_get("/api/status").expect("status API")).expect("JSON");
     let sync_error = status["sync"]["last_error"].as_str().unwrap_or_default();
-    assert!(sync_error.contains("install.xml"), "{status}");
+    assert!(
+        sync_error.contains(&format!("cannot reach the hub at {CARD_HUB}"))
+            && !sync_error.contains("install.xml"),
+        "{status}"
+    );
     let missing: Vec<_> = health["extensions"]
         .as_object()
         .expect("extensions")
@@ -245,6 +272,76 @@ fn check_web_and_database(vm: &mut Vm) {
         missing.is_empty(),
         "PHP extensions Moodle needs are missing: {missing:?}"
     );
+}
+
+/// Moodle on the card: installed by first boot, its code read-only for the web server, config.php
+/// private to it, cron running on its timer. Returns the site's identifier (made by the install).
+fn check_moodle(vm: &Vm) -> String {
+    let out = vm
+        .ssh(
+            r#"set -eu
+q() { mariadb --protocol=socket -N -B -e "SELECT value FROM moodle.mdl_config WHERE name = '$1'"; }
+echo "version=$(q version)"
+echo "site=$(q siteidentifier)"
+test -s /data/kituo/moodle-installed && echo installed-recorded
+test ! -e /data/kituo/moodle-install.started && echo no-cut-install
+echo "install=$(systemctl is-active kituo-moodle-install.service)"
+echo "timer=$(systemctl is-active kituo-moodle-cron.timer)"
+# The timer fires every minute: wait for a run.
+for i in $(seq 150); do [ -n "$(q lastcron)" ] && break; sleep 1; done
+echo "lastcron=$(q lastcron)"
+stat -c 'config=%a %U:%G' /var/www/moodle/config.php
+test ! -e /var/www/moodle/index.html && echo no-placeholder
+# Nothing under the web root is writable by www-data: not owned by it, not group/other-writable.
+echo "writable=$(find /var/www/moodle \( ! -user root -o -perm /022 \) -print | head -5 | tr '
+' ' ')"
+runuser -u www-data -- sh -c 'touch /var/www/moodle/x 2>/dev/null && echo www-data-wrote || echo www-data-cannot-write'
+"#,
+        )
+        .unwrap();
+    for expected in [
+        "version=2024100700
+",
+        "installed-recorded
+",
+        "no-cut-install
+",
+        "install=active
+",
+        "timer=active
+",
+        "config=640 root:www-data
+",
+        "no-placeholder
+",
+        "writable=
+",
+        "www-data-cannot-write
+",
+    ] {
+        assert!(
+            out.contains(expected),
+            "{expected:?} missing:
+{out}"
+        );
+    }
+    let lastcron = out
+        .lines()
+        .find_map(|l| l.strip_prefix("lastcron="))
+        .unwrap_or_default();
+    assert!(
+        lastcron.parse::<u64>().is_ok(),
+        "cron did not run:
+{out}"
+    );
+    let page = vm.http_get("/index.php").expect("Moodle's index.php");
+    assert!(page.contains(&format!("<h1>{CARD_NAME}</h1>")), "{page}");
+    let site = out
+        .lines()
+        .find_map(|l| l.strip_prefix("site="))
+        .unwrap_or_default();
+    assert_eq!(site.len(), 32, "{out}");
+    site.to_owned()
 }
 
 fn check_first_boot_and_services(vm: &Vm) {

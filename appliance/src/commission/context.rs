@@ -39,6 +39,7 @@ pub fn center_half(center: &Center, secrets: &BTreeMap<String, String>) -> Value
         "secrets": {
             "moodle_db_password": secret("moodle_db_password"),
             "kituo_db_password": secret("kituo_db_password"),
+            "moodle_admin_password": secret("moodle_admin_password"),
             "sync_secret": sync_secret,
         },
     })

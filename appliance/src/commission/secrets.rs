@@ -16,6 +16,8 @@ use crate::center::Center;
 pub const NAMES: &[(&str, usize)] = &[
     ("moodle_db_password", 32),
     ("kituo_db_password", 32),
+    // Moodle's `admin` account, set by the first-boot install (kituo-moodle-install).
+    ("moodle_admin_password", 24),
     ("wifi_passphrase", 20),
     // The center's sync secret with the hub: 32 random bytes as hex, the form `appliance` reads.
     ("sync_secret", 64),

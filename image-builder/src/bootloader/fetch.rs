@@ -65,18 +65,9 @@ fn bytes_of(board: &Board, piece: &Piece, cache: &Path) -> Result<Vec<u8>> {
             describe(&piece.source),
             board.file.display()
         ),
-        Source::Url(url) => download(url, &piece.sha256, cache)?,
-        Source::Path(path) => {
+        source => {
             let base = board.file.parent().unwrap_or(Path::new("."));
-            let file = base.join(path);
-            ensure!(
-                file.is_file(),
-                "the blob {} is missing\nhint: put the file there (the board config's comment says where \
-                 it comes from), or point source= at your copy",
-                file.display()
-            );
-            verify(&file, &piece.sha256)?;
-            file
+            pinned(source, &piece.sha256, base, cache)?
         }
     };
     match &piece.member {
@@ -89,6 +80,26 @@ fn describe(source: &Source) -> String {
     match source {
         Source::Zeros => "zeros".into(),
         Source::Url(u) | Source::Path(u) => u.clone(),
+    }
+}
+
+/// The verified file behind a URL (downloaded once into `<cache>/blobs/`) or a local path (relative to
+/// `base`, the folder of the config that names it). Also fetches the Moodle release.
+pub fn pinned(source: &Source, sha256: &str, base: &Path, cache: &Path) -> Result<PathBuf> {
+    match source {
+        Source::Zeros => bail!("zeros is not a file"),
+        Source::Url(url) => download(url, sha256, cache),
+        Source::Path(path) => {
+            let file = base.join(path);
+            ensure!(
+                file.is_file(),
+                "the blob {} is missing\nhint: put the file there (the config's comment says where \
+                 it comes from), or point source= at your copy",
+                file.display()
+            );
+            verify(&file, sha256)?;
+            Ok(file)
+        }
     }
 }
 
@@ -146,7 +157,7 @@ fn verify(path: &Path, sha256: &str) -> Result<()> {
     let actual = sha256_file(path)?;
     ensure!(
         actual == sha256,
-        "{} has sha256 {actual}, but the board config pins {sha256}",
+        "{} has sha256 {actual}, but its config pins {sha256}",
         path.display()
     );
     Ok(())
@@ -195,7 +206,7 @@ mod tests {
         let e = format!("{:#}", fetch(&board, dir.path()).unwrap_err());
         assert!(
             e.contains("b.ini:8: bootloader piece 'fip' of board b")
-                && e.contains("but the board config pins"),
+                && e.contains("but its config pins"),
             "{e}"
         );
     }

@@ -11,7 +11,7 @@ mod install;
 pub mod piece;
 mod script;
 
-pub use fetch::{fetch, Blob};
+pub use fetch::{fetch, pinned, Blob};
 pub use install::install;
 
 use std::path::Path;

@@ -52,6 +52,7 @@ pub fn run_bench(args: &Args) -> Result<()> {
         let args = build::Args {
             board: args.board.clone(),
             center: None,
+            moodle: None,
             out: out.to_owned(),
             fresh: false,
             paths: paths.clone(),

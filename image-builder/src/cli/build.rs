@@ -16,6 +16,7 @@ use crate::board::Board;
 use crate::disk::{self, Layout};
 use crate::lockfile::Lock;
 use crate::manifest::{self, Manifest};
+use crate::moodle::{self, Release};
 use crate::packages::sha256_file;
 use crate::progress::Progress;
 use crate::secrets::Secrets;
@@ -29,6 +30,10 @@ pub struct Args {
     /// Center config INI; default: the example center in board-configs/.
     #[arg(long)]
     pub center: Option<PathBuf>,
+    /// The Moodle release to build in (an INI naming its tarball and sha256; see README). Without it
+    /// the image serves a placeholder page instead of Moodle.
+    #[arg(long)]
+    pub moodle: Option<PathBuf>,
     /// Output folder.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
@@ -61,6 +66,7 @@ pub struct Outputs {
 pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     let paths = &args.paths;
     let (board, center_path, center) = load_configs(paths, &args.board, args.center.as_deref())?;
+    let moodle = args.moodle.as_deref().map(Release::load).transpose()?;
     // Configs first: a typo is reported before anything is installed or downloaded.
     tools::check_required()?;
     tools::check_installed(&bootloader::required_tools(&board))?;
@@ -77,8 +83,12 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     let epoch = lock.source_date_epoch;
     // Before the slow root filesystem: a missing or altered bootloader blob fails the build at once.
     let blobs = bootloader::fetch(&board, cache)?;
+    let moodle_tarball = moodle.as_ref().map(|r| r.fetch(cache)).transpose()?;
 
-    let layers = overlay::layers(&paths.overlays(), &board);
+    let mut layers = overlay::layers(&paths.overlays(), &board);
+    if moodle.is_some() {
+        layers.push(paths.overlays().join(moodle::LAYER));
+    }
     let mut boards = Board::all(&paths.board_configs())?;
     boards.retain(|b| b.name != board.name);
     boards.push(board.clone());
@@ -107,6 +117,10 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
         sha256_file(&center_path)?,
         tree_digest(&layers)?,
         appliance_sha.clone(),
+        moodle
+            .as_ref()
+            .map(|r| r.sha256.clone())
+            .unwrap_or_default(),
         hex::encode(Sha256::digest(format!("{:?}", secrets.values).as_bytes())),
     ]);
     let build_id = seed[..12].to_owned();
@@ -123,6 +137,10 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     rootfs::unpack(&base.tarball, &root)?;
     std::fs::create_dir_all(&boot)?;
     install_appliance(&root, &binary.path)?;
+    if let Some(tarball) = &moodle_tarball {
+        // Before the overlays: Kituo's files in the web root (config.php, kituo-health.php) go on top.
+        moodle::unpack(tarball, &root)?;
+    }
     normalize(&root, epoch)?;
     let context = template_context(&board, &center, &secrets, &layout, &build_id, epoch);
     std::fs::write(root.join("etc/kituo/build.ini"), build_info(&context))?;
@@ -139,6 +157,9 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
         &root,
         &data,
     )?;
+    if moodle.is_some() {
+        moodle::drop_placeholder(&root)?;
+    }
     for dir in [&root, &boot, &data] {
         overlay::clamp_mtimes(dir, epoch)?;
     }
@@ -190,6 +211,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
         },
         partition_table: layout,
         bootloader: blobs.iter().map(bootloader::Blob::describe).collect(),
+        moodle,
         packages,
     };
     std::fs::write(
@@ -496,5 +518,53 @@ mod tests {
         assert!(templates.contains(&PathBuf::from("etc/kituo/appliance.ini")));
         // Boot partition templates are the board's, not the center's: not carried.
         assert!(!templates.iter().any(|t| t.ends_with("config.txt")));
+    }
+
+    /// Moodle's config.php from the real template: the local socket, this center's password and names.
+    #[test]
+    fn moodle_config_names_the_socket_the_center_and_its_secrets() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let board = Board::load(&repo.join("board-configs"), "qemu-arm64").unwrap();
+        let center = Center::load(&repo.join("board-configs/example-center.ini")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::for_center(&dir.path().join("state"), &center.id).unwrap();
+        let layout = Layout::new("seed", board.boot_mib, board.root_mib, board.data_mib);
+        let context = template_context(&board, &center, &secrets, &layout, "id", 1);
+        let layer = repo.join("overlays").join(moodle::LAYER).join("rootfs");
+        let env = render::environment();
+        let config = render::render(
+            &env,
+            &layer.join("var/www/moodle/config.php.tmpl"),
+            &context,
+        )
+        .unwrap();
+        let db_password = &secrets.values["moodle_db_password"];
+        for want in [
+            "$CFG->dbtype    = 'mariadb';".to_owned(),
+            "$CFG->dbhost    = 'localhost';".to_owned(),
+            "'dbsocket' => '/run/mysqld/mysqld.sock',".to_owned(),
+            "$CFG->dbname    = 'moodle';".to_owned(),
+            "$CFG->dbuser    = 'moodle';".to_owned(),
+            format!("$CFG->dbpass    = '{db_password}';"),
+            "$CFG->prefix    = 'mdl_';".to_owned(),
+            "$CFG->wwwroot = 'http://kituo.kituo.lan';".to_owned(),
+            "$CFG->dataroot  = '/data/moodledata';".to_owned(),
+            "$CFG->reverseproxy = false;".to_owned(),
+        ] {
+            assert!(config.contains(&want), "{want} missing from\n{config}");
+        }
+        let install = render::render(
+            &env,
+            &layer.join("usr/lib/kituo/moodle-install.tmpl"),
+            &context,
+        )
+        .unwrap();
+        let admin = &secrets.values["moodle_admin_password"];
+        assert!(admin.len() >= 20 && install.contains(&format!("--adminpass='{admin}'")));
+        assert!(
+            install.contains("--shortname='example'")
+                && install.contains("Example Regional Center")
+        );
+        assert!(!install.contains("{{") && !config.contains("{{"));
     }
 }
