@@ -79,6 +79,11 @@ impl HttpLink {
     }
 
     /// One authenticated exchange; the answer's body once its MAC checks out.
+    /// The center's secret, which also seals its uploaded chunks.
+    pub fn secret(&self) -> &Secret {
+        &self.opts.secret
+    }
+
     pub fn call(&mut self, method: &str, target: &str, body: &[u8]) -> Result<Vec<u8>> {
         let mut data = Vec::new();
         self.call_streamed(method, target, body, &mut |piece| {

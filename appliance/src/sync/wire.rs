@@ -73,7 +73,7 @@ impl Secret {
         Secret::from_hex(&text).with_context(|| format!("in {}", path.display()))
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
+    pub(crate) fn mac(&self) -> Hmac<Sha256> {
         // HMAC takes keys of any length; the error case cannot happen.
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts any key length")
     }

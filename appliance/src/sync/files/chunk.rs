@@ -9,13 +9,18 @@
 //! ```
 //!
 //! The sum covers the header too: a flipped bit in an offset would otherwise write good data in the wrong
-//! place. It is a checksum, not a signature: over HTTP the response MAC (and TLS) authenticate, in a
-//! bundle the signed manifest does, and the blob's sha1 is checked before it is placed in any case.
+//! place. In a fetch answer and a bundle it is a checksum, not a signature: the response MAC (and TLS),
+//! or the signed manifest, authenticate the whole; and the blob's sha1 is checked before it is placed in
+//! any case. An upload's chunks are sealed instead: the sum is an HMAC under the center's secret
+//! ([`Seal::Keyed`]), so the hub can keep every whole chunk of an upload the link cut, whose request
+//! MAC it can never check, and a cut costs at most the chunk it fell in.
 
 use anyhow::{bail, ensure, Result};
+use hmac::Mac;
 use sha2::{Digest, Sha256};
 
 use super::hash::ContentHash;
+use crate::sync::wire::Secret;
 
 const MAGIC: &[u8; 4] = b"KBC1";
 pub const HEADER: usize = 4 + 20 + 8 + 8 + 4 + 32;
@@ -31,15 +36,54 @@ pub struct Chunk {
     pub data: Vec<u8>,
 }
 
-fn sum(hash: &ContentHash, total: u64, offset: u64, data: &[u8]) -> [u8; 32] {
-    let mut s = Sha256::new();
-    s.update(b"kituo-chunk-v1");
-    s.update(hash.0);
-    s.update(total.to_be_bytes());
-    s.update(offset.to_be_bytes());
-    s.update((data.len() as u32).to_be_bytes());
-    s.update(data);
-    s.finalize().into()
+/// What a chunk's sum is: a checksum anyone can make, or an HMAC only a holder of the key can.
+#[derive(Clone, Copy)]
+pub enum Seal<'a> {
+    Checksum,
+    Keyed(&'a Secret),
+}
+
+impl Seal<'_> {
+    fn sum(self, hash: &ContentHash, total: u64, offset: u64, data: &[u8]) -> [u8; 32] {
+        match self {
+            Seal::Checksum => {
+                let mut s = Sha256::new();
+                feed(&mut s, hash, total, offset, data);
+                s.finalize().into()
+            }
+            Seal::Keyed(secret) => {
+                let mut m = secret.mac();
+                feed(&mut m, hash, total, offset, data);
+                m.finalize().into_bytes().into()
+            }
+        }
+    }
+
+    fn verify(self, hash: &ContentHash, total: u64, offset: u64, data: &[u8], sum: &[u8]) -> bool {
+        match self {
+            Seal::Checksum => self.sum(hash, total, offset, data)[..] == *sum,
+            Seal::Keyed(secret) => {
+                let mut m = secret.mac();
+                feed(&mut m, hash, total, offset, data);
+                m.verify_slice(sum).is_ok()
+            }
+        }
+    }
+}
+
+fn feed(
+    d: &mut impl sha2::digest::Update,
+    hash: &ContentHash,
+    total: u64,
+    offset: u64,
+    data: &[u8],
+) {
+    d.update(b"kituo-chunk-v1");
+    d.update(&hash.0);
+    d.update(&total.to_be_bytes());
+    d.update(&offset.to_be_bytes());
+    d.update(&(data.len() as u32).to_be_bytes());
+    d.update(data);
 }
 
 impl Chunk {
@@ -50,13 +94,17 @@ impl Chunk {
 
     /// Appends the chunk's frame to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_sealed_into(out, Seal::Checksum);
+    }
+
+    pub fn encode_sealed_into(&self, out: &mut Vec<u8>, seal: Seal<'_>) {
         out.reserve(HEADER + self.data.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.hash.0);
         out.extend_from_slice(&self.total.to_be_bytes());
         out.extend_from_slice(&self.offset.to_be_bytes());
         out.extend_from_slice(&(self.data.len() as u32).to_be_bytes());
-        out.extend_from_slice(&sum(&self.hash, self.total, self.offset, &self.data));
+        out.extend_from_slice(&seal.sum(&self.hash, self.total, self.offset, &self.data));
         out.extend_from_slice(&self.data);
     }
 
@@ -66,18 +114,24 @@ impl Chunk {
 }
 
 /// Encodes a run of chunks.
-pub fn encode(chunks: &[Chunk]) -> Vec<u8> {
+pub fn encode(chunks: &[Chunk], seal: Seal<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(chunks.iter().map(Chunk::frame_len).sum());
     for c in chunks {
-        c.encode_into(&mut out);
+        c.encode_sealed_into(&mut out, seal);
     }
     out
 }
 
 /// Decodes a run of chunks from a stream fed in pieces of any size; holds at most one chunk.
-#[derive(Default)]
-pub struct Decoder {
+pub struct Decoder<'a> {
     buf: Vec<u8>,
+    seal: Seal<'a>,
+}
+
+impl Default for Decoder<'_> {
+    fn default() -> Self {
+        Decoder::new(Seal::Checksum)
+    }
 }
 
 fn be_u64(b: &[u8]) -> u64 {
@@ -86,7 +140,14 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
-impl Decoder {
+impl<'a> Decoder<'a> {
+    pub fn new(seal: Seal<'a>) -> Decoder<'a> {
+        Decoder {
+            buf: Vec::new(),
+            seal,
+        }
+    }
+
     /// Takes the next bytes of the run; hands each complete, checked chunk to `on_chunk` in order. A
     /// chunk whose sum does not match is an error, and nothing of it reaches `on_chunk`.
     pub fn feed(
@@ -145,7 +206,9 @@ impl Decoder {
         let hash = ContentHash::from_slice(&self.buf[4..24])?;
         let (total, offset) = (be_u64(&self.buf[24..]), be_u64(&self.buf[32..]));
         let data = self.buf[HEADER..].to_vec();
-        let good = sum(&hash, total, offset, &data)[..] == self.buf[44..76];
+        let good = self
+            .seal
+            .verify(&hash, total, offset, &data, &self.buf[44..76]);
         self.buf.clear();
         if !good {
             bail!("a chunk of {hash} at offset {offset} is corrupt (its checksum does not match); it is dropped");
@@ -160,18 +223,29 @@ impl Decoder {
 }
 
 /// Decodes a whole run held in memory (an upload's body).
-pub fn decode(bytes: &[u8]) -> Result<Vec<Chunk>> {
+pub fn decode(bytes: &[u8], seal: Seal<'_>) -> Result<Vec<Chunk>> {
+    let (chunks, whole) = decode_prefix(bytes, seal);
+    whole?;
+    Ok(chunks)
+}
+
+/// The chunks of a run up to the first one that is cut short or fails its sum, and why the run does
+/// not decode whole (if it does not).
+pub fn decode_prefix(bytes: &[u8], seal: Seal<'_>) -> (Vec<Chunk>, Result<()>) {
     let mut out = Vec::new();
-    let mut d = Decoder::default();
-    d.feed(bytes, &mut |c| {
+    let mut d = Decoder::new(seal);
+    let fed = d.feed(bytes, &mut |c| {
         out.push(c);
         Ok(())
-    })?;
-    ensure!(
-        d.pending() == 0,
-        "the run of chunks ends in the middle of one"
-    );
-    Ok(out)
+    });
+    let whole = fed.and_then(|()| {
+        ensure!(
+            d.pending() == 0,
+            "the run of chunks ends in the middle of one"
+        );
+        Ok(())
+    });
+    (out, whole)
 }
 
 #[cfg(test)]
@@ -204,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_run_decodes_from_pieces_of_any_size() {
-        let run = encode(&chunks());
+        let run = encode(&chunks(), Seal::Checksum);
         for piece in [1, 7, 76, 100, 4096] {
             let mut got = Vec::new();
             let mut d = Decoder::default();
@@ -223,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_anywhere_is_caught_and_earlier_chunks_survive() {
-        let run = encode(&chunks());
+        let run = encode(&chunks(), Seal::Checksum);
         let second = chunks()[0].frame_len();
         for at in [second + 5, second + 30, second + HEADER + 3] {
             let mut bad = run.clone();
@@ -245,6 +319,29 @@ mod tests {
         })
         .unwrap();
         assert_eq!((n, d.pending() > 0), (2, true));
-        assert!(decode(&run[..run.len() - 1]).is_err());
+        assert!(decode(&run[..run.len() - 1], Seal::Checksum).is_err());
+    }
+
+    #[test]
+    fn sealed_chunks_need_the_key_and_a_cut_run_keeps_its_whole_chunks() {
+        let key = Secret::generate().unwrap();
+        let other = Secret::generate().unwrap();
+        let run = encode(&chunks(), Seal::Keyed(&key));
+        assert_eq!(decode(&run, Seal::Keyed(&key)).unwrap(), chunks());
+        assert!(decode(&run, Seal::Keyed(&other)).is_err(), "another key");
+        assert!(
+            decode(&run, Seal::Checksum).is_err(),
+            "a checksum is no seal"
+        );
+        let forged = encode(&chunks(), Seal::Checksum);
+        assert!(
+            decode(&forged, Seal::Keyed(&key)).is_err(),
+            "a checksum-only run"
+        );
+        // Cut in the middle of the second chunk: the first is kept, and the run says why it stops.
+        let cut = chunks()[0].frame_len() + 10;
+        let (kept, whole) = decode_prefix(&run[..cut], Seal::Keyed(&key));
+        assert_eq!(kept, chunks()[..1]);
+        assert!(whole.is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{ensure, Result};
 
-use super::chunk::{self, Chunk, Decoder};
+use super::chunk::{self, Chunk, Decoder, Seal};
 use super::hash::ContentHash;
 use super::protocol::{self, FetchRequest, Hashes, Holding, PutResult};
 use crate::sync::http_link::HttpLink;
@@ -18,7 +18,8 @@ pub trait BlobLink {
         req: &FetchRequest,
         on_chunk: &mut dyn FnMut(Chunk) -> Result<()>,
     ) -> Result<()>;
-    /// Sends chunks; the hub's word on each, in order.
+    /// Sends chunks, each sealed with this center's secret (the hub keeps the whole ones of a cut
+    /// call); the hub's word on each, in order.
     fn put(&mut self, chunks: &[Chunk]) -> Result<Vec<PutResult>>;
 }
 
@@ -53,8 +54,8 @@ impl BlobLink for HttpLink {
     }
 
     fn put(&mut self, chunks: &[Chunk]) -> Result<Vec<PutResult>> {
-        let results: Vec<PutResult> =
-            wire::decode(&self.call("POST", protocol::PUT, &chunk::encode(chunks))?)?;
+        let body = chunk::encode(chunks, Seal::Keyed(self.secret()));
+        let results: Vec<PutResult> = wire::decode(&self.call("POST", protocol::PUT, &body)?)?;
         ensure!(
             results.len() == chunks.len(),
             "the hub answered for {} of {} chunks",

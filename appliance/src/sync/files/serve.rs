@@ -3,11 +3,11 @@
 
 use anyhow::Result;
 
-use super::chunk::{self, Chunk};
+use super::chunk::{self, Chunk, Seal};
 use super::hash::ContentHash;
 use super::pool::{Found, Pool, Progress};
 use super::protocol::{self, FetchRequest, Hashes, Holding, PutResult};
-use crate::sync::wire;
+use crate::sync::wire::{self, Secret};
 
 /// A call the hub turns down, with the HTTP status.
 #[derive(Debug)]
@@ -52,6 +52,7 @@ impl HubFiles {
         &self,
         path: &str,
         center: u32,
+        key: &Secret,
         body: &[u8],
         referenced: &mut dyn FnMut(&ContentHash) -> Result<bool>,
     ) -> Result<Vec<u8>, Refused> {
@@ -77,7 +78,7 @@ impl HubFiles {
                 self.fetch(&req).map_err(failed)
             }
             protocol::PUT => {
-                let chunks = chunk::decode(body).map_err(bad)?;
+                let chunks = chunk::decode(body, Seal::Keyed(key)).map_err(bad)?;
                 let results = self.put(center, chunks, referenced)?;
                 wire::encode(&results).map_err(failed)
             }
@@ -141,6 +142,24 @@ impl HubFiles {
         Ok(out)
     }
 
+    /// Keeps the whole, correctly sealed chunks of an upload whose request could not be authenticated
+    /// (the link cut it: its MAC covers the whole body); returns how many were written. Each chunk's
+    /// seal proves `center` sent it, and a replayed chunk writes the same bytes again.
+    pub fn salvage(
+        &self,
+        center: u32,
+        key: &Secret,
+        body: &[u8],
+        referenced: &mut dyn FnMut(&ContentHash) -> Result<bool>,
+    ) -> usize {
+        let (chunks, _) = chunk::decode_prefix(body, Seal::Keyed(key));
+        let results = self.put(center, chunks, referenced).unwrap_or_default();
+        results
+            .iter()
+            .filter(|r| matches!(r, PutResult::Held(_) | PutResult::Placed))
+            .count()
+    }
+
     fn put(
         &self,
         center: u32,
@@ -168,5 +187,57 @@ impl HubFiles {
             results.push(result);
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::files::pool::Perms;
+
+    fn upload(data: &[u8], size: usize) -> Vec<Chunk> {
+        (0..data.len())
+            .step_by(size)
+            .map(|offset| Chunk {
+                hash: ContentHash::of(data),
+                total: data.len() as u64,
+                offset: offset as u64,
+                data: data[offset..(offset + size).min(data.len())].to_vec(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cut_upload_keeps_its_whole_sealed_chunks_and_nothing_unsealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = HubFiles::new(Pool::new(dir.path(), Perms::default()).unwrap());
+        let (key, other) = (Secret::generate().unwrap(), Secret::generate().unwrap());
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13) as u8).collect();
+        let hash = ContentHash::of(&data);
+        let chunks = upload(&data, 4000);
+        let cut = chunks[0].frame_len() + chunks[1].frame_len() + 100;
+        let mut yes = |_: &ContentHash| Ok(true);
+
+        // Sealed by someone else, or only checksummed: nothing is kept.
+        let forged = chunk::encode(&chunks, Seal::Keyed(&other));
+        assert_eq!(files.salvage(2, &key, &forged[..cut], &mut yes), 0);
+        let plain = chunk::encode(&chunks, Seal::Checksum);
+        assert_eq!(files.salvage(2, &key, &plain[..cut], &mut yes), 0);
+        assert_eq!(files.holding(&hash, 2), Holding::Absent);
+
+        // The center's own, cut in the third chunk: the two whole ones are kept, for center 2 only.
+        let sealed = chunk::encode(&chunks, Seal::Keyed(&key));
+        assert_eq!(files.salvage(2, &key, &sealed[..cut], &mut yes), 2);
+        assert_eq!(files.holding(&hash, 2), Holding::Partial(8000));
+        assert_eq!(files.holding(&hash, 3), Holding::Absent);
+
+        // The resumed call sends the rest, through the authenticated path.
+        let rest = chunk::encode(&chunks[2..], Seal::Keyed(&key));
+        let answer = files
+            .answer(protocol::PUT, 2, &key, &rest, &mut yes)
+            .unwrap_or_else(|r| panic!("{}", r.message));
+        let results: Vec<PutResult> = wire::decode(&answer).unwrap();
+        assert_eq!(results, vec![PutResult::Placed]);
+        assert_eq!(files.holding(&hash, 2), Holding::Live(10_000));
     }
 }
