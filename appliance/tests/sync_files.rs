@@ -144,6 +144,56 @@ fn part_len(pool: &Pool, hash: &ContentHash) -> u64 {
     pool.part_len(hash, "")
 }
 
+/// Every upload call is cut before it ends (a 256 KiB call needs about a second of this link, which is
+/// cut every 0.6 s): the request's MAC never checks, so without the hub keeping each call's whole
+/// sealed chunks the submission would never arrive.
+#[test]
+fn an_upload_cut_in_every_call_still_arrives_by_its_sealed_chunks() -> Result<()> {
+    let b = bed("kituo-files-upcut", 1)?;
+    let essay = b.add(
+        b.center(0),
+        ("assignsubmission_file", "submission_files"),
+        "thesis.pdf",
+        "application/pdf",
+        &noise(1_200_000, 9),
+    )?;
+    let link = LinkProfile::default()
+        .rate_bps(2_000_000)
+        .latency(Duration::from_millis(10))
+        .cut_every(Duration::from_millis(600));
+    let proxy = b.proxy(link)?;
+    let keys = "chunk_kib = 64\nrequest_kib = 512\nupload_kib = 256\npass_seconds = 2\n";
+    let agent = b.agent(0, &b.config(0, &proxy, keys)?)?;
+    wait_live(
+        &b.pool(1)?,
+        &[essay],
+        Duration::from_secs(120),
+        &[&agent.proc, &b.hub.proc],
+    )?;
+    let kept = b
+        .hub
+        .proc
+        .log_text()
+        .matches("whole chunks of a cut upload")
+        .count();
+    let stats = proxy.stats();
+    eprintln!(
+        "cuts {}, calls salvaged {kept}, {} bytes up",
+        stats.cuts, stats.bytes_up
+    );
+    ensure!(kept >= 3, "the hub kept chunks of only {kept} cut calls");
+    // Each cut costs the chunk it fell in and the small calls of the pass it ended (have, rows).
+    let bound = 1_200_000 + stats.cuts * (80 * KIB) + 128 * KIB;
+    ensure!(
+        stats.bytes_up <= bound,
+        "{} bytes went up for a 1.2 MB file over {} cuts (at most {bound})",
+        stats.bytes_up,
+        stats.cuts
+    );
+    assert_filedir_sound(&b.pool(1)?)?;
+    Ok(())
+}
+
 #[test]
 fn blobs_cross_a_cutting_link_both_ways_and_an_agent_restart_resending_at_most_a_chunk_per_cut(
 ) -> Result<()> {

@@ -528,8 +528,8 @@ impl Mover {
     }
 
     /// One upload request: the first queued blobs to send, from what the hub holds of each, up to
-    /// `[files] upload_kib`. The hub authenticates a request before it writes any of it, so a cut loses
-    /// the whole request: it is one chunk.
+    /// `[files] upload_kib`, in chunks of `chunk_kib`. Each chunk is sealed with this center's secret,
+    /// so the hub keeps the whole ones of a request the link cut.
     fn send_some(
         &mut self,
         site: &mut Site,
@@ -544,19 +544,27 @@ impl Mover {
             if size >= budget {
                 break;
             }
-            let offset = self.hub_partial.get(&item.hash).copied().unwrap_or(0);
-            let Some((total, data)) = self.pool().read(&item.hash, offset, budget - size)? else {
-                // Moodle deleted it meanwhile.
-                gone.push(item.hash);
-                continue;
-            };
-            size += data.len();
-            chunks.push(Chunk {
-                hash: item.hash,
-                total,
-                offset,
-                data,
-            });
+            let mut offset = self.hub_partial.get(&item.hash).copied().unwrap_or(0);
+            while size < budget {
+                let max = self.settings.chunk_bytes.min(budget - size);
+                let Some((total, data)) = self.pool().read(&item.hash, offset, max)? else {
+                    // Moodle deleted it meanwhile.
+                    gone.push(item.hash);
+                    break;
+                };
+                size += data.len();
+                let end = offset + data.len() as u64;
+                chunks.push(Chunk {
+                    hash: item.hash,
+                    total,
+                    offset,
+                    data,
+                });
+                if end >= total {
+                    break;
+                }
+                offset = end;
+            }
         }
         queue.retain(|i| !gone.contains(&i.hash));
         if chunks.is_empty() {

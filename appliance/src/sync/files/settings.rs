@@ -56,8 +56,8 @@ pub const FILES_SECTION: Section = Section {
         Key::optional(
             "upload_kib",
             "256",
-            "bytes sent in one upload request, 4 to 4096: the hub checks a request whole before writing \
-             it, so this is the upload's chunk, lost whole when cut",
+            "bytes sent in one upload request, 4 to 4096, in chunks of chunk_kib, each sealed with the \
+             center's secret: the hub keeps the whole chunks of a cut request",
         ),
         Key::optional(
             "pass_seconds",
