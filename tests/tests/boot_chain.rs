@@ -685,7 +685,7 @@ fn missing_or_altered_blobs_stop_with_a_hint() {
     .unwrap();
     let err = String::from_utf8_lossy(&case.boot_area().stderr).into_owned();
     assert!(
-        err.contains("bl1.HardKernel has sha256") && err.contains("but the board config pins"),
+        err.contains("bl1.HardKernel has sha256") && err.contains("but its config pins"),
         "{err}"
     );
 }
