@@ -137,6 +137,18 @@ enum SyncAction {
         #[arg(long, value_delimiter = ',')]
         tables: Vec<String>,
     },
+    /// At a center joining the university: fill its empty Moodle database from the hub (the tables
+    /// must exist: see schema-sql); resumes after a cut, does nothing once done.
+    Seed {
+        #[arg(long, default_value = "/etc/kituo/appliance.ini")]
+        config: PathBuf,
+    },
+    /// Print the SQL that creates Moodle's tables from the XMLDB of [moodle] dirroot (tables that
+    /// exist are left alone), for a database `sync seed` then fills.
+    SchemaSql {
+        #[arg(long, default_value = "/etc/kituo/appliance.ini")]
+        config: PathBuf,
+    },
     /// Write everything the other side has not acknowledged (row changes and files) as a signed
     /// bundle for a USB stick or DVD; at the hub, with --for, a bundle for one center.
     Export {
@@ -258,6 +270,8 @@ fn run() -> Result<()> {
                 };
                 sync_cmd::verify(&config, &opts)
             }
+            SyncAction::Seed { config } => sync_cmd::seed(&config),
+            SyncAction::SchemaSql { config } => sync_cmd::schema_sql(&config),
             SyncAction::Export {
                 to,
                 volume_size,

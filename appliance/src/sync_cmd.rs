@@ -123,6 +123,44 @@ pub fn verify(config: &Path, opts: &verify::Options) -> Result<()> {
     }
 }
 
+/// Seeds this center's empty Moodle database from the hub; idempotent once done.
+pub fn seed(config: &Path) -> Result<()> {
+    let seeded = runner(config)?.seed()?;
+    if seeded.already {
+        println!("seed: this center was seeded before: nothing to do");
+        return Ok(());
+    }
+    println!(
+        "seed: {}copied {} per-site rows and {} relayed rows in {} passes; pulling from hub log position {}",
+        if seeded.resumed { "resumed; " } else { "" },
+        seeded.copied,
+        seeded.repaired,
+        seeded.passes,
+        seeded.cursor
+    );
+    if !seeded.tables_only_at_hub.is_empty() {
+        println!(
+            "seed: the hub has tables this card's Moodle lacks (plugins to add to the image): {}",
+            seeded.tables_only_at_hub.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Prints the SQL that creates Moodle's tables from the XMLDB under `[moodle] dirroot`, for a
+/// database a seed fills (tables that exist are left alone).
+pub fn schema_sql(config: &Path) -> Result<()> {
+    let (_, settings) = center_settings(config)?;
+    let moodle = &settings.moodle;
+    let schema = appliance::sync::schema::Schema::load_moodle_dir(&moodle.dirroot)
+        .with_context(|| format!("cannot read Moodle's schema under {}", moodle.dirroot.display()))?;
+    for table in schema.tables.values() {
+        let sql = appliance::sync::schema::create_table(table, &moodle.target.prefix);
+        println!("{};", sql.replacen("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1));
+    }
+    Ok(())
+}
+
 /// Where `sync export` writes.
 pub struct ExportTo<'a> {
     pub dir: &'a Path,

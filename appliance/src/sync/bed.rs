@@ -131,15 +131,8 @@ pub fn world(name: &str, centers: u32) -> Result<World> {
 
 /// One site's server with the schema and seed, and its engine open.
 pub fn node(dir: &Path, id: u32, schema: &Schema) -> Result<Node> {
-    let db = MariaDb::start_with(
-        &dir.join(format!("site{id}")),
-        &MariaDb::sync_site_args(id, INCREMENT, id),
-    )?;
-    let mut c = mysql::Conn::new(db.opts())?;
-    c.query_drop(format!(
-        "CREATE DATABASE {DB} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-    ))?;
-    c.query_drop(format!("USE {DB}"))?;
+    let node = bare_node(&dir.join(format!("site{id}")), id)?;
+    let mut c = node.sql()?;
     for table in schema.tables.values() {
         c.query_drop(create_table(table, PREFIX))
             .with_context(|| format!("cannot create {}", table.name))?;
@@ -147,6 +140,17 @@ pub fn node(dir: &Path, id: u32, schema: &Schema) -> Result<Node> {
     for sql in SEED {
         c.query_drop(*sql).with_context(|| sql.to_string())?;
     }
+    Ok(node)
+}
+
+/// A site's server in `dir` with an empty Moodle database (a card before its first boot's install or
+/// seed), and its engine open.
+pub fn bare_node(dir: &Path, id: u32) -> Result<Node> {
+    let db = MariaDb::start_with(dir, &MariaDb::sync_site_args(id, INCREMENT, id))?;
+    let mut c = mysql::Conn::new(db.opts())?;
+    c.query_drop(format!(
+        "CREATE DATABASE {DB} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    ))?;
     let site = open_site(id, &db)?;
     Ok(Node { id, db, site })
 }
@@ -223,6 +227,12 @@ impl Reference for Direct<'_> {
     }
     fn rows(&mut self, req: &RowsRequest) -> Result<RowsReply> {
         verify::serve_rows(self.hub, self.policy, req)
+    }
+}
+
+impl super::seed::Source for Direct<'_> {
+    fn copy(&mut self, req: &super::seed::CopyRequest) -> Result<super::seed::CopyReply> {
+        super::seed::serve_copy(self.hub, self.policy, req)
     }
 }
 

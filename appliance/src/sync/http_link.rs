@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::agent::Link;
 use super::change::Change;
 use super::hub::{Page, Receipt};
+use super::seed;
 use super::verify::{
     Catalog, CatalogRequest, Reference, RowsReply, RowsRequest, SumsReply, SumsRequest,
 };
@@ -240,6 +241,13 @@ impl Reference for HttpLink {
     }
     fn rows(&mut self, req: &RowsRequest) -> Result<RowsReply> {
         self.exchange(wire::VERIFY_ROWS, req)
+    }
+}
+
+/// `sync seed` over the same link.
+impl seed::Source for HttpLink {
+    fn copy(&mut self, req: &seed::CopyRequest) -> Result<seed::CopyReply> {
+        self.exchange(wire::SEED_COPY, req)
     }
 }
 

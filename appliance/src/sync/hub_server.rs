@@ -18,6 +18,7 @@ use super::files::{self, hash::ContentHash, serve::HubFiles};
 use super::hub;
 use super::inbox;
 use super::policy::{Policy, Rulebook};
+use super::seed;
 use super::site::{Site, SiteConfig};
 use super::store;
 use super::verify;
@@ -395,6 +396,10 @@ impl Worker {
             (Method::Post, wire::VERIFY_ROWS) => {
                 let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
                 self.run_verify(|site, policy| verify::serve_rows(site, policy, &req))
+            }
+            (Method::Post, wire::SEED_COPY) => {
+                let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
+                self.run_verify(|site, policy| seed::serve_copy(site, policy, &req))
             }
             (Method::Post, p) if p.starts_with(files::protocol::PREFIX) => {
                 self.serve_files(p, center, secret, body)

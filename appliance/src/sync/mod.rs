@@ -25,6 +25,7 @@ pub mod replay;
 pub mod rules;
 pub mod runner;
 pub mod schema;
+pub mod seed;
 pub mod settings;
 pub mod site;
 pub mod store;

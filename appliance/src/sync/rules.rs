@@ -124,6 +124,8 @@ pub struct RuleFile {
     /// `None` as the protection: an override that lifts the built-in one.
     protect: BTreeMap<String, (Option<Protection>, Source)>,
     site_local: BTreeMap<String, LocalRows>,
+    /// `[seed]`: per-site tables a joining center copies once from the hub.
+    seed: Vec<Entry>,
 }
 
 const SECTIONS: &[Section] = &[
@@ -169,6 +171,12 @@ const SECTIONS: &[Section] = &[
         free_keys: true,
         help: "volatile or per-site tables",
     },
+    Section {
+        name: "seed",
+        keys: &[],
+        free_keys: true,
+        help: "per-site tables a joining center copies once from the hub",
+    },
 ];
 
 impl RuleFile {
@@ -197,6 +205,7 @@ impl RuleFile {
             default: None,
             protect: BTreeMap::new(),
             site_local: BTreeMap::new(),
+            seed: Vec::new(),
         };
         for (key, value, line) in doc.free_entries("defaults") {
             if key != "direction" {
@@ -284,8 +293,12 @@ impl RuleFile {
             };
             file.site_local.insert(table.to_owned(), rows);
         }
-        for direction in Direction::ALL {
-            let section = direction.name();
+        let lists = Direction::ALL
+            .into_iter()
+            .map(|d| (d.name(), d, false))
+            .chain([("seed", Direction::Never, true)]);
+        for (section, direction, seed) in lists {
+            let list = if seed { &mut file.seed } else { &mut file.entries };
             for (key, value, line) in doc.free_entries(section) {
                 let (name, prefix) = match key.strip_suffix('*') {
                     Some(p) => (p.to_owned(), true),
@@ -305,20 +318,20 @@ impl RuleFile {
                         "say why after '=': the reason is kept with the rule",
                     ));
                 }
-                if let Some(first) = file
-                    .entries
+                if let Some(first) = list
                     .iter()
                     .find(|e| e.name == name && e.prefix == prefix)
                 {
+                    let first_section = if seed { section } else { first.direction.name() };
                     return Err(at(
                         line,
                         format!(
-                            "key '{key}' in section [{section}]: '{key}' is already in [{}] on line {}",
-                            first.direction, first.source.line
+                            "key '{key}' in section [{section}]: '{key}' is already in [{first_section}] on line {}",
+                            first.source.line
                         ),
                     ));
                 }
-                file.entries.push(Entry {
+                list.push(Entry {
                     name,
                     prefix,
                     direction,
@@ -335,16 +348,20 @@ impl RuleFile {
 
     /// The entry for `table`: its own name first, else the longest matching prefix.
     fn lookup(&self, table: &str) -> Option<&Entry> {
-        self.entries
-            .iter()
-            .find(|e| !e.prefix && e.name == table)
-            .or_else(|| {
-                self.entries
-                    .iter()
-                    .filter(|e| e.prefix && table.starts_with(&e.name))
-                    .max_by_key(|e| e.name.len())
-            })
+        find_entry(&self.entries, table)
     }
+}
+
+fn find_entry<'e>(entries: &'e [Entry], table: &str) -> Option<&'e Entry> {
+    entries
+        .iter()
+        .find(|e| !e.prefix && e.name == table)
+        .or_else(|| {
+            entries
+                .iter()
+                .filter(|e| e.prefix && table.starts_with(&e.name))
+                .max_by_key(|e| e.name.len())
+        })
 }
 
 /// Moodle table names: lower-case letters, digits and underscores.
@@ -481,6 +498,18 @@ impl Rules {
             .iter()
             .chain([&self.builtin])
             .find_map(|f| f.site_local.get(table))
+    }
+
+    /// Whether a joining center copies `table` from the hub when it is seeded (`[seed]`): a table
+    /// that never syncs, but without whose rows Moodle does not run (its cron schedule, its own MNet
+    /// host). Each site then keeps its copy for itself.
+    pub fn copied_at_seed(&self, table: &str) -> bool {
+        let listed = self
+            .overrides
+            .iter()
+            .chain([&self.builtin])
+            .any(|f| find_entry(&f.seed, table).is_some());
+        listed && self.get(table).is_none_or(|r| r.direction == Direction::Never)
     }
 
     /// The rule for a table the database has but XMLDB does not (yet): the lists decide the direction;

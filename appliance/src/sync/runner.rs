@@ -19,6 +19,7 @@ use super::files::mover::Mover;
 use super::hlc;
 use super::http_link::{HttpLink, LinkOptions, Traffic};
 use super::policy::{Role, Rulebook};
+use super::seed;
 use super::settings::AgentSettings;
 use super::site::{Site, SiteConfig};
 use super::store;
@@ -145,6 +146,7 @@ impl Runner {
 
     /// Captures, then pushes and pulls until both sides are level; true if anything moved.
     pub fn exchange(&mut self) -> Result<bool> {
+        self.check_moodle_ready()?;
         let mut site = match self.site.take() {
             Some(site) => site,
             None => Site::open(self.site_cfg.clone())?,
@@ -156,7 +158,28 @@ impl Runner {
         moved
     }
 
+    /// Sync waits for first boot's install or seed of Moodle's database: a site opened before the
+    /// install ends would capture the install's rows (the admin account, the configuration) and send
+    /// them to the hub as this center's changes.
+    fn check_moodle_ready(&mut self) -> Result<()> {
+        if let Some(file) = &self.settings.moodle.ready_file {
+            if !file.exists() {
+                anyhow::bail!(
+                    "waiting for Moodle's database to be installed or seeded on first boot ({} does not exist yet)",
+                    file.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn exchange_with(&mut self, site: &mut Site) -> Result<bool> {
+        if let Some(state) = store::get(site.conn(), seed::SEED_STATE)? {
+            anyhow::ensure!(
+                state == "done",
+                "the Moodle database is being seeded from the hub (`appliance sync seed`): sync starts when it is done"
+            );
+        }
         if self.rules.refresh(site.conn())? {
             eprintln!(
                 "sync: Moodle was upgraded ({}): rules derived again",
@@ -232,6 +255,13 @@ impl Runner {
             controls.feed.as_ref(),
         )?;
         Ok(rows_moved || moved)
+    }
+
+    /// Seeds this center's empty Moodle database from the hub (see [`seed`]).
+    pub fn seed(&mut self) -> Result<seed::Seeded> {
+        let mut site = Site::open(self.site_cfg.clone())?;
+        let version = seed::code_version(&self.settings.moodle.dirroot)?;
+        seed::seed(&mut site, self.rules.policy(), &mut self.link, version)
     }
 
     /// Exchanges once, then compares this site with the hub (and repairs it when asked).

@@ -43,6 +43,12 @@ pub const MOODLE_SECTION: Section = Section {
             "",
             "a sync-rules override file (only the exceptions to the built-in rules); empty: none",
         ),
+        Key::optional(
+            "ready_file",
+            "",
+            "a file first boot writes once Moodle's database is installed or seeded from the hub; sync \
+             waits for it, so that an install's own rows never reach the hub; empty: no wait",
+        ),
     ],
 };
 
@@ -126,6 +132,7 @@ pub struct MoodleSettings {
     pub password_file: Option<PathBuf>,
     pub dirroot: PathBuf,
     pub rules_file: Option<PathBuf>,
+    pub ready_file: Option<PathBuf>,
 }
 
 impl MoodleSettings {
@@ -154,6 +161,7 @@ impl MoodleSettings {
             password_file: path("password_file"),
             dirroot: doc.get(s, "dirroot").into(),
             rules_file: path("rules_file"),
+            ready_file: path("ready_file"),
         })
     }
 

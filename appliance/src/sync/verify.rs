@@ -48,6 +48,7 @@ use super::hlc::Stamp;
 use super::hub::relayed;
 use super::merge::RowClock;
 use super::policy::{Direction, Policy};
+use super::rules::LocalRows;
 use super::site::{Site, HLC_SEEN};
 use super::store;
 
@@ -129,6 +130,13 @@ pub struct Catalog {
     pub tables: Tables,
     /// Relayed changes by other sites in the hub's log after the center's cursor: not yet pulled.
     pub unpulled: u64,
+    /// The hub's log position as the catalog was read: where a center seeded now starts pulling.
+    #[serde(default)]
+    pub log_end: u64,
+    /// How far the hub holds the center's own changes: a center seeded again (a new card for the
+    /// same site) numbers its changes after them, or the hub would take them for replays.
+    #[serde(default)]
+    pub held: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,9 +216,25 @@ pub fn serve_catalog(
     req: &CatalogRequest,
 ) -> Result<Catalog> {
     let target = hub.target().clone();
+    // Under the log lock, so that no change can commit below the end read here.
+    let mut tx = hub
+        .conn()
+        .start_transaction(TxOpts::default())
+        .context("cannot start a transaction")?;
+    store::lock_log(&mut tx)?;
+    let log_end: Option<u64> = tx
+        .query_first("SELECT COALESCE(MAX(lseq), 0) FROM kituo_sync.log")
+        .context("cannot read the end of the hub's log")?;
+    tx.commit().context("cannot end the transaction")?;
     let tables = tables_at(hub.conn(), &target, policy)?;
     let unpulled = unpulled(hub.conn(), policy, center, req.pulled)?;
-    Ok(Catalog { tables, unpulled })
+    let held = super::inbox::received(hub.conn(), center)?;
+    Ok(Catalog {
+        tables,
+        unpulled,
+        log_end: log_end.unwrap_or(0),
+        held,
+    })
 }
 
 /// Counts what `hub::page` would hand `center` after `pulled`.
@@ -397,20 +421,23 @@ pub fn row_hash_sql(columns: &[String]) -> String {
 /// Moodle's version numbers in `config`): they differ by design.
 fn shared_rows(policy: &Policy, table: &str) -> String {
     match policy.rules().site_local(table) {
-        Some(local) if !local.values.is_empty() => {
-            let values: Vec<String> = local
-                .values
-                .iter()
-                .map(|v| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''")))
-                .collect();
-            format!(
-                "AND ({col} IS NULL OR {col} NOT IN ({}))",
-                values.join(", "),
-                col = quote(&local.column)
-            )
-        }
+        Some(local) if !local.values.is_empty() => format!(
+            "AND ({col} IS NULL OR {col} NOT IN ({}))",
+            local_values(local),
+            col = quote(&local.column)
+        ),
         _ => String::new(),
     }
+}
+
+/// The values that tell a table's site-local rows, as an SQL list.
+pub(crate) fn local_values(local: &LocalRows) -> String {
+    let values: Vec<String> = local
+        .values
+        .iter()
+        .map(|v| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''")))
+        .collect();
+    values.join(", ")
 }
 
 fn sums_at(
@@ -1251,6 +1278,14 @@ impl Report {
 
     pub fn repaired(&self) -> u64 {
         self.tables.iter().map(|t| t.repair.repaired).sum()
+    }
+
+    /// Every differing row was repaired: none failed or was left alone.
+    pub fn repaired_all(&self) -> bool {
+        self.tables.iter().all(|t| {
+            let r = &t.repair;
+            r.pending == 0 && r.moved == 0 && r.failed.is_empty()
+        })
     }
 
     /// Every listed difference with its table.

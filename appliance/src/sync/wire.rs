@@ -20,6 +20,8 @@ pub const PULL: &str = "/sync/v1/pull";
 pub const VERIFY_CATALOG: &str = "/sync/v1/verify/catalog";
 pub const VERIFY_SUMS: &str = "/sync/v1/verify/sums";
 pub const VERIFY_ROWS: &str = "/sync/v1/verify/rows";
+/// `sync seed`: the rows of what never syncs but a joining center needs (MessagePack requests).
+pub const SEED_COPY: &str = "/sync/v1/seed/copy";
 /// Unauthenticated liveness, for nginx and load balancers.
 pub const HEALTH: &str = "/sync/v1/health";
 
