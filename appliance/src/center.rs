@@ -62,6 +62,12 @@ pub const SCHEMA: Schema = &[
                 "",
                 "the center's sync secret as registered at the hub, 64 hex digits; empty: the card keeps its own or generates one",
             ),
+            Key::optional(
+                "moodle",
+                "seed",
+                "how first boot makes Moodle's database on a card that carries Moodle: seed (copied from the hub: \
+                 a center joining the university) or install (a fresh Moodle: a demo, or a center on its own)",
+            ),
         ],
     },
     Section {
@@ -98,6 +104,8 @@ pub struct Center {
     pub auto_increment_increment: u8,
     /// `None`: the builder (or the card) generates one and keeps it with the center's secrets.
     pub sync_secret: Option<String>,
+    /// `seed` or `install`: how first boot makes Moodle's database.
+    pub moodle: String,
     pub ssh_authorized_keys: Vec<String>,
 }
 
@@ -189,6 +197,14 @@ impl Center {
         {
             return Err(doc.error("sync", "secret", "expected 64 hexadecimal digits"));
         }
+        let moodle = doc.get("sync", "moodle").to_owned();
+        if !["seed", "install"].contains(&moodle.as_str()) {
+            return Err(doc.error(
+                "sync",
+                "moodle",
+                format!("expected seed or install, got '{moodle}'"),
+            ));
+        }
         let ssh_authorized_keys = split_list(doc.get("access", "ssh_authorized_keys"));
         if let Some(bad) = ssh_authorized_keys
             .iter()
@@ -218,6 +234,7 @@ impl Center {
             site_id,
             auto_increment_increment,
             sync_secret,
+            moodle,
             ssh_authorized_keys,
         })
     }

@@ -152,11 +152,19 @@ pub fn seed(config: &Path) -> Result<()> {
 pub fn schema_sql(config: &Path) -> Result<()> {
     let (_, settings) = center_settings(config)?;
     let moodle = &settings.moodle;
-    let schema = appliance::sync::schema::Schema::load_moodle_dir(&moodle.dirroot)
-        .with_context(|| format!("cannot read Moodle's schema under {}", moodle.dirroot.display()))?;
+    let schema =
+        appliance::sync::schema::Schema::load_moodle_dir(&moodle.dirroot).with_context(|| {
+            format!(
+                "cannot read Moodle's schema under {}",
+                moodle.dirroot.display()
+            )
+        })?;
     for table in schema.tables.values() {
         let sql = appliance::sync::schema::create_table(table, &moodle.target.prefix);
-        println!("{};", sql.replacen("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1));
+        println!(
+            "{};",
+            sql.replacen("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)
+        );
     }
     Ok(())
 }

@@ -149,11 +149,27 @@ fn a_new_center_is_seeded_from_the_hub_while_the_hub_writes() -> Result<()> {
     println!("{seeded}");
     assert!(seeded.contains("relayed rows"), "{seeded}");
 
+    // Sync waits for first boot's record that the database is made ([moodle] is the file's last
+    // section), and goes once it is there.
+    let ready = w.dir.path().join("moodle-installed");
+    let mut ini = std::fs::read_to_string(&card.config)?;
+    ini.push_str(&format!("ready_file = {}\n", ready.display()));
+    std::fs::write(&card.config, ini)?;
+    let e = ok(appliance(&["sync", "verify"], &card.config)?).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("waiting for Moodle's database"),
+        "{e:#}"
+    );
+    std::fs::write(&ready, "2026-11-22T00:00:00Z\n")?;
+
     // Sync from where the seed left: everything the hub wrote meanwhile arrives, once.
     let verified = ok(appliance(&["sync", "verify"], &card.config)?)?;
     assert!(verified.contains("identical"), "{verified}");
     w.hub.site.capture(&w.policy)?;
-    for table in TWO_WAY_TABLES.iter().chain(&["config", "task_scheduled", "mnet_host"]) {
+    for table in TWO_WAY_TABLES
+        .iter()
+        .chain(&["config", "task_scheduled", "mnet_host"])
+    {
         same(&w.hub, &card.node, table)?;
     }
     let once = "SELECT COUNT(*) FROM (SELECT message FROM mdl_forum_posts GROUP BY message
@@ -178,7 +194,8 @@ fn a_new_center_is_seeded_from_the_hub_while_the_hub_writes() -> Result<()> {
     // The center's own work reaches the hub.
     reply(&card.node, 3, "written at the new center", 5000)?;
     ok(appliance(&["sync", "verify"], &card.config)?)?;
-    let arrived = "SELECT COUNT(*) FROM mdl_forum_posts WHERE message = 'written at the new center'";
+    let arrived =
+        "SELECT COUNT(*) FROM mdl_forum_posts WHERE message = 'written at the new center'";
     assert_eq!(count(&w.hub, arrived)?, 1);
 
     // A database with Moodle's rows is never seeded over (center 2's, which has its own work).
@@ -197,7 +214,12 @@ fn a_new_center_is_seeded_from_the_hub_while_the_hub_writes() -> Result<()> {
     reply(&card2.node, 4, "written on the new card of site 2", 6000)?;
     let verified = ok(appliance(&["sync", "verify"], &card2.config)?)?;
     assert!(verified.contains("identical"), "{verified}");
-    let arrived = "SELECT COUNT(*) FROM mdl_forum_posts WHERE message = 'written on the new card of site 2'";
-    assert_eq!(count(&w.hub, arrived)?, 1, "the hub took the new card's post for a replay");
+    let arrived =
+        "SELECT COUNT(*) FROM mdl_forum_posts WHERE message = 'written on the new card of site 2'";
+    assert_eq!(
+        count(&w.hub, arrived)?,
+        1,
+        "the hub took the new card's post for a replay"
+    );
     Ok(())
 }

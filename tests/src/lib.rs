@@ -62,6 +62,22 @@ pub fn image_builder() -> PathBuf {
     workspace().join("target/release/image-builder")
 }
 
+/// The debug build of the appliance program (built now if needed), for tests that run it on the host.
+pub fn appliance_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "appliance", "--bin", "appliance"])
+                .current_dir(workspace())
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building appliance failed");
+            workspace().join("target/debug/appliance")
+        })
+        .clone()
+}
+
 /// The builder's cache, shared with ordinary builds so that CI reuses downloaded packages and chroots.
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("KITUO_CACHE")

@@ -36,7 +36,7 @@ fn qemu_arm64_image_builds_boots_and_serves() {
         format!(
             "[center]\nid = testcenter\nname = Test Center\ntimezone = Africa/Dar_es_Salaam\n\
              [wifi]\nssid = {SSID}\npassphrase = {PASSPHRASE}\ncountry = TZ\nchannel = 6\n\
-             [sync]\nhub_url = https://hub.example/kituo\nsite_id = 5\n\
+             [sync]\nhub_url = https://hub.example/kituo\nsite_id = 5\nmoodle = install\n\
              [access]\nssh_authorized_keys = {public_key}\n"
         ),
     )
@@ -72,6 +72,7 @@ fn qemu_arm64_image_builds_boots_and_serves() {
             "[center]\nid = {CARD_ID}\nname = {CARD_NAME}\ntimezone = Africa/Nairobi\n\
              [wifi]\nssid = {CARD_SSID}\npassphrase = {CARD_PASSPHRASE}\ncountry = TZ\nchannel = 11\n\
              [sync]\nhub_url = {CARD_HUB}\nsite_id = {CARD_SITE}\nsecret = {CARD_SECRET}\n\
+             moodle = install\n\
              [access]\nssh_authorized_keys = {public_key}\n"
         ),
     )
@@ -251,14 +252,25 @@ fn check_web_and_database(vm: &mut Vm) {
     assert_eq!(db["auto_increment_offset"], CARD_SITE, "{health}");
     assert_eq!(db["server_id"], CARD_SITE, "{health}");
     assert_eq!(db["skip_networking"], "ON", "{health}");
-    // The supervisor runs the sync agent: with Moodle's schema in place it gets as far as the hub, which
-    // does not exist (hub.example), so it reports a connection error, not a missing schema.
-    let status: Value =
-        serde_json::from_str(&vm.http_get("/api/status").expect("status API")).expect("JSON");
+    // The supervisor runs the sync agent: it waits for Moodle's install, then with Moodle's schema in
+    // place gets as far as the hub, which does not exist (hub.example), so it reports a connection
+    // error, not a missing schema.
+    let reached = format!("cannot reach the hub at {CARD_HUB}");
+    let mut status = Value::Null;
+    for _ in 0..60 {
+        status =
+            serde_json::from_str(&vm.http_get("/api/status").expect("status API")).expect("JSON");
+        if status["sync"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&reached))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
     let sync_error = status["sync"]["last_error"].as_str().unwrap_or_default();
     assert!(
-        sync_error.contains(&format!("cannot reach the hub at {CARD_HUB}"))
-            && !sync_error.contains("install.xml"),
+        sync_error.contains(&reached) && !sync_error.contains("install.xml"),
         "{status}"
     );
     let missing: Vec<_> = health["extensions"]

@@ -2,7 +2,8 @@
 //! Moodle (tests/fixtures/moodle-standin, NOT Moodle) unpacked from its release tarball, and the image's
 //! own templates (db-init, config.php, moodle-install) rendered by the code the builder and first boot
 //! use. The scripts run as on the card (root; PHP as www-data through runuser, as the units do), pointed
-//! at the test's server, folders and socket by their KITUO_* variables.
+//! at the test's server, folders and socket by their KITUO_* variables. A center joining the university
+//! is seeded from a real `appliance hub` serving a card installed the same way.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +13,7 @@ use std::process::{Command, Output};
 use appliance::center::Center;
 use appliance::commission::{context, render, secrets};
 use appliance::testbed::{require, MariaDb};
-use kituo_tests::{moodle_standin_release, run, workspace};
+use kituo_tests::{appliance_binary, free_port, moodle_standin_release, run, workspace};
 use serde_json::json;
 
 struct Card {
@@ -22,6 +23,9 @@ struct Card {
     moodle: PathBuf,
     state: PathBuf,
     install: PathBuf,
+    /// The appliance.ini the seed reads (written by the seed test).
+    config: PathBuf,
+    secrets: BTreeMap<String, String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -46,6 +50,8 @@ impl Card {
             .env("KITUO_MOODLE_DIR", &self.moodle)
             .env("KITUO_STATE_DIR", &self.state)
             .env("KITUO_DB_SOCKET", &self.db.socket)
+            .env("KITUO_CONFIG", &self.config)
+            .env("KITUO_APPLIANCE", appliance_binary())
             .output()
             .expect("run moodle-install");
         let text = format!(
@@ -105,18 +111,23 @@ fn render_template(layer: &str, rel: &str, context: &serde_json::Value) -> Strin
     render::render(&render::environment(), &path, context).expect("render")
 }
 
-fn card() -> Card {
+/// The example center's card, as site `site` (its MariaDB as the image sets it up for sync), making
+/// Moodle's database as `moodle` says (`install` or `seed`).
+fn card(site: u8, moodle: &str) -> Card {
     ensure_php_mysqli();
     require("runuser", "util-linux").expect("runuser");
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_owned();
     // www-data must reach the socket and the code, as on the card.
     chmod(&dir, 0o755);
-    let db = MariaDb::start(&dir.join("db")).expect("start MariaDB");
+    let site_args = MariaDb::sync_site_args(site.into(), 64, site.into());
+    let db = MariaDb::start_with(&dir.join("db"), &site_args).expect("start MariaDB");
     chmod(&db.dir, 0o755);
 
-    let center =
+    let mut center =
         Center::load(&workspace().join("board-configs/example-center.ini")).expect("center");
+    center.site_id = site;
+    center.moodle = moodle.to_owned();
     let mut values = BTreeMap::new();
     secrets::fill_missing(&mut values);
     // The three templates use the center half only: an empty image half keeps that checked (strict).
@@ -183,17 +194,19 @@ fn card() -> Card {
     std::fs::create_dir_all(&state).unwrap();
     Card {
         db,
+        config: dir.join("appliance.ini"),
         dir,
         moodle,
         state,
         install,
+        secrets: values,
         _tmp: tmp,
     }
 }
 
 #[test]
 fn first_boot_installs_moodle_once_and_recovers_a_cut_install() {
-    let card = card();
+    let card = card(2, "install");
     let (done, started) = (
         card.state.join("moodle-installed"),
         card.state.join("moodle-install.started"),
@@ -291,4 +304,169 @@ fn first_boot_installs_moodle_once_and_recovers_a_cut_install() {
     );
     assert_eq!(card.query("SELECT COUNT(*) FROM moodle.mdl_user"), "2");
     assert!(!done.exists() && !started.exists());
+}
+
+/// `appliance hub` serving a card's Moodle; killed when dropped.
+struct Hub {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Hub {
+    fn start(card: &Card) -> Hub {
+        let port = free_port();
+        let password = card.dir.join("kituo-db-password");
+        std::fs::write(&password, &card.secrets["kituo_db_password"]).unwrap();
+        let config = card.dir.join("hub.ini");
+        std::fs::write(
+            &config,
+            format!(
+                "[hub]\nlisten = 127.0.0.1:{port}\nsite_id = 1\ncapture_ms = 200\n\
+                 [moodle]\nsocket = {}\npassword_file = {}\ndirroot = {}\n",
+                card.db.socket.display(),
+                password.display(),
+                card.moodle.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(card.dir.join("hub.log")).unwrap();
+        let child = Command::new(appliance_binary())
+            .args(["hub", "--config"])
+            .arg(&config)
+            .stderr(log)
+            .spawn()
+            .expect("start appliance hub");
+        let hub = Hub {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let health = format!("{}/sync/v1/health", hub.url);
+        let up = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            Command::new("curl")
+                .args(["-sf", &health])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        assert!(
+            up,
+            "the hub did not start:\n{}",
+            std::fs::read_to_string(card.dir.join("hub.log")).unwrap_or_default()
+        );
+        hub
+    }
+
+    /// Registers site `site` with the hub; returns its secret file.
+    fn add_center(&self, card: &Card, site: u8) -> PathBuf {
+        let secret = card.dir.join(format!("site{site}-secret"));
+        run(Command::new(appliance_binary())
+            .args(["hub", "--config"])
+            .arg(card.dir.join("hub.ini"))
+            .args([
+                "add-center",
+                "--site",
+                &site.to_string(),
+                "--name",
+                "Joining",
+            ])
+            .arg("--secret-out")
+            .arg(&secret));
+        secret
+    }
+}
+
+#[test]
+fn a_joining_center_is_seeded_from_the_hub_on_first_boot() {
+    // The university: a Moodle installed by its installer, served by the hub.
+    let university = card(1, "install");
+    let (out, log) = university.install("hub-install");
+    assert!(out.status.success(), "{log}");
+    let hub = Hub::start(&university);
+
+    // The new center: the same image, center.ini says seed.
+    let center = card(3, "seed");
+    let secret = hub.add_center(&university, 3);
+    let password = center.dir.join("kituo-db-password");
+    std::fs::write(&password, &center.secrets["kituo_db_password"]).unwrap();
+    std::fs::write(
+        &center.config,
+        format!(
+            "[site]\ncenter_id = joining\nsite_id = 3\n[sync]\nhub_url = {}\nsecret_file = {}\n\
+             [moodle]\nsocket = {}\npassword_file = {}\ndirroot = {}\n",
+            hub.url,
+            secret.display(),
+            center.db.socket.display(),
+            password.display(),
+            center.moodle.display()
+        ),
+    )
+    .unwrap();
+
+    let (out, log) = center.install("seed");
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("seeded Moodle version 2024100700 from the hub"),
+        "{log}"
+    );
+    assert!(center.state.join("moodle-installed").exists(), "{log}");
+    // The university's site, not a new one: its identifier, front page, administrator.
+    for sql in [
+        "SELECT value FROM moodle.mdl_config WHERE name = 'siteidentifier'",
+        "SELECT fullname FROM moodle.mdl_course WHERE id = 1",
+        "SELECT CONCAT(id, ' ', username, ' ', password) FROM moodle.mdl_user ORDER BY id",
+    ] {
+        assert_eq!(center.query(sql), university.query(sql), "{sql}");
+    }
+    assert!(center
+        .php("index.php")
+        .contains("<h1>Example Regional Center</h1>"));
+    assert!(center
+        .php("admin/cli/cron.php")
+        .contains("Cron run completed"));
+
+    // The next boot finds it made.
+    let (out, log) = center.install("seed-again");
+    assert!(
+        out.status.success() && log.contains("nothing to do"),
+        "{log}"
+    );
+
+    // A hub that cannot be reached (the link is down on first boot): the unit fails, records no end,
+    // and is retried; nothing is left half-made that a retry could not finish.
+    let cut = card(4, "seed");
+    std::fs::write(
+        &cut.config,
+        std::fs::read_to_string(&center.config)
+            .unwrap()
+            .replace(&hub.url, "http://127.0.0.1:9")
+            .replace("site_id = 3", "site_id = 4")
+            .replace(
+                &center.db.socket.display().to_string(),
+                &cut.db.socket.display().to_string(),
+            )
+            .replace(
+                &password.display().to_string(),
+                &cut.dir.join("kituo-db-password").display().to_string(),
+            ),
+    )
+    .unwrap();
+    std::fs::write(
+        cut.dir.join("kituo-db-password"),
+        &cut.secrets["kituo_db_password"],
+    )
+    .unwrap();
+    let (out, log) = cut.install("unreachable");
+    assert!(
+        !out.status.success() && log.contains("the seed from the hub failed"),
+        "{log}"
+    );
+    assert!(!cut.state.join("moodle-installed").exists());
+    assert!(cut.state.join("moodle-install.started").exists());
 }

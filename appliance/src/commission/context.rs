@@ -33,7 +33,7 @@ pub fn center_half(center: &Center, secrets: &BTreeMap<String, String>) -> Value
         "sync": {
             "hub_url": center.hub_url, "site_id": center.site_id.to_string(),
             "auto_increment_increment": center.auto_increment_increment.to_string(),
-            "auto_increment_offset": center.site_id.to_string(),
+            "auto_increment_offset": center.site_id.to_string(), "moodle": center.moodle,
         },
         "access": { "ssh_authorized_keys": center.ssh_authorized_keys },
         "secrets": {

@@ -298,7 +298,11 @@ impl RuleFile {
             .map(|d| (d.name(), d, false))
             .chain([("seed", Direction::Never, true)]);
         for (section, direction, seed) in lists {
-            let list = if seed { &mut file.seed } else { &mut file.entries };
+            let list = if seed {
+                &mut file.seed
+            } else {
+                &mut file.entries
+            };
             for (key, value, line) in doc.free_entries(section) {
                 let (name, prefix) = match key.strip_suffix('*') {
                     Some(p) => (p.to_owned(), true),
@@ -318,11 +322,12 @@ impl RuleFile {
                         "say why after '=': the reason is kept with the rule",
                     ));
                 }
-                if let Some(first) = list
-                    .iter()
-                    .find(|e| e.name == name && e.prefix == prefix)
-                {
-                    let first_section = if seed { section } else { first.direction.name() };
+                if let Some(first) = list.iter().find(|e| e.name == name && e.prefix == prefix) {
+                    let first_section = if seed {
+                        section
+                    } else {
+                        first.direction.name()
+                    };
                     return Err(at(
                         line,
                         format!(
@@ -509,7 +514,10 @@ impl Rules {
             .iter()
             .chain([&self.builtin])
             .any(|f| find_entry(&f.seed, table).is_some());
-        listed && self.get(table).is_none_or(|r| r.direction == Direction::Never)
+        listed
+            && self
+                .get(table)
+                .is_none_or(|r| r.direction == Direction::Never)
     }
 
     /// The rule for a table the database has but XMLDB does not (yet): the lists decide the direction;

@@ -121,6 +121,13 @@ impl Runner {
                 self.pause(Duration::from_secs(1));
                 continue;
             }
+            if let Some(waiting) = self.moodle_not_ready() {
+                // Not a failure: no backoff, so that sync starts as soon as the database is made.
+                self.status.last_error = Some(waiting);
+                self.publish();
+                self.pause(Duration::from_secs(5));
+                continue;
+            }
             match self.exchange().and_then(|moved| self.move_files(moved)) {
                 Ok(moved) => {
                     self.succeeded();
@@ -146,7 +153,9 @@ impl Runner {
 
     /// Captures, then pushes and pulls until both sides are level; true if anything moved.
     pub fn exchange(&mut self) -> Result<bool> {
-        self.check_moodle_ready()?;
+        if let Some(waiting) = self.moodle_not_ready() {
+            anyhow::bail!(waiting);
+        }
         let mut site = match self.site.take() {
             Some(site) => site,
             None => Site::open(self.site_cfg.clone())?,
@@ -158,19 +167,17 @@ impl Runner {
         moved
     }
 
-    /// Sync waits for first boot's install or seed of Moodle's database: a site opened before the
-    /// install ends would capture the install's rows (the admin account, the configuration) and send
-    /// them to the hub as this center's changes.
-    fn check_moodle_ready(&mut self) -> Result<()> {
-        if let Some(file) = &self.settings.moodle.ready_file {
-            if !file.exists() {
-                anyhow::bail!(
-                    "waiting for Moodle's database to be installed or seeded on first boot ({} does not exist yet)",
-                    file.display()
-                );
-            }
-        }
-        Ok(())
+    /// Why sync must wait for first boot's install or seed of Moodle's database, if it must: a site
+    /// opened before the install ends would capture the install's rows (the admin account, the
+    /// configuration) and send them to the hub as this center's changes.
+    fn moodle_not_ready(&self) -> Option<String> {
+        let file = self.settings.moodle.ready_file.as_ref()?;
+        (!file.exists()).then(|| {
+            format!(
+                "waiting for Moodle's database to be installed or seeded on first boot ({} does not exist yet)",
+                file.display()
+            )
+        })
     }
 
     fn exchange_with(&mut self, site: &mut Site) -> Result<bool> {

@@ -57,7 +57,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<()> {
     let step = progress.step("boot area");
     let seed = format!("boot-area/{}/{}", board.name, center.id);
     let layout = Layout::new(&seed, board.boot_mib, board.root_mib, board.data_mib);
-    let context = template_context(&board, &center, &secrets, &layout, "boot-area", epoch);
+    let context = template_context(&board, &center, &secrets, &layout, None, "boot-area", epoch);
     let work = tempfile::tempdir()?;
     let (scratch_root, boot) = (work.path().join("root"), work.path().join("boot"));
     std::fs::create_dir_all(&scratch_root)?;

@@ -142,7 +142,15 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
         moodle::unpack(tarball, &root)?;
     }
     normalize(&root, epoch)?;
-    let context = template_context(&board, &center, &secrets, &layout, &build_id, epoch);
+    let context = template_context(
+        &board,
+        &center,
+        &secrets,
+        &layout,
+        moodle.as_ref(),
+        &build_id,
+        epoch,
+    );
     std::fs::write(root.join("etc/kituo/build.ini"), build_info(&context))?;
     overlay::apply(&layers, &context, &root, &boot)?;
     overlay::customize(&layers, &root, epoch)?;
@@ -151,7 +159,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     data_tree(&root, &data)?;
     install_commissioning(
         &layers,
-        &image_context(&board, &layout, &build_id, epoch),
+        &image_context(&board, &layout, moodle.as_ref(), &build_id, epoch),
         &secrets,
         &center,
         &root,
@@ -317,18 +325,27 @@ pub(crate) fn template_context(
     center: &Center,
     secrets: &Secrets,
     layout: &Layout,
+    moodle: Option<&Release>,
     build_id: &str,
     epoch: u64,
 ) -> Value {
     context::merge(
         context::center_half(center, &secrets.values),
-        image_context(board, layout, build_id, epoch),
+        image_context(board, layout, moodle, build_id, epoch),
     )
 }
 
 /// The image half: what does not depend on the center. Kept in the image for first boot.
-fn image_context(board: &Board, layout: &Layout, build_id: &str, epoch: u64) -> Value {
+fn image_context(
+    board: &Board,
+    layout: &Layout,
+    moodle: Option<&Release>,
+    build_id: &str,
+    epoch: u64,
+) -> Value {
     json!({
+        // Empty without --moodle: templates leave out what only a card with Moodle needs.
+        "moodle": { "version": moodle.map(|r| r.version.as_str()).unwrap_or_default() },
         "board": {
             "name": board.name, "description": board.description, "arch": board.arch, "family": board.family,
             "ram_mib": board.ram_mib.to_string(), "console": board.console,
@@ -493,7 +510,7 @@ mod tests {
         std::fs::create_dir_all(root.join("usr/share/kituo")).unwrap();
         std::fs::create_dir_all(data.join("kituo")).unwrap();
         let layers = overlay::layers(&repo.join("overlays"), &board);
-        let image = image_context(&board, &layout, "build-id", 1);
+        let image = image_context(&board, &layout, None, "build-id", 1);
         install_commissioning(&layers, &image, &secrets, &center, &root, &data).unwrap();
 
         let card_path = data.join(apply::SECRETS_ON_DATA);
@@ -507,7 +524,7 @@ mod tests {
                 .unwrap();
         assert_eq!(
             context::merge(context::center_half(&center, &card.values), carried),
-            template_context(&board, &center, &secrets, &layout, "build-id", 1)
+            template_context(&board, &center, &secrets, &layout, None, "build-id", 1)
         );
         let templates: Vec<PathBuf> = render::templates(&root.join(render::TEMPLATES))
             .unwrap()
@@ -529,7 +546,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secrets = Secrets::for_center(&dir.path().join("state"), &center.id).unwrap();
         let layout = Layout::new("seed", board.boot_mib, board.root_mib, board.data_mib);
-        let context = template_context(&board, &center, &secrets, &layout, "id", 1);
+        let context = template_context(&board, &center, &secrets, &layout, None, "id", 1);
         let layer = repo.join("overlays").join(moodle::LAYER).join("rootfs");
         let env = render::environment();
         let config = render::render(

@@ -185,6 +185,8 @@ pub fn new(args: &NewArgs) -> Result<(PathBuf, Center)> {
         ("sync", "site_id", site_id.to_string()),
         ("sync", "auto_increment_increment", increment.to_string()),
         ("sync", "secret", sync_secret.clone()),
+        // A new center joins the university: its Moodle is the hub's.
+        ("sync", "moodle", "seed".to_owned()),
     ];
     if let Some(tz) = &args.timezone {
         values.push(("center", "timezone", tz.clone()));
