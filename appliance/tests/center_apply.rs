@@ -32,6 +32,7 @@ fn image() -> tempfile::TempDir {
                    "ram_mib": "1024", "console": "ttyAMA0" },
         "boot": { "cmdline": "console=ttyAMA0", "dtb": "" },
         "build": { "version": "0.1.0", "id": "0123456789ab", "source_date_epoch": "1700000000" },
+        "moodle": { "version": "" },
         "disk": { "id": "0x12345678", "boot_partuuid": "12345678-01", "root_a_partuuid": "12345678-02",
                   "data_partuuid": "12345678-03", "root_b_partuuid": "12345678-04", "root_b_mib": "1024" },
     });

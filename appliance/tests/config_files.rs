@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use appliance::center::Center;
+use appliance::commission::{context, render};
 use appliance::config::Config;
 
 fn appliance(args: &[&str]) -> std::process::Output {
@@ -29,38 +31,38 @@ fn example_file_matches_config_help() {
 
 #[test]
 fn image_template_renders_to_a_valid_config() {
-    let tmpl = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../overlays/common/rootfs/etc/kituo/appliance.ini.tmpl"
-    ))
-    .unwrap();
-    for family in ["rpi", "odroid-amlogic"] {
-        // A tiny stand-in for minijinja: the variables the template uses, and its one if/else.
-        let mut text = tmpl
-            .replace("{{ center.id }}", "example")
-            .replace("{{ center.name }}", "Example Center")
-            .replace("{{ sync.site_id }}", "2")
-            .replace("{{ sync.hub_url }}", "https://hub.example/kituo");
-        let (before, rest) = text.split_once("{% if board.family == \"rpi\" %}").unwrap();
-        let (yes, rest) = rest.split_once("{% else %}").unwrap();
-        let (no, after) = rest.split_once("{% endif %}").unwrap();
-        text = format!("{before}{}{after}", if family == "rpi" { yes } else { no });
-        assert!(
-            !text.contains("{{") && !text.contains("{%"),
-            "unrendered template syntax:\n{text}"
-        );
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let template = repo.join("overlays/common/rootfs/etc/kituo/appliance.ini.tmpl");
+    let center = Center::load(&repo.join("board-configs/example-center.ini")).unwrap();
+    let mut secrets = std::collections::BTreeMap::new();
+    appliance::commission::secrets::fill_missing(&mut secrets);
+    let env = render::environment();
+    for (family, moodle) in [("rpi", "4.5.0"), ("odroid-amlogic", "")] {
+        let image = serde_json::json!({
+            "board": { "family": family },
+            "moodle": { "version": moodle },
+        });
+        let ctx = context::merge(context::center_half(&center, &secrets), image);
+        let text = render::render(&env, &template, &ctx).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("appliance.ini");
         std::fs::write(&path, &text).unwrap();
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(c.center_id, "example");
-        assert_eq!(c.site_id, 2);
+        assert_eq!(c.center_id, center.id);
+        assert_eq!(c.site_id, center.site_id);
         assert!(c.power.sources.is_empty(), "no UPS until commissioning");
         assert_eq!(c.listen.port(), 8080);
         assert_eq!(c.health.0.services.len(), 4);
         let sync = c.sync.as_ref().expect("the image's agent syncs");
-        assert_eq!(sync.hub_url, "https://hub.example/kituo");
+        assert_eq!(sync.hub_url, center.hub_url);
         assert_eq!(sync.moodle.user, "kituo");
+        // With Moodle in the image, sync waits for first boot to make its database.
+        assert_eq!(
+            sync.moodle.ready_file.is_some(),
+            !moodle.is_empty(),
+            "{family}: {:?}",
+            sync.moodle.ready_file
+        );
     }
 }
 
