@@ -161,6 +161,10 @@ enum SyncAction {
         /// At the hub: the center's site number the bundle is for.
         #[arg(long = "for")]
         center: Option<u32>,
+        /// With --for: a seed for a center joining the university (the hub's whole Moodle and its
+        /// files, for `sync import` into the card's empty database), instead of the log since its last.
+        #[arg(long, requires = "center")]
+        seed: bool,
         /// Default /etc/kituo/appliance.ini, or /etc/kituo/hub.ini with --for.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -276,6 +280,7 @@ fn run() -> Result<()> {
                 to,
                 volume_size,
                 center,
+                seed,
                 config,
             } => {
                 let to = sync_cmd::ExportTo {
@@ -283,7 +288,7 @@ fn run() -> Result<()> {
                     volume_size: volume_size.as_deref(),
                 };
                 match center {
-                    Some(c) => sync_cmd::export_hub(&config.unwrap_or_else(hub_ini), c, &to),
+                    Some(c) => sync_cmd::export_hub(&config.unwrap_or_else(hub_ini), c, seed, &to),
                     None => sync_cmd::export_center(&config.unwrap_or_else(appliance_ini), &to),
                 }
             }

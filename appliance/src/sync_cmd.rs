@@ -258,7 +258,7 @@ pub fn export_center(config: &Path, to: &ExportTo<'_>) -> Result<()> {
 }
 
 /// `appliance sync export --for CENTER` at the hub.
-pub fn export_hub(config: &Path, center: u32, to: &ExportTo<'_>) -> Result<()> {
+pub fn export_hub(config: &Path, center: u32, seed: bool, to: &ExportTo<'_>) -> Result<()> {
     let size = volume_size(to)?;
     let settings = HubSettings::load(config)?;
     let rules = settings.moodle.rulebook()?;
@@ -268,8 +268,12 @@ pub fn export_hub(config: &Path, center: u32, to: &ExportTo<'_>) -> Result<()> {
         dir: to.dir,
         volume_size: size,
     };
-    let done =
-        bundle::export::for_center(&mut site, rules.policy(), center, pool.as_ref(), &target)?;
+    let export = if seed {
+        bundle::export::seed_for_center
+    } else {
+        bundle::export::for_center
+    };
+    let done = export(&mut site, rules.policy(), center, pool.as_ref(), &target)?;
     print_exported(&done);
     Ok(())
 }
@@ -293,7 +297,15 @@ pub fn import_center(config: &Path, dir: &Path) -> Result<()> {
         .as_ref()
         .map(|f| Pool::new(&f.dataroot, f.perms))
         .transpose()?;
-    let done = bundle::import::at_center(&mut site, rules.policy(), &secret, pool.as_ref(), dir)?;
+    let version = appliance::sync::seed::code_version(&s.moodle.dirroot)?;
+    let done = bundle::import::at_center(
+        &mut site,
+        rules.policy(),
+        &secret,
+        pool.as_ref(),
+        dir,
+        version,
+    )?;
     print_imported(dir, &done)
 }
 

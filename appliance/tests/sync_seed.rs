@@ -2,7 +2,9 @@
 //! card's empty Moodle database from `appliance hub` over HTTP, while the hub's Moodle goes on writing.
 //! Afterwards the center verifies identical, holds the per-site rows Moodle needs (its cron schedule,
 //! the installed versions) but nothing the hub keeps for itself, sends its own work, and a new card for a
-//! site whose old card synced has its changes taken, not dropped as replays.
+//! site whose old card synced has its changes taken, not dropped as replays. A center out of the link's
+//! reach is seeded the same way from a stick (`sync export --for N --seed`, `sync import`), files and all,
+//! even when the stick was half-copied the first time.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -11,7 +13,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use appliance::sync::bed::{bare_node, reply, world, Node, World};
+use appliance::sync::bed_files::{self, backups_root, files_section, Backup};
 use appliance::sync::bed_services::{center_config, engine_account, AgentOptions, HubService};
+use appliance::sync::files::pool::Found;
 use appliance::sync::workload::TWO_WAY_TABLES;
 use mysql::prelude::Queryable;
 
@@ -93,35 +97,41 @@ struct Card {
     config: std::path::PathBuf,
 }
 
-/// A new card for `site`: an empty database, the engine's account, an appliance.ini for the hub.
-fn new_card(w: &World, hub: &HubService, site: u32, secret: &Path) -> Result<Card> {
+/// A new card for `site`: an empty database, the engine's account, an appliance.ini for the hub with
+/// `extra` sections.
+fn new_card(w: &World, hub: &HubService, site: u32, secret: &Path, extra: &str) -> Result<Card> {
     let dir = w.dir.path().join(format!("card{site}"));
     let node = bare_node(&dir, site)?;
     let password = engine_account(&node, &dir)?;
     let opts = AgentOptions::new(hub.addr, secret.to_owned());
-    let config = center_config(&node, &dir, &opts, &password, "")?;
+    let config = center_config(&node, &dir, &opts, &password, extra)?;
     Ok(Card { node, config })
 }
 
-#[test]
-fn a_new_center_is_seeded_from_the_hub_while_the_hub_writes() -> Result<()> {
-    let mut w = world("kituo-sync-seed", 1)?;
-    let exe = Path::new(EXE);
+/// The hub's own rows that never sync, and a history of posts from the hub and from center 2.
+fn university(name: &str) -> Result<World> {
+    let mut w = world(name, 1)?;
     {
         let mut hub = w.hub.sql()?;
         for sql in HUB_INSTALL {
             hub.query_drop(*sql).with_context(|| sql.to_string())?;
         }
     }
-    // History at the hub: posts from the hub and from center 2, which the hub then holds.
     for i in 0..20 {
         reply(&w.hub, 3, &format!("hub post {i}"), 2000 + i)?;
         reply(&w.centers[0], 4, &format!("center 2 post {i}"), 2000 + i)?;
     }
     w.sync_all()?;
+    Ok(w)
+}
+
+#[test]
+fn a_new_center_is_seeded_from_the_hub_while_the_hub_writes() -> Result<()> {
+    let mut w = university("kituo-sync-seed")?;
+    let exe = Path::new(EXE);
     let hub = HubService::start(exe, &w.hub, w.dir.path())?;
     let secret3 = hub.add_center(exe, 3)?;
-    let card = new_card(&w, &hub, 3, &secret3)?;
+    let card = new_card(&w, &hub, 3, &secret3, "")?;
 
     // A seed needs the tables first, and never writes over a database with rows.
     let e = ok(appliance(&["sync", "seed"], &card.config)?).unwrap_err();
@@ -208,7 +218,7 @@ fn a_new_center_is_seeded_from_the_hub_while_the_hub_writes() -> Result<()> {
 
     // A new card for site 2 (the old one died): its changes are numbered after the ones the hub holds
     // from the old card, so the hub takes them.
-    let card2 = new_card(&w, &hub, 2, &secret2)?;
+    let card2 = new_card(&w, &hub, 2, &secret2, "")?;
     create_tables(&card2.node, &card2.config)?;
     ok(appliance(&["sync", "seed"], &card2.config)?)?;
     reply(&card2.node, 4, "written on the new card of site 2", 6000)?;
@@ -221,5 +231,80 @@ fn a_new_center_is_seeded_from_the_hub_while_the_hub_writes() -> Result<()> {
         1,
         "the hub took the new card's post for a replay"
     );
+    Ok(())
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_new_center_is_seeded_from_a_stick_even_one_half_copied_at_first() -> Result<()> {
+    let mut w = university("kituo-seed-stick")?;
+    let exe = Path::new(EXE);
+    let dir = w.dir.path().to_owned();
+    let hub = HubService::start(exe, &w.hub, &dir)?;
+    // The university's files: a real course backup's blobs in the hub's dataroot.
+    let backup = Backup::unpack(
+        &backups_root().join("backup/controller/tests/fixtures/deadlock.mbz"),
+        &dir.join("backup"),
+    )?;
+    let blobs = backup.install(&w.hub, &bed_files::pool(&dir, 1)?)?;
+    w.hub.site.capture(&w.policy)?;
+    let secret = hub.add_center(exe, 3)?;
+    let card = new_card(&w, &hub, 3, &secret, &files_section(&dir, 3, "")?)?;
+    create_tables(&card.node, &card.config)?;
+
+    let stick = dir.join("stick");
+    let hub_ini = s(&hub.config);
+    let exported = ok(Command::new(EXE)
+        .args([
+            "sync", "export", "--config", &hub_ini, "--for", "3", "--seed",
+        ])
+        .args(["--volume-size", "160K", "--to", &s(&stick)])
+        .output()?)?;
+    let mut volumes: Vec<_> = std::fs::read_dir(&stick)?.collect::<Result<Vec<_>, _>>()?;
+    volumes.sort_by_key(|e| e.file_name());
+    ensure!(volumes.len() >= 3, "expected several volumes:\n{exported}");
+
+    // The first stick lacks its last volume: what came is written, the seed is not done, and sync
+    // waits for it.
+    let half = dir.join("half");
+    std::fs::create_dir_all(&half)?;
+    for v in &volumes[..volumes.len() - 1] {
+        std::fs::copy(v.path(), half.join(v.file_name()))?;
+    }
+    let e = ok(appliance(&["sync", "import", &s(&half)], &card.config)?).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("the seed is not complete"),
+        "{e:#}"
+    );
+    let e = ok(appliance(&["sync", "verify"], &card.config)?).unwrap_err();
+    assert!(format!("{e:#}").contains("being seeded"), "{e:#}");
+
+    // The whole stick: done. The rows are the hub's, its files are here, and sync goes on from the
+    // seed's log position (the verify exchanges first).
+    ok(appliance(&["sync", "import", &s(&stick)], &card.config)?)?;
+    let verified = ok(appliance(&["sync", "verify"], &card.config)?)?;
+    assert!(verified.contains("identical"), "{verified}");
+    for table in TWO_WAY_TABLES
+        .iter()
+        .chain(&["config", "files", "task_scheduled", "mnet_host"])
+    {
+        same(&w.hub, &card.node, table)?;
+    }
+    let pool = bed_files::pool(&dir, 3)?;
+    for hash in &blobs {
+        assert!(
+            matches!(pool.find(hash), Found::Live(_)),
+            "blob {hash:?} is missing at the seeded center"
+        );
+    }
+    bed_files::assert_filedir_sound(&pool)?;
+    assert_eq!(count(&card.node, "SELECT COUNT(*) FROM mdl_sessions")?, 0);
+
+    // The same stick again: the seed is not redone over the center's rows.
+    let e = ok(appliance(&["sync", "import", &s(&stick)], &card.config)?).unwrap_err();
+    assert!(format!("{e:#}").contains("seeded before"), "{e:#}");
     Ok(())
 }

@@ -59,8 +59,128 @@ pub trait Source: Reference + Link {
     fn copy(&mut self, req: &CopyRequest) -> Result<CopyReply>;
 }
 
+/// A run of the hub's rows of one table, as a seed bundle carries them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Copied {
+    pub table: String,
+    /// The columns the rows hold, in the hub's table order.
+    pub columns: Vec<String>,
+    pub rows: Vec<verify::HubRow>,
+    /// Rows of a `[seed]` table or site-local rows (no clocks: they never sync), not relayed rows.
+    pub per_site: bool,
+}
+
 // ---------------------------------------------------------------------------------------------------
 // The hub's side.
+
+/// The hub's log position now, read under the log lock so that no change can commit below it.
+pub fn log_end(hub: &mut Site) -> Result<u64> {
+    let mut tx = hub
+        .conn()
+        .start_transaction(mysql::TxOpts::default())
+        .context("cannot start a transaction")?;
+    store::lock_log(&mut tx)?;
+    let end: Option<u64> = tx
+        .query_first("SELECT COALESCE(MAX(lseq), 0) FROM kituo_sync.log")
+        .context("cannot read the end of the hub's log")?;
+    tx.commit().context("cannot end the transaction")?;
+    Ok(end.unwrap_or(0))
+}
+
+/// Every table a seed copies from the hub, each as runs of rows in id order, handed to `sink`: first
+/// the per-site rows, then every relayed row with its clock. Each run is read in one snapshot.
+pub fn read_all(
+    hub: &mut Site,
+    policy: &Policy,
+    sink: &mut dyn FnMut(Copied) -> Result<()>,
+) -> Result<()> {
+    let target = hub.target().clone();
+    let per_site: Vec<String> = policy
+        .rules()
+        .tables
+        .keys()
+        .filter(|t| copied_rows(policy, t).is_some())
+        .cloned()
+        .collect();
+    for table in per_site {
+        let columns = columns_of(hub.conn(), &target, &table)?;
+        let mut after = i64::MIN;
+        loop {
+            let req = CopyRequest {
+                table: table.clone(),
+                after,
+                max: COPY_ROWS,
+            };
+            let rows = serve_copy(hub, policy, &req)?.rows;
+            let Some(last) = rows.last().and_then(|r| id_of(r)) else {
+                break;
+            };
+            let full = rows.len() == COPY_ROWS;
+            let rows = rows
+                .into_iter()
+                .filter_map(|values| {
+                    let id = id_of(&values)?;
+                    Some(verify::HubRow {
+                        id,
+                        values,
+                        clock: None,
+                    })
+                })
+                .collect();
+            sink(Copied {
+                table: table.clone(),
+                columns: columns.clone(),
+                rows,
+                per_site: true,
+            })?;
+            if !full {
+                break;
+            }
+            after = last;
+        }
+    }
+    for (table, info) in verify::tables_at(hub.conn(), &target, policy)? {
+        let mut after = i64::MIN;
+        loop {
+            let ids: Vec<i64> = hub
+                .conn()
+                .exec(
+                    format!(
+                        "SELECT id FROM {} WHERE id > ? ORDER BY id LIMIT {}",
+                        target.table(&table),
+                        verify::MAX_ROWS
+                    ),
+                    (after,),
+                )
+                .with_context(|| format!("cannot read the ids of {table}"))?;
+            let Some(&last) = ids.last() else {
+                break;
+            };
+            let req = verify::RowsRequest {
+                table: table.clone(),
+                columns: info.columns.clone(),
+                ids,
+            };
+            let rows = verify::serve_rows(hub, policy, &req)?.rows;
+            sink(Copied {
+                table: table.clone(),
+                columns: info.columns.clone(),
+                rows,
+                per_site: false,
+            })?;
+            after = last;
+        }
+    }
+    Ok(())
+}
+
+fn id_of(row: &Row) -> Option<i64> {
+    match row.get(ID)? {
+        Value::Int(id) => Some(*id),
+        Value::UInt(id) => i64::try_from(*id).ok(),
+        _ => None,
+    }
+}
 
 /// The rows of a `[seed]` table, or the `[site_local]` rows of a table that has them.
 pub fn serve_copy(hub: &mut Site, policy: &Policy, req: &CopyRequest) -> Result<CopyReply> {
@@ -205,7 +325,7 @@ pub fn seed<H: Source>(
             );
         }
     }
-    store::set(site.conn(), SEED_STATE, "done")?;
+    finish(site)?;
     Ok(seeded)
 }
 
@@ -287,11 +407,8 @@ fn copy_per_site_rows<H: Source>(
                 check_release(&reply.rows, code_version)?;
             }
             copied += write_rows(site, &table, &reply.rows)?;
-            match reply.rows.last().and_then(|r| r.get(ID)) {
-                Some(Value::Int(id)) if reply.rows.len() == COPY_ROWS => after = *id,
-                Some(Value::UInt(id)) if reply.rows.len() == COPY_ROWS => {
-                    after = i64::try_from(*id).context("an id beyond i64")?
-                }
+            match reply.rows.last().and_then(id_of) {
+                Some(id) if reply.rows.len() == COPY_ROWS => after = id,
                 _ => break,
             }
         }
@@ -346,6 +463,49 @@ fn write_rows(site: &mut Site, table: &str, rows: &[Row]) -> Result<u64> {
             .with_context(|| format!("cannot write a row of {table}"))?;
     }
     Ok(rows.len() as u64)
+}
+
+/// Starts a seed from a bundle, or goes on with one: `None` when this center was seeded before.
+pub fn begin_from_bundle(site: &mut Site, log_end: u64, held: u64) -> Result<Option<()>> {
+    match store::get(site.conn(), SEED_STATE)?.as_deref() {
+        Some("done") => Ok(None),
+        Some(_) => Ok(Some(())),
+        None => {
+            ensure_empty(site)?;
+            start(site, log_end, held)?;
+            Ok(Some(()))
+        }
+    }
+}
+
+/// Writes one run of the hub's rows from a seed bundle; returns the rows written. Columns or tables
+/// this card's Moodle lacks are left out (plugins the hub has and the card does not).
+pub fn write_copied(site: &mut Site, copied: &Copied, code_version: Option<f64>) -> Result<u64> {
+    let target = site.target().clone();
+    let ours = columns_of(site.conn(), &target, &copied.table)?;
+    if ours.is_empty() {
+        return Ok(0);
+    }
+    if copied.per_site {
+        let rows: Vec<Row> = copied.rows.iter().map(|r| r.values.clone()).collect();
+        if copied.table == "config" {
+            check_release(&rows, code_version)?;
+        }
+        return write_rows(site, &copied.table, &rows);
+    }
+    let columns: Vec<String> = copied
+        .columns
+        .iter()
+        .filter(|c| ours.contains(c))
+        .cloned()
+        .collect();
+    verify::copy_rows(site, &copied.table, &columns, &copied.rows)?;
+    Ok(copied.rows.len() as u64)
+}
+
+/// Marks the seed done: sync may start.
+pub fn finish(site: &mut Site) -> Result<()> {
+    store::set(site.conn(), SEED_STATE, "done")
 }
 
 /// Applies the hub's log up to its end.

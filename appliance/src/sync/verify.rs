@@ -216,23 +216,14 @@ pub fn serve_catalog(
     req: &CatalogRequest,
 ) -> Result<Catalog> {
     let target = hub.target().clone();
-    // Under the log lock, so that no change can commit below the end read here.
-    let mut tx = hub
-        .conn()
-        .start_transaction(TxOpts::default())
-        .context("cannot start a transaction")?;
-    store::lock_log(&mut tx)?;
-    let log_end: Option<u64> = tx
-        .query_first("SELECT COALESCE(MAX(lseq), 0) FROM kituo_sync.log")
-        .context("cannot read the end of the hub's log")?;
-    tx.commit().context("cannot end the transaction")?;
+    let log_end = super::seed::log_end(hub)?;
     let tables = tables_at(hub.conn(), &target, policy)?;
     let unpulled = unpulled(hub.conn(), policy, center, req.pulled)?;
     let held = super::inbox::received(hub.conn(), center)?;
     Ok(Catalog {
         tables,
         unpulled,
-        log_end: log_end.unwrap_or(0),
+        log_end,
         held,
     })
 }
@@ -356,7 +347,11 @@ fn check_table(
 // ---------------------------------------------------------------------------------------------------
 // SQL both sides run, so that both compute the same numbers.
 
-fn tables_at(conn: &mut impl Queryable, target: &Target, policy: &Policy) -> Result<Tables> {
+pub(crate) fn tables_at(
+    conn: &mut impl Queryable,
+    target: &Target,
+    policy: &Policy,
+) -> Result<Tables> {
     let found: Vec<(String, String, String)> = conn
         .exec(
             "SELECT c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE FROM information_schema.COLUMNS c
@@ -619,7 +614,7 @@ pub fn verify(
     Ok(report)
 }
 
-type Tables = BTreeMap<String, TableInfo>;
+pub(crate) type Tables = BTreeMap<String, TableInfo>;
 type Pair<'c> = (&'c str, &'c TableInfo, &'c TableInfo);
 
 /// The tables both sites have, in name order; the others go to the report.
@@ -868,6 +863,43 @@ fn pending_ids(
         )
         .context("cannot read the outbox")?;
     Ok(found.into_iter().collect())
+}
+
+/// Writes the hub's rows of `table` (as `serve_rows` reads them, on `columns`) in one transaction,
+/// with their row clocks, whether or not they are here: how a seed from a bundle copies the hub.
+pub(crate) fn copy_rows(
+    site: &mut Site,
+    table: &str,
+    columns: &[String],
+    rows: &[HubRow],
+) -> Result<()> {
+    let target = site.target().clone();
+    let table = Compared {
+        name: table.to_owned(),
+        columns: columns.to_vec(),
+    };
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let mut tx = site
+        .conn()
+        .start_transaction(TxOpts::default())
+        .context("cannot start a transaction")?;
+    store::lock_log(&mut tx)?;
+    let here = lock_hashes(&mut tx, &target, &table.name, &table.columns, &ids)?;
+    let mut seen = 0;
+    for row in rows {
+        let hub = Restore {
+            row: Some(row),
+            tombstone: None,
+        };
+        let stamp = hub
+            .write(&mut tx, &target, &table, row.id, here.contains_key(&row.id))
+            .with_context(|| format!("cannot copy {} id {}", table.name, row.id))?;
+        seen = seen.max(stamp);
+    }
+    if seen > store::get_u64(&mut tx, HLC_SEEN)? {
+        store::set(&mut tx, HLC_SEEN, &seen.to_string())?;
+    }
+    tx.commit().context("cannot commit the copied rows")
 }
 
 /// The hub's state of one row.

@@ -27,9 +27,10 @@ use crate::sync::hub;
 use crate::sync::hub_server;
 use crate::sync::inbox;
 use crate::sync::policy::Policy;
+use crate::sync::seed;
 use crate::sync::site::Site;
 use crate::sync::store;
-use crate::sync::wire::Secret;
+use crate::sync::wire::{self, Secret};
 
 /// Where and how big.
 pub struct Target<'a> {
@@ -74,6 +75,7 @@ fn head(from: u32, to: u32) -> Result<Manifest> {
         cursor: 0,
         wants: Vec::new(),
         held: Vec::new(),
+        seed: None,
     })
 }
 
@@ -181,19 +183,56 @@ pub fn for_center(
             break;
         }
     }
-    // Small first, as the link does: a stick cut short still brings the most files.
-    let mut sends: Vec<(u64, ContentHash)> = Vec::new();
-    if let Some(pool) = pool {
-        for hash in wanted {
-            if let Found::Live(size) = pool.find(&hash) {
-                sends.push((size, hash));
-            }
-        }
-    }
-    sends.sort();
-    let sends: Vec<ContentHash> = sends.into_iter().map(|(_, h)| h).collect();
-    let blobs = add_blobs(&mut w, pool, &sends)?;
+    let blobs = add_blobs(&mut w, pool, &smallest_first(pool, wanted))?;
     finish(site, w, &m, changes, blobs)
+}
+
+/// The hub's seed for a center joining the university (`sync seed` by stick or DVD): the rows the link's
+/// seed would copy, read after the log end it names, and the blobs of every `files` row.
+pub fn seed_for_center(
+    site: &mut Site,
+    policy: &Policy,
+    center: u32,
+    pool: Option<&Pool>,
+    to: &Target<'_>,
+) -> Result<Exported> {
+    let secret = hub_server::center_secret(site.conn(), center)?.with_context(|| {
+        format!("site {center} is not a center registered at this hub (appliance hub add-center)")
+    })?;
+    site.capture(policy)?;
+    let mut m = head(HUB, center)?;
+    m.acked = inbox::received(site.conn(), center)?;
+    m.seed = Some(seed::log_end(site)?);
+    let mut w = Writer::create(to.dir, to.volume_size, m.clone(), secret)?;
+    let (mut batches, mut rows) = (0, 0);
+    let mut wanted = BTreeSet::new();
+    seed::read_all(site, policy, &mut |copied| {
+        if copied.table == "files" && !copied.per_site {
+            wanted.extend(copied.rows.iter().filter_map(|r| row_blob(&r.values)));
+        }
+        rows += copied.rows.len() as u64;
+        w.add_rows(batches, batches + 1, &wire::encode(&copied)?)?;
+        batches += 1;
+        Ok(())
+    })?;
+    let blobs = add_blobs(&mut w, pool, &smallest_first(pool, wanted))?;
+    finish(site, w, &m, rows, blobs)
+}
+
+/// Small first, as the link does: a stick cut short still brings the most files.
+fn smallest_first(pool: Option<&Pool>, wanted: BTreeSet<ContentHash>) -> Vec<ContentHash> {
+    let Some(pool) = pool else {
+        return Vec::new();
+    };
+    let mut sends: Vec<(u64, ContentHash)> = wanted
+        .into_iter()
+        .filter_map(|hash| match pool.find(&hash) {
+            Found::Live(size) => Some((size, hash)),
+            _ => None,
+        })
+        .collect();
+    sends.sort();
+    sends.into_iter().map(|(_, h)| h).collect()
 }
 
 /// The blob a `files` row change references, if any.
@@ -204,6 +243,11 @@ fn file_blob(c: &Change) -> Option<ContentHash> {
     let (Op::Insert(row) | Op::Update(row)) = &c.op else {
         return None;
     };
+    row_blob(row)
+}
+
+/// The blob a `files` row references.
+fn row_blob(row: &crate::sync::change::Row) -> Option<ContentHash> {
     match row.get("contenthash")? {
         Value::Bytes(b) => ContentHash::parse(std::str::from_utf8(b).ok()?).ok(),
         _ => None,

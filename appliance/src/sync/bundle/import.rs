@@ -25,6 +25,7 @@ use crate::sync::hub::{self, Receipt};
 use crate::sync::hub_server;
 use crate::sync::inbox;
 use crate::sync::policy::Policy;
+use crate::sync::seed;
 use crate::sync::site::Site;
 use crate::sync::store;
 use crate::sync::wire::{self, Secret};
@@ -109,13 +110,15 @@ fn verify_dir(
     Ok(bundles)
 }
 
-/// Imports, at a center, the hub's bundles in `dir`.
+/// Imports, at a center, the hub's bundles in `dir`. `code_version` is the `$version` of the card's
+/// Moodle code, checked against a seed's (see `seed`).
 pub fn at_center(
     site: &mut Site,
     policy: &Policy,
     secret: &Secret,
     pool: Option<&Pool>,
     dir: &Path,
+    code_version: Option<f64>,
 ) -> Result<Imported> {
     let me = site.id();
     let mut key = |m: &Manifest| -> Result<Secret> {
@@ -135,7 +138,10 @@ pub fn at_center(
     let bundles = verify_dir(dir, &mut key, &mut out.problems)?;
     for b in &bundles {
         let before = (out.changes, out.placed.len(), out.problems.len());
-        let done = center_bundle(site, policy, pool, b, &mut out);
+        let done = match b.head.seed {
+            Some(log_end) => seed_bundle(site, pool, b, log_end, code_version, &mut out),
+            None => center_bundle(site, policy, pool, b, &mut out),
+        };
         if let Err(e) = done {
             out.problems
                 .push(format!("bundle {}: {e:#}", b.head.bundle));
@@ -172,7 +178,7 @@ fn center_bundle(
     // Held at the hub: the outbox on the SD card may drop them, as after a push.
     agent::prune_outbox(site)?;
     // What the hub holds of our blobs: not exported again.
-    let mut at_hub: Vec<ContentHash> = b
+    let at_hub: Vec<ContentHash> = b
         .volumes
         .get(&1)
         .map(|first| {
@@ -207,6 +213,17 @@ fn center_bundle(
             out.changes += changes.len() as u64;
         }
     }
+    place_hubs_blobs(site, pool, b, at_hub, out)
+}
+
+/// Places the blobs of a bundle from the hub, and remembers that the hub holds them and `at_hub`.
+fn place_hubs_blobs(
+    site: &mut Site,
+    pool: Option<&Pool>,
+    b: &Bundle,
+    mut at_hub: Vec<ContentHash>,
+    out: &mut Imported,
+) -> Result<()> {
     if let Some(pool) = pool {
         let target = site.target().clone();
         let mut referenced = |h: &ContentHash| inventory::is_referenced(site.conn(), &target, h);
@@ -216,6 +233,52 @@ fn center_bundle(
     mover::load_at_hub(site.conn())?;
     mover::remember_at_hub(site.conn(), &at_hub)?;
     Ok(())
+}
+
+/// A seed from the hub for a center joining the university (see `seed`): its rows are written whole
+/// at every import (copying is idempotent, so a half-copied stick's rows are simply written again with
+/// the rest), and the seed is done, and sync may start, once every volume arrived.
+fn seed_bundle(
+    site: &mut Site,
+    pool: Option<&Pool>,
+    b: &Bundle,
+    log_end: u64,
+    code_version: Option<f64>,
+    out: &mut Imported,
+) -> Result<()> {
+    let acked = b.volumes.values().map(|v| v.manifest.acked).max();
+    if seed::begin_from_bundle(site, log_end, acked.unwrap_or(0))?.is_none() {
+        out.problems.push(format!(
+            "bundle {}: this center was seeded before: its rows are left out",
+            b.head.bundle
+        ));
+        return place_hubs_blobs(site, pool, b, Vec::new(), out);
+    }
+    let mut next = 0;
+    let mut complete = b.volumes.len() == b.head.volumes as usize;
+    'volumes: for v in b.volumes.values() {
+        out.volumes += 1;
+        for batch in &v.manifest.rows {
+            if batch.after != next {
+                out.problems.push(gap(v, next, batch.after));
+                complete = false;
+                break 'volumes;
+            }
+            let copied: seed::Copied = wire::decode(&v.read_rows(batch)?)
+                .with_context(|| format!("in {}", v.path.display()))?;
+            out.changes += seed::write_copied(site, &copied, code_version)?;
+            next = batch.last;
+        }
+    }
+    if complete {
+        seed::finish(site)?;
+    } else {
+        out.problems.push(format!(
+            "bundle {}: the seed is not complete; import it again with the missing volumes",
+            b.head.bundle
+        ));
+    }
+    place_hubs_blobs(site, pool, b, Vec::new(), out)
 }
 
 fn gap(v: &Verified, have: u64, starts: u64) -> String {

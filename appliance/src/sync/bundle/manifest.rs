@@ -70,6 +70,10 @@ pub struct Manifest {
     pub wants: Vec<String>,
     /// From the hub, in volume 1: the center's blobs it holds from earlier bundles.
     pub held: Vec<String>,
+    /// From the hub, a seed for a joining center: the hub's log position when the copy began. The row
+    /// batches then hold the hub's rows (`seed::Copied`), numbered from 0, not changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Manifest {
