@@ -112,7 +112,7 @@ pub fn read_all(
                 max: COPY_ROWS,
             };
             let rows = serve_copy(hub, policy, &req)?.rows;
-            let Some(last) = rows.last().and_then(|r| id_of(r)) else {
+            let Some(last) = rows.last().and_then(id_of) else {
                 break;
             };
             let full = rows.len() == COPY_ROWS;

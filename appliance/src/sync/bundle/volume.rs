@@ -404,6 +404,7 @@ mod tests {
             cursor: 7,
             wants: vec!["ab".repeat(20)],
             held: Vec::new(),
+            seed: None,
         }
     }
 
