@@ -146,10 +146,7 @@ pub fn for_center(
     pool: Option<&Pool>,
     to: &Target<'_>,
 ) -> Result<Exported> {
-    let secret = hub_server::center_secret(site.conn(), center)?.with_context(|| {
-        format!("site {center} is not a center registered at this hub (appliance hub add-center)")
-    })?;
-    site.capture(policy)?;
+    let (mut m, secret) = hub_head(site, policy, center)?;
     let pulled: Option<u64> = site
         .conn()
         .exec_first(
@@ -157,8 +154,6 @@ pub fn for_center(
             (center,),
         )
         .context("cannot read the center's position")?;
-    let mut m = head(HUB, center)?;
-    m.acked = inbox::received(site.conn(), center)?;
     m.held = hashes_of(site.conn(), "bundle_held", center)?
         .iter()
         .map(ContentHash::hex)
@@ -196,27 +191,36 @@ pub fn seed_for_center(
     pool: Option<&Pool>,
     to: &Target<'_>,
 ) -> Result<Exported> {
+    let (mut m, secret) = hub_head(site, policy, center)?;
+    m.seed = Some(seed::log_end(site)?);
+    let mut w = Writer::create(to.dir, to.volume_size, m.clone(), secret)?;
+    let (mut batches, mut copied_rows) = (0, 0);
+    let mut wanted = BTreeSet::new();
+    seed::read_all(site, policy, &mut |copied| {
+        if let seed::Copied::Relayed { table, rows, .. } = &copied {
+            if table == "files" {
+                wanted.extend(rows.iter().filter_map(|r| row_blob(&r.values)));
+            }
+        }
+        copied_rows += copied.len() as u64;
+        w.add_rows(batches, batches + 1, &wire::encode(&copied)?)?;
+        batches += 1;
+        Ok(())
+    })?;
+    let blobs = add_blobs(&mut w, pool, &smallest_first(pool, wanted))?;
+    finish(site, w, &m, copied_rows, blobs)
+}
+
+/// The head of the hub's bundle for `center`, with how far the hub holds its changes, and the secret
+/// it is signed with. The hub's own changes are recorded first, so the bundle has them.
+fn hub_head(site: &mut Site, policy: &Policy, center: u32) -> Result<(Manifest, Secret)> {
     let secret = hub_server::center_secret(site.conn(), center)?.with_context(|| {
         format!("site {center} is not a center registered at this hub (appliance hub add-center)")
     })?;
     site.capture(policy)?;
     let mut m = head(HUB, center)?;
     m.acked = inbox::received(site.conn(), center)?;
-    m.seed = Some(seed::log_end(site)?);
-    let mut w = Writer::create(to.dir, to.volume_size, m.clone(), secret)?;
-    let (mut batches, mut rows) = (0, 0);
-    let mut wanted = BTreeSet::new();
-    seed::read_all(site, policy, &mut |copied| {
-        if copied.table == "files" && !copied.per_site {
-            wanted.extend(copied.rows.iter().filter_map(|r| row_blob(&r.values)));
-        }
-        rows += copied.rows.len() as u64;
-        w.add_rows(batches, batches + 1, &wire::encode(&copied)?)?;
-        batches += 1;
-        Ok(())
-    })?;
-    let blobs = add_blobs(&mut w, pool, &smallest_first(pool, wanted))?;
-    finish(site, w, &m, rows, blobs)
+    Ok((m, secret))
 }
 
 /// Small first, as the link does: a stick cut short still brings the most files.

@@ -247,7 +247,7 @@ fn seed_bundle(
     out: &mut Imported,
 ) -> Result<()> {
     let acked = b.volumes.values().map(|v| v.manifest.acked).max();
-    if seed::begin_from_bundle(site, log_end, acked.unwrap_or(0))?.is_none() {
+    if !seed::begin_from_bundle(site, log_end, acked.unwrap_or(0))? {
         out.problems.push(format!(
             "bundle {}: this center was seeded before: its rows are left out",
             b.head.bundle
