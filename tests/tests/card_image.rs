@@ -100,6 +100,7 @@ fn qemu_arm64_image_builds_boots_and_serves() {
         "{status}"
     );
     assert_eq!(status["build"]["id"], manifest["build_id"], "{status}");
+    assert_eq!(status["build"]["built_for"], "testcenter", "{status}");
     check_center_applied(&vm, &status);
 
     check_web_and_database(&mut vm);

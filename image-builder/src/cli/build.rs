@@ -393,7 +393,9 @@ fn install_commissioning(
 fn build_info(context: &Value) -> String {
     let get = |a: &str, b: &str| context[a][b].as_str().unwrap_or_default().to_owned();
     format!(
-        "; Written by image-builder: the identity of this image.\n[build]\nid = {}\nversion = {}\nboard = {}\ncenter = {}\nsource_date_epoch = {}\n",
+        "; Written by image-builder: the identity of this image. built_for is the center it was built\n\
+         ; for; a card flashed with another center.ini serves that one (see /api/status center_config).\n\
+         [build]\nid = {}\nversion = {}\nboard = {}\nbuilt_for = {}\nsource_date_epoch = {}\n",
         get("build", "id"),
         get("build", "version"),
         get("board", "name"),
