@@ -232,6 +232,19 @@ fn first_boot_installs_moodle_once_and_recovers_a_cut_install() {
         card.query("SELECT email FROM moodle.mdl_user WHERE username = 'admin'"),
         "admin@kituo.kituo.lan"
     );
+    // The admin password reached the installer (by the environment, not the command line).
+    let hash = card.query("SELECT password FROM moodle.mdl_user WHERE username = 'admin'");
+    let check = format!(
+        "exit(password_verify('{}', '{hash}') ? 0 : 1);",
+        card.secrets["moodle_admin_password"]
+    );
+    assert!(
+        Command::new("php")
+            .args(["-r", &check])
+            .status()
+            .is_ok_and(|s| s.success()),
+        "the admin password is not the card's"
+    );
     let site = card.query("SELECT value FROM moodle.mdl_config WHERE name = 'siteidentifier'");
     assert!(card
         .php("index.php")
