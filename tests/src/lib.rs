@@ -4,6 +4,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -51,15 +52,21 @@ pub fn ensure_tools(tools: &[(&str, &str)]) {
         .env("DEBIAN_FRONTEND", "noninteractive"));
 }
 
-/// The release build of the image builder (built now if needed).
+/// The release build of the image builder, built on the first call; later calls (a timed flash in a
+/// bench) return at once.
 pub fn image_builder() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-q", "-p", "image-builder"])
-        .current_dir(workspace())
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building image-builder failed");
-    workspace().join("target/release/image-builder")
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--release", "-q", "-p", "image-builder"])
+                .current_dir(workspace())
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building image-builder failed");
+            workspace().join("target/release/image-builder")
+        })
+        .clone()
 }
 
 /// The debug build of the appliance program (built now if needed), for tests that run it on the host.
@@ -93,19 +100,25 @@ pub fn artifacts(name: &str) -> PathBuf {
     dir
 }
 
-/// Runs a command and returns its output, failing with the command's stderr when it fails.
+/// Runs a command and returns its output, panicking with the command's stderr when it fails.
 pub fn run(cmd: &mut Command) -> Output {
+    try_run(cmd).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Runs a command and returns its output, or an error with the command's output when it fails.
+pub fn try_run(cmd: &mut Command) -> Result<Output> {
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
 }
 
 pub fn stdout(out: &Output) -> String {
@@ -170,9 +183,89 @@ pub fn ssh_key(dir: &Path) -> (PathBuf, String) {
     (key, public.trim().to_owned())
 }
 
+/// A center other than the one an image is built for: one image serves many centers, so a card gets its
+/// own center's config when it is flashed.
+pub struct CardCenter {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub timezone: &'static str,
+    pub site_id: u64,
+    pub ssid: &'static str,
+    pub passphrase: &'static str,
+    pub channel: u8,
+    pub hub_url: &'static str,
+    pub secret: &'static str,
+}
+
+/// The center the end-to-end tests and the first-boot bench flash their cards for.
+pub const MWANZA: CardCenter = CardCenter {
+    id: "mwanza",
+    name: "Mwanza Learning Center",
+    timezone: "Africa/Nairobi",
+    site_id: 7,
+    ssid: "Kituo-Mwanza",
+    passphrase: "mwanza-passphrase-7",
+    channel: 11,
+    hub_url: "https://hub.example/mwanza",
+    secret: "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed",
+};
+
+impl CardCenter {
+    /// Writes its center.ini to `path`, with `public_key` allowed to log in as root. Its hub does not
+    /// exist: a card with Moodle installs it instead of seeding it from the hub.
+    pub fn write_ini(&self, path: &Path, public_key: &str) -> Result<()> {
+        let ini = format!(
+            "[center]\nid = {}\nname = {}\ntimezone = {}\n\
+             [wifi]\nssid = {}\npassphrase = {}\ncountry = TZ\nchannel = {}\n\
+             [sync]\nhub_url = {}\nsite_id = {}\nsecret = {}\n\
+             moodle = install\n\
+             [access]\nssh_authorized_keys = {public_key}\n",
+            self.id,
+            self.name,
+            self.timezone,
+            self.ssid,
+            self.passphrase,
+            self.channel,
+            self.hub_url,
+            self.site_id,
+            self.secret,
+        );
+        std::fs::write(path, ini).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// The size of the card files the tests flash: larger than any image, so first boot has room to grow
+/// /data and make root slot B.
+pub const CARD_SIZE: u64 = 6 << 30;
+
+/// Makes `card` a fresh, empty card file of CARD_SIZE bytes (sparse: it costs only what is written).
+pub fn new_card(card: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(card);
+    std::fs::File::create(card)
+        .and_then(|f| f.set_len(CARD_SIZE))
+        .with_context(|| format!("cannot make the card file {}", card.display()))
+}
+
+/// Flashes `image` (`.img` or `.img.zst`, its `.bmap` beside it) onto the card file with `center` as its
+/// center.ini, as a technician would: `image-builder flash`, which also reads the card back to verify it.
+pub fn flash_card(image: &Path, card: &Path, center: &Path) -> Result<()> {
+    try_run(
+        Command::new(image_builder())
+            .args(["flash", "--allow-file", "--device"])
+            .arg(card)
+            .arg("--center")
+            .arg(center)
+            .arg(image),
+    )
+    .with_context(|| format!("cannot flash {} onto {}", image.display(), card.display()))?;
+    Ok(())
+}
+
 /// A booted qemu-arm64 image: HTTP and SSH forwarded to loopback ports.
 pub struct Vm {
     child: Child,
+    /// When QEMU was started: time to a service answering is measured from here.
+    pub started: Instant,
     pub http: u16,
     pub ssh: u16,
     key: PathBuf,
@@ -197,6 +290,7 @@ impl Vm {
             .to_owned();
         let (http, ssh) = (free_port(), free_port());
         let console = work.join("console.log");
+        let started = Instant::now();
         let child = Command::new("qemu-system-aarch64")
             .args([
                 "-M",
@@ -237,6 +331,7 @@ impl Vm {
             .context("cannot start qemu-system-aarch64")?;
         Ok(Vm {
             child,
+            started,
             http,
             ssh,
             key: key.to_owned(),
@@ -263,7 +358,8 @@ impl Vm {
                     self.console_tail()
                 );
             }
-            std::thread::sleep(Duration::from_secs(3));
+            // Every second: the first-boot bench reads the time to the first answer from this loop.
+            std::thread::sleep(Duration::from_secs(1));
         }
     }
 

@@ -17,13 +17,7 @@ const SSID: &str = "Kituo-Test";
 const PASSPHRASE: &str = "test-passphrase-42";
 
 /// The center whose center.ini the card gets when it is flashed.
-const CARD_ID: &str = "mwanza";
-const CARD_NAME: &str = "Mwanza Learning Center";
-const CARD_SITE: u64 = 7;
-const CARD_SSID: &str = "Kituo-Mwanza";
-const CARD_PASSPHRASE: &str = "mwanza-passphrase-7";
-const CARD_HUB: &str = "https://hub.example/mwanza";
-const CARD_SECRET: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+const CARD: CardCenter = MWANZA;
 
 #[test]
 fn qemu_arm64_image_builds_boots_and_serves() {
@@ -66,29 +60,15 @@ fn qemu_arm64_image_builds_boots_and_serves() {
     // A card larger than the image, so first boot has room to grow /data and make root slot B, flashed
     // from the compressed image with another center's config on its boot partition.
     let card_center = work.join("card-center.ini");
-    std::fs::write(
+    CARD.write_ini(&card_center, &public_key).unwrap();
+    let disk = work.join("card.img");
+    new_card(&disk).unwrap();
+    flash_card(
+        &out_dir.join(format!("{name}.img.zst")),
+        &disk,
         &card_center,
-        format!(
-            "[center]\nid = {CARD_ID}\nname = {CARD_NAME}\ntimezone = Africa/Nairobi\n\
-             [wifi]\nssid = {CARD_SSID}\npassphrase = {CARD_PASSPHRASE}\ncountry = TZ\nchannel = 11\n\
-             [sync]\nhub_url = {CARD_HUB}\nsite_id = {CARD_SITE}\nsecret = {CARD_SECRET}\n\
-             moodle = install\n\
-             [access]\nssh_authorized_keys = {public_key}\n"
-        ),
     )
     .unwrap();
-    let disk = work.join("card.img");
-    let _ = std::fs::remove_file(&disk);
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(6 << 30)
-        .unwrap();
-    run(Command::new(image_builder())
-        .args(["flash", "--allow-file", "--device"])
-        .arg(&disk)
-        .arg("--center")
-        .arg(&card_center)
-        .arg(out_dir.join(format!("{name}.img.zst"))));
 
     let mut vm = Vm::boot(&disk, &key, &work).expect("QEMU starts");
     let status = vm
@@ -142,10 +122,10 @@ fn qemu_arm64_image_builds_boots_and_serves() {
 
 /// First boot applied the card's center.ini: who the card is, its hub and its sync secret.
 fn check_center_applied(vm: &Vm, status: &Value) {
-    assert_eq!(status["center_id"], CARD_ID, "{status}");
-    assert_eq!(status["site_id"], CARD_SITE, "{status}");
+    assert_eq!(status["center_id"], CARD.id, "{status}");
+    assert_eq!(status["site_id"], CARD.site_id, "{status}");
     let applied = &status["center_config"];
-    assert_eq!(applied["center_id"], CARD_ID, "{status}");
+    assert_eq!(applied["center_id"], CARD.id, "{status}");
     assert_eq!(applied["error"], Value::Null, "{status}");
     let files = vm
         .ssh(
@@ -154,11 +134,11 @@ fn check_center_applied(vm: &Vm, status: &Value) {
         )
         .unwrap();
     for expected in [
-        format!("hub_url = {CARD_HUB}"),
-        CARD_SECRET.to_owned(),
-        format!("ssid={CARD_SSID}"),
-        "channel=11".to_owned(),
-        "Africa/Nairobi".to_owned(),
+        format!("hub_url = {}", CARD.hub_url),
+        CARD.secret.to_owned(),
+        format!("ssid={}", CARD.ssid),
+        format!("channel={}", CARD.channel),
+        CARD.timezone.to_owned(),
     ] {
         assert!(files.contains(&expected), "{expected} missing:\n{files}");
     }
@@ -242,7 +222,7 @@ fn check_web_and_database(vm: &mut Vm) {
     // Moodle's front page (the stand-in's prints the site name from the database: the install used the
     // card's center.ini).
     let page = vm.http_get("/").expect("front page");
-    assert!(page.contains(&format!("<h1>{CARD_NAME}</h1>")), "{page}");
+    assert!(page.contains(&format!("<h1>{}</h1>", CARD.name)), "{page}");
     let health: Value = serde_json::from_str(&health).expect("JSON");
     let db = &health["db"];
     assert_eq!(db["ok"], true, "{health}");
@@ -250,13 +230,13 @@ fn check_web_and_database(vm: &mut Vm) {
     assert_eq!(db["binlog_format"], "ROW", "{health}");
     assert_eq!(db["binlog_row_image"], "FULL", "{health}");
     assert_eq!(db["auto_increment_increment"], 64, "{health}");
-    assert_eq!(db["auto_increment_offset"], CARD_SITE, "{health}");
-    assert_eq!(db["server_id"], CARD_SITE, "{health}");
+    assert_eq!(db["auto_increment_offset"], CARD.site_id, "{health}");
+    assert_eq!(db["server_id"], CARD.site_id, "{health}");
     assert_eq!(db["skip_networking"], "ON", "{health}");
     // The supervisor runs the sync agent: it waits for Moodle's install, then with Moodle's schema in
     // place gets as far as the hub, which does not exist (hub.example), so it reports a connection
     // error, not a missing schema.
-    let reached = format!("cannot reach the hub at {CARD_HUB}");
+    let reached = format!("cannot reach the hub at {}", CARD.hub_url);
     let mut status = Value::Null;
     for _ in 0..60 {
         status =
@@ -348,7 +328,7 @@ runuser -u www-data -- sh -c 'touch /var/www/moodle/x 2>/dev/null && echo www-da
 {out}"
     );
     let page = vm.http_get("/index.php").expect("Moodle's index.php");
-    assert!(page.contains(&format!("<h1>{CARD_NAME}</h1>")), "{page}");
+    assert!(page.contains(&format!("<h1>{}</h1>", CARD.name)), "{page}");
     let site = out
         .lines()
         .find_map(|l| l.strip_prefix("site="))
@@ -447,6 +427,7 @@ fn check_ssh_refuses_passwords(vm: &Vm) {
 /// the center's passphrase, gets a DHCP lease from dnsmasq, resolves the appliance's name and fetches the
 /// page over that Wi-Fi link.
 fn check_access_point(vm: &Vm) {
+    let (ssid, passphrase) = (CARD.ssid, CARD.passphrase);
     let script = format!(
         r#"set -eu
 modprobe mac80211_hwsim radios=2
@@ -455,7 +436,7 @@ hostapd_cli -p /run/hostapd -i wlan0 status | grep '^state='
 ip netns add sta
 iw phy "$(basename "$(readlink -f /sys/class/net/wlan1/phy80211)")" set netns name sta
 ip netns exec sta ip link set wlan1 up
-printf 'network={{\n ssid="{CARD_SSID}"\n psk="{CARD_PASSPHRASE}"\n key_mgmt=WPA-PSK\n}}\n' > /run/sta.conf
+printf 'network={{\n ssid="{ssid}"\n psk="{passphrase}"\n key_mgmt=WPA-PSK\n}}\n' > /run/sta.conf
 ip netns exec sta wpa_supplicant -B -i wlan1 -c /run/sta.conf -P /run/sta.pid >/dev/null
 for i in $(seq 60); do ip netns exec sta iw dev wlan1 link | grep -q Connected && break; sleep 1; done
 ip netns exec sta iw dev wlan1 link | grep -E 'Connected|SSID'
@@ -472,7 +453,7 @@ ip netns exec sta busybox wget -q -O - http://10.42.0.1/
         .unwrap_or_else(|e| panic!("access point check failed: {e}"));
     assert!(out.contains("state=ENABLED"), "hostapd is not up:\n{out}");
     assert!(
-        out.contains(&format!("SSID: {CARD_SSID}")),
+        out.contains(&format!("SSID: {ssid}")),
         "client did not associate:\n{out}"
     );
     assert!(
@@ -484,7 +465,7 @@ ip netns exec sta busybox wget -q -O - http://10.42.0.1/
         "the appliance's name did not resolve:\n{out}"
     );
     assert!(
-        out.contains(CARD_NAME),
+        out.contains(CARD.name),
         "the page did not load over Wi-Fi:\n{out}"
     );
 }
