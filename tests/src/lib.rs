@@ -58,31 +58,38 @@ pub fn image_builder() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--release", "-q", "-p", "image-builder"])
-                .current_dir(workspace())
-                .status()
-                .expect("run cargo");
-            assert!(status.success(), "building image-builder failed");
-            workspace().join("target/release/image-builder")
+            cargo_build(
+                &["--release", "-p", "image-builder"],
+                "release/image-builder",
+            )
         })
         .clone()
 }
 
-/// The debug build of the appliance program (built now if needed), for tests that run it on the host.
+/// The debug build of the appliance program, built on the first call, for tests that run it on the
+/// host.
 pub fn appliance_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-q", "-p", "appliance", "--bin", "appliance"])
-                .current_dir(workspace())
-                .status()
-                .expect("run cargo");
-            assert!(status.success(), "building appliance failed");
-            workspace().join("target/debug/appliance")
+            cargo_build(
+                &["-p", "appliance", "--bin", "appliance"],
+                "debug/appliance",
+            )
         })
         .clone()
+}
+
+/// Runs `cargo build -q args` in the workspace; returns `target/<binary>`.
+fn cargo_build(args: &[&str], binary: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-q"])
+        .args(args)
+        .current_dir(workspace())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo build {args:?} failed");
+    workspace().join("target").join(binary)
 }
 
 /// The builder's cache, shared with ordinary builds so that CI reuses downloaded packages and chroots.
