@@ -832,11 +832,7 @@ impl Checker<'_> {
             seen = seen.max(stamp);
             done.repaired += 1;
         }
-        // Local edits from now on must be stamped after every copied stamp, or they would lose to the
-        // hub's clock when merged there while winning here.
-        if seen > store::get_u64(&mut tx, HLC_SEEN)? {
-            store::set(&mut tx, HLC_SEEN, &seen.to_string())?;
-        }
+        clock_past(&mut tx, seen)?;
         tx.commit().context("cannot commit the repair")?;
         Ok(done)
     }
@@ -896,10 +892,17 @@ pub(crate) fn copy_rows(
             .with_context(|| format!("cannot copy {} id {}", table.name, row.id))?;
         seen = seen.max(stamp);
     }
-    if seen > store::get_u64(&mut tx, HLC_SEEN)? {
-        store::set(&mut tx, HLC_SEEN, &seen.to_string())?;
-    }
+    clock_past(&mut tx, seen)?;
     tx.commit().context("cannot commit the copied rows")
+}
+
+/// Local edits from now on must be stamped after every copied stamp (`seen`), or they would lose to
+/// the hub's clock when merged there while winning here.
+fn clock_past(tx: &mut Transaction<'_>, seen: u64) -> Result<()> {
+    if seen > store::get_u64(tx, HLC_SEEN)? {
+        store::set(tx, HLC_SEEN, &seen.to_string())?;
+    }
+    Ok(())
 }
 
 /// The hub's state of one row.
