@@ -129,10 +129,12 @@ pub fn world(name: &str, centers: u32) -> Result<World> {
     })
 }
 
-/// One site's server with the schema and seed, and its engine open.
+/// One site's server with the schema and seed, and its engine open after them (the seed is what
+/// the site was commissioned with, not a change).
 pub fn node(dir: &Path, id: u32, schema: &Schema) -> Result<Node> {
-    let node = bare_node(&dir.join(format!("site{id}")), id)?;
-    let mut c = node.sql()?;
+    let db = empty_database(&dir.join(format!("site{id}")), id)?;
+    let mut c = mysql::Conn::new(db.opts())?;
+    c.query_drop(format!("USE {DB}"))?;
     for table in schema.tables.values() {
         c.query_drop(create_table(table, PREFIX))
             .with_context(|| format!("cannot create {}", table.name))?;
@@ -140,19 +142,25 @@ pub fn node(dir: &Path, id: u32, schema: &Schema) -> Result<Node> {
     for sql in SEED {
         c.query_drop(*sql).with_context(|| sql.to_string())?;
     }
-    Ok(node)
+    let site = open_site(id, &db)?;
+    Ok(Node { id, db, site })
 }
 
 /// A site's server in `dir` with an empty Moodle database (a card before its first boot's install or
 /// seed), and its engine open.
 pub fn bare_node(dir: &Path, id: u32) -> Result<Node> {
-    let db = MariaDb::start_with(dir, &MariaDb::sync_site_args(id, INCREMENT, id))?;
-    let mut c = mysql::Conn::new(db.opts())?;
-    c.query_drop(format!(
-        "CREATE DATABASE {DB} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-    ))?;
+    let db = empty_database(dir, id)?;
     let site = open_site(id, &db)?;
     Ok(Node { id, db, site })
+}
+
+/// A site's server in `dir`, as the image sets it up for sync, with an empty Moodle database.
+fn empty_database(dir: &Path, id: u32) -> Result<MariaDb> {
+    let db = MariaDb::start_with(dir, &MariaDb::sync_site_args(id, INCREMENT, id))?;
+    mysql::Conn::new(db.opts())?.query_drop(format!(
+        "CREATE DATABASE {DB} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+    ))?;
+    Ok(db)
 }
 
 fn open_site(id: u32, db: &MariaDb) -> Result<Site> {
