@@ -63,6 +63,29 @@ impl Card {
         (out, text)
     }
 
+    /// The sync engine's password (made by db-init) in a file, for an appliance.ini or hub.ini.
+    fn engine_password(&self) -> PathBuf {
+        let file = self.dir.join("kituo-db-password");
+        std::fs::write(&file, &self.secrets["kituo_db_password"]).unwrap();
+        file
+    }
+
+    /// This card's appliance.ini as site `site` of the hub at `hub_url`, for the seed.
+    fn write_config(&self, site: u8, hub_url: &str, secret: &Path) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "[site]\ncenter_id = joining\nsite_id = {site}\n[sync]\nhub_url = {hub_url}\n\
+                 secret_file = {}\n[moodle]\nsocket = {}\npassword_file = {}\ndirroot = {}\n",
+                secret.display(),
+                self.db.socket.display(),
+                self.engine_password().display(),
+                self.moodle.display()
+            ),
+        )
+        .unwrap();
+    }
+
     /// A PHP entry point as www-data, as kituo-moodle-cron.service (User=www-data) and PHP-FPM run them.
     fn php(&self, script: &str) -> String {
         let out = run(Command::new("runuser")
@@ -111,6 +134,14 @@ fn render_template(layer: &str, rel: &str, context: &serde_json::Value) -> Strin
     render::render(&render::environment(), &path, context).expect("render")
 }
 
+/// An image script rendered into `dir` under its own name, root only (as customize.sh sets it).
+fn script(dir: &Path, layer: &str, rel: &str, context: &serde_json::Value) -> PathBuf {
+    let path = dir.join(Path::new(rel).file_name().expect("a file name"));
+    std::fs::write(&path, render_template(layer, rel, context)).unwrap();
+    chmod(&path, 0o700);
+    path
+}
+
 /// The example center's card, as site `site` (its MariaDB as the image sets it up for sync), making
 /// Moodle's database as `moodle` says (`install` or `seed`).
 fn card(site: u8, moodle: &str) -> Card {
@@ -134,13 +165,7 @@ fn card(site: u8, moodle: &str) -> Card {
     let context = context::merge(context::center_half(&center, &values), json!({}));
 
     // db-init, as kituo-db-init.service runs it before the install.
-    let db_init = dir.join("db-init");
-    std::fs::write(
-        &db_init,
-        render_template("common", "usr/lib/kituo/db-init", &context),
-    )
-    .unwrap();
-    chmod(&db_init, 0o700);
+    let db_init = script(&dir, "common", "usr/lib/kituo/db-init", &context);
     run(Command::new(&db_init).env("KITUO_DB_SOCKET", &db.socket));
 
     // The release as the builder unpacks it (tar, top folder stripped), root-owned and read-only.
@@ -183,13 +208,7 @@ fn card(site: u8, moodle: &str) -> Card {
         .arg(moodle.join("config.php")));
     chmod(&moodle.join("config.php"), 0o640);
 
-    let install = dir.join("moodle-install");
-    std::fs::write(
-        &install,
-        render_template("moodle", "usr/lib/kituo/moodle-install", &context),
-    )
-    .unwrap();
-    chmod(&install, 0o700);
+    let install = script(&dir, "moodle", "usr/lib/kituo/moodle-install", &context);
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     Card {
@@ -335,8 +354,6 @@ impl Drop for Hub {
 impl Hub {
     fn start(card: &Card) -> Hub {
         let port = free_port();
-        let password = card.dir.join("kituo-db-password");
-        std::fs::write(&password, &card.secrets["kituo_db_password"]).unwrap();
         let config = card.dir.join("hub.ini");
         std::fs::write(
             &config,
@@ -344,7 +361,7 @@ impl Hub {
                 "[hub]\nlisten = 127.0.0.1:{port}\nsite_id = 1\ncapture_ms = 200\n\
                  [moodle]\nsocket = {}\npassword_file = {}\ndirroot = {}\n",
                 card.db.socket.display(),
-                password.display(),
+                card.engine_password().display(),
                 card.moodle.display()
             ),
         )
@@ -406,21 +423,7 @@ fn a_joining_center_is_seeded_from_the_hub_on_first_boot() {
     // The new center: the same image, center.ini says seed.
     let center = card(3, "seed");
     let secret = hub.add_center(&university, 3);
-    let password = center.dir.join("kituo-db-password");
-    std::fs::write(&password, &center.secrets["kituo_db_password"]).unwrap();
-    std::fs::write(
-        &center.config,
-        format!(
-            "[site]\ncenter_id = joining\nsite_id = 3\n[sync]\nhub_url = {}\nsecret_file = {}\n\
-             [moodle]\nsocket = {}\npassword_file = {}\ndirroot = {}\n",
-            hub.url,
-            secret.display(),
-            center.db.socket.display(),
-            password.display(),
-            center.moodle.display()
-        ),
-    )
-    .unwrap();
+    center.write_config(3, &hub.url, &secret);
 
     let (out, log) = center.install("seed");
     assert!(out.status.success(), "{log}");
@@ -454,27 +457,7 @@ fn a_joining_center_is_seeded_from_the_hub_on_first_boot() {
     // A hub that cannot be reached (the link is down on first boot): the unit fails, records no end,
     // and is retried; nothing is left half-made that a retry could not finish.
     let cut = card(4, "seed");
-    std::fs::write(
-        &cut.config,
-        std::fs::read_to_string(&center.config)
-            .unwrap()
-            .replace(&hub.url, "http://127.0.0.1:9")
-            .replace("site_id = 3", "site_id = 4")
-            .replace(
-                &center.db.socket.display().to_string(),
-                &cut.db.socket.display().to_string(),
-            )
-            .replace(
-                &password.display().to_string(),
-                &cut.dir.join("kituo-db-password").display().to_string(),
-            ),
-    )
-    .unwrap();
-    std::fs::write(
-        cut.dir.join("kituo-db-password"),
-        &cut.secrets["kituo_db_password"],
-    )
-    .unwrap();
+    cut.write_config(4, "http://127.0.0.1:9", &secret);
     let (out, log) = cut.install("unreachable");
     assert!(
         !out.status.success() && log.contains("the seed from the hub failed"),

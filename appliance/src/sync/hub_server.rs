@@ -465,7 +465,7 @@ impl Worker {
         files::inventory::is_referenced(site.conn(), &target, hash)
     }
 
-    /// Runs a verify call on this worker's site and encodes its reply.
+    /// Runs a verify or seed call (reads of the hub's rows) on this worker's site; encodes the reply.
     fn run_verify<T: serde::Serialize>(
         &mut self,
         call: impl FnOnce(&mut Site, &Policy) -> Result<T>,

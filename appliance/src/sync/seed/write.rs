@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use mysql::prelude::Queryable;
 
 use super::copy::{columns_of, Copied};
-use crate::sync::apply::{quote, to_sql};
+use crate::sync::apply::{quote, to_sql, Target};
 use crate::sync::change::{Row, Value};
 use crate::sync::site::Site;
 use crate::sync::verify;
@@ -25,7 +25,7 @@ pub fn write_copied(site: &mut Site, copied: &Copied, code_version: Option<f64>)
                 check_release(rows, code_version)?;
             }
             for row in rows {
-                replace_row(site, table, row, &ours)?;
+                replace_row(site, &target, table, row, &ours)?;
             }
         }
         Copied::Relayed {
@@ -44,8 +44,13 @@ pub fn write_copied(site: &mut Site, copied: &Copied, code_version: Option<f64>)
     Ok(copied.len() as u64)
 }
 
-fn replace_row(site: &mut Site, table: &str, row: &Row, ours: &[String]) -> Result<()> {
-    let target = site.target().clone();
+fn replace_row(
+    site: &mut Site,
+    target: &Target,
+    table: &str,
+    row: &Row,
+    ours: &[String],
+) -> Result<()> {
     let (names, values): (Vec<String>, Vec<mysql::Value>) = row
         .iter()
         .filter(|(c, _)| ours.contains(c))
