@@ -8,7 +8,7 @@ use crate::health;
 use crate::ini::{ConfigError, Document, Key, Schema, Section};
 use crate::power::shutdown::{Cmd, Plan};
 use crate::power::state::Thresholds;
-use crate::sync::settings::AgentSettings;
+use crate::sync::link::settings::AgentSettings;
 
 pub const SCHEMA: Schema = &[
     Section {
@@ -228,8 +228,8 @@ pub const SCHEMA: Schema = &[
             ),
         ],
     },
-    crate::sync::settings::SYNC_SECTION,
-    crate::sync::settings::MOODLE_SECTION,
+    crate::sync::link::settings::SYNC_SECTION,
+    crate::sync::link::settings::MOODLE_SECTION,
     crate::sync::files::settings::FILES_SECTION,
 ];
 

@@ -7,7 +7,7 @@
 //! - [`history`]: power transitions and the 24-hour chart, persisted sparingly
 //! - [`commission`]: a center config turned into the card's files (builder and first boot)
 //! - [`supervisor`]: wires them together (`appliance supervise`)
-//! - [`testbed`], [`linkem`]: real services and an emulated bad link, for the tests and `appliance bench`
+//! - [`sync`]: two-way sync of Moodle with the hub (at a center) or with the centers (at the hub)
 
 pub mod center;
 pub mod commission;
@@ -15,12 +15,10 @@ pub mod config;
 pub mod health;
 pub mod history;
 pub mod ini;
-pub mod linkem;
 pub mod power;
 pub mod status;
 pub mod supervisor;
 pub mod sync;
-pub mod testbed;
 
 /// The version of this program, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

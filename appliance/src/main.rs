@@ -1,9 +1,5 @@
 //! `appliance`: the program that runs on every Kituo card.
 
-mod bench;
-mod bench_files;
-mod bench_link;
-mod bench_sync;
 mod sync_cmd;
 mod terminal;
 
@@ -58,26 +54,6 @@ enum Command {
         #[command(subcommand)]
         action: SyncAction,
     },
-    /// Measure the supervisor: memory, idle CPU, page latency, page weight, low battery to power-off
-    /// (`appliance bench sync` measures the sync engine instead).
-    Bench {
-        /// Seconds of idle measurement.
-        #[arg(long, default_value_t = 60)]
-        idle_seconds: u64,
-        #[command(subcommand)]
-        what: Option<BenchWhat>,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchWhat {
-    /// Measure sync on a hub and two centers (real MariaDB servers): capture and apply rates, and a
-    /// simulated day's bytes on the wire against a gzip'd mysqldump updated with rsync.
-    Sync(bench_sync::Options),
-    /// Measure file sync (a hub and a center, real MariaDB, agent and hub as processes): goodput of a
-    /// mixed set over an emulated slow link cut on a schedule, against rsync through the same link, and
-    /// the agent's memory while it fetches many small files.
-    Files(bench_files::Options),
 }
 
 #[derive(Subcommand)]
@@ -299,11 +275,6 @@ fn run() -> Result<()> {
                     sync_cmd::import_center(&config.unwrap_or_else(appliance_ini), &dir)
                 }
             }
-        },
-        Command::Bench { idle_seconds, what } => match what {
-            None => bench::run(idle_seconds),
-            Some(BenchWhat::Sync(o)) => bench_sync::run(&o),
-            Some(BenchWhat::Files(o)) => bench_files::run(&o),
         },
     }
 }

@@ -18,7 +18,7 @@ use crate::power::{self, gpio, hat, nut, sysfs, BulkSyncGate, PowerSource, Readi
 use crate::status::api::Identity;
 use crate::status::server::Site;
 use crate::status::{PowerView, Shared, SourceStatus};
-use crate::sync::runner;
+use crate::sync::link::runner;
 
 /// A source whose hardware may not be there yet (I2C bus not enabled, HAT not seated): it is opened on
 /// first use and again after every failure to open.

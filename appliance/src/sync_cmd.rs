@@ -6,17 +6,18 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use appliance::config::Config;
-use appliance::sync::bundle;
+use appliance::sync::engine::policy::Role;
+use appliance::sync::engine::site::Site;
+use appliance::sync::exchange::centers;
+use appliance::sync::exchange::wire::Secret;
 use appliance::sync::files::pool::Pool;
 use appliance::sync::files::serve::HubFiles;
 use appliance::sync::files::sweep;
-use appliance::sync::hub_server::{self, HubOptions, HubServer};
-use appliance::sync::policy::Role;
-use appliance::sync::runner::{Controls, Runner};
-use appliance::sync::settings::HubSettings;
-use appliance::sync::site::Site;
+use appliance::sync::link::runner::{Controls, Runner};
+use appliance::sync::link::server::{HubOptions, HubServer};
+use appliance::sync::link::settings::HubSettings;
+use appliance::sync::stick;
 use appliance::sync::verify;
-use appliance::sync::wire::Secret;
 
 /// Serves centers until the process is stopped.
 pub fn serve_hub(config: &Path) -> Result<()> {
@@ -76,7 +77,7 @@ pub fn add_center(config: &Path, center: u32, name: &str, source: SecretSource<'
             secret
         }
     };
-    hub_server::add_center(site.conn(), center, name, &secret)?;
+    centers::add_center(site.conn(), center, name, &secret)?;
     eprintln!("hub: center {center} ({name}) registered");
     Ok(())
 }
@@ -177,11 +178,11 @@ pub struct ExportTo<'a> {
 
 fn volume_size(to: &ExportTo<'_>) -> Result<u64> {
     to.volume_size
-        .map_or(Ok(u64::MAX), bundle::parse_size)
+        .map_or(Ok(u64::MAX), stick::parse_size)
         .context("--volume-size")
 }
 
-fn print_exported(e: &bundle::export::Exported) {
+fn print_exported(e: &stick::export::Exported) {
     eprintln!(
         "sync: bundle {}: {} changes and {} files, {} bytes in {} volumes:",
         e.bundle,
@@ -195,7 +196,7 @@ fn print_exported(e: &bundle::export::Exported) {
     }
 }
 
-fn print_imported(dir: &Path, i: &bundle::import::Imported) -> Result<()> {
+fn print_imported(dir: &Path, i: &stick::import::Imported) -> Result<()> {
     eprintln!(
         "sync: {} volumes from {}: applied {} changes, placed {} files",
         i.volumes,
@@ -222,7 +223,7 @@ fn print_imported(dir: &Path, i: &bundle::import::Imported) -> Result<()> {
 }
 
 /// A center's settings for bundles: its `[sync]` (secret, batch size) and `[moodle]`, `[files]`.
-fn center_settings(config: &Path) -> Result<(u32, appliance::sync::settings::AgentSettings)> {
+fn center_settings(config: &Path) -> Result<(u32, appliance::sync::link::settings::AgentSettings)> {
     let config = Config::load(config)?;
     let settings = config.sync.with_context(|| {
         format!(
@@ -241,11 +242,11 @@ pub fn export_center(config: &Path, to: &ExportTo<'_>) -> Result<()> {
     let rules = s.moodle.rulebook()?;
     let secret = Secret::read(&s.secret_file)?;
     let mut site = Site::open(s.moodle.site_config(site_id, Role::Center)?)?;
-    let target = bundle::export::Target {
+    let target = stick::export::Target {
         dir: to.dir,
         volume_size: size,
     };
-    let done = bundle::export::from_center(
+    let done = stick::export::from_center(
         &mut site,
         rules.policy(),
         secret,
@@ -264,14 +265,14 @@ pub fn export_hub(config: &Path, center: u32, seed: bool, to: &ExportTo<'_>) -> 
     let rules = settings.moodle.rulebook()?;
     let mut site = Site::open(settings.moodle.site_config(settings.site_id, Role::Hub)?)?;
     let pool = hub_pool(&settings)?;
-    let target = bundle::export::Target {
+    let target = stick::export::Target {
         dir: to.dir,
         volume_size: size,
     };
     let export = if seed {
-        bundle::export::seed_for_center
+        stick::export::seed_for_center
     } else {
-        bundle::export::for_center
+        stick::export::for_center
     };
     let done = export(&mut site, rules.policy(), center, pool.as_ref(), &target)?;
     print_exported(&done);
@@ -298,7 +299,7 @@ pub fn import_center(config: &Path, dir: &Path) -> Result<()> {
         .map(|f| Pool::new(&f.dataroot, f.perms))
         .transpose()?;
     let version = appliance::sync::seed::code_version(&s.moodle.dirroot)?;
-    let done = bundle::import::at_center(
+    let done = stick::import::at_center(
         &mut site,
         rules.policy(),
         &secret,
@@ -315,6 +316,6 @@ pub fn import_hub(config: &Path, dir: &Path) -> Result<()> {
     let rules = settings.moodle.rulebook()?;
     let mut site = Site::open(settings.moodle.site_config(settings.site_id, Role::Hub)?)?;
     let pool = hub_pool(&settings)?;
-    let done = bundle::import::at_hub(&mut site, rules.policy(), pool.as_ref(), dir)?;
+    let done = stick::import::at_hub(&mut site, rules.policy(), pool.as_ref(), dir)?;
     print_imported(dir, &done)
 }

@@ -1,5 +1,20 @@
-//! Helpers for the end-to-end tests: the real builder binary, the host's tools (installed when missing),
-//! and a QEMU virtual board reached through forwarded ports.
+//! Kituo's test harness, for the tests and the benchmarks of this crate; nothing here ships on a card.
+//!
+//! - this module: the real builder and appliance binaries, the host's tools (installed when missing),
+//!   and a QEMU virtual board reached through forwarded ports;
+//! - [`testbed`]: real services on loopback (MariaDB with binlog, NUT's `upsd` with `dummy-ups`);
+//! - [`supervisor`]: `appliance supervise` as a process on a test config;
+//! - [`linkem`]: an emulated bad link (a TCP proxy that throttles, delays, stalls and cuts);
+//! - [`bed`]: sync worlds (a hub and centers with the whole Moodle schema), the hub and agents as
+//!   processes, and Moodle's files;
+//! - [`workload`]: Moodle's own SQL for real actions (courses, forums, assignments, logs), and bulk
+//!   changes for the benchmarks.
+
+pub mod bed;
+pub mod linkem;
+pub mod supervisor;
+pub use kituo_testbed as testbed;
+pub mod workload;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -68,16 +83,25 @@ pub fn image_builder() -> PathBuf {
 
 /// The debug build of the appliance program, built on the first call, for tests that run it on the
 /// host.
-pub fn appliance_binary() -> PathBuf {
+pub fn appliance_binary() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            cargo_build(
-                &["-p", "appliance", "--bin", "appliance"],
-                "debug/appliance",
-            )
-        })
-        .clone()
+    BUILT.get_or_init(|| {
+        cargo_build(
+            &["-p", "appliance", "--bin", "appliance"],
+            "debug/appliance",
+        )
+    })
+}
+
+/// The release build of the appliance program, for the benchmarks (which measure what ships).
+pub fn appliance_release() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        cargo_build(
+            &["--release", "-p", "appliance", "--bin", "appliance"],
+            "release/appliance",
+        )
+    })
 }
 
 /// Runs `cargo build -q args` in the workspace; returns `target/<binary>`.

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use appliance::center::Center;
 use appliance::commission::{context, render, secrets};
-use appliance::testbed::{require, MariaDb};
+use kituo_tests::testbed::{require, MariaDb};
 use kituo_tests::{appliance_binary, free_port, moodle_standin_release, run, workspace};
 use serde_json::json;
 

@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{context, render, secrets};
 use crate::center::{Center, SCHEMA};
+use crate::commission::{context, render, secrets};
 use crate::ini::Document;
 
 /// Where the flash step writes the center config (the boot partition, mounted by fstab).

@@ -209,8 +209,8 @@ mod tests {
     #[test]
     fn failed_service_is_restarted_with_backoff_but_not_during_shutdown() {
         let dir = tempfile::tempdir().unwrap();
-        let (script, record) = crate::testbed::recorder(dir.path(), "systemctl").unwrap();
-        let closed = crate::testbed::free_port().unwrap();
+        let (script, record) = kituo_testbed::recorder(dir.path(), "systemctl").unwrap();
+        let closed = kituo_testbed::free_port().unwrap();
         let settings = Settings {
             interval: Duration::from_secs(5),
             services: vec![Service {

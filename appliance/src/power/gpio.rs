@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::{PowerSource, Reading};
+use crate::power::{PowerSource, Reading};
 
 const HANDLES_MAX: usize = 64;
 const REQUEST_INPUT: u32 = 1 << 0;

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 
-use super::{PowerSource, Reading};
+use crate::power::{PowerSource, Reading};
 
 /// MAX1704x VCELL register (16 bits, MSB first).
 pub const MAX1704X_VCELL: u8 = 0x02;

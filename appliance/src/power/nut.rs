@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{PowerSource, Reading};
+use crate::power::{PowerSource, Reading};
 
 pub struct Nut {
     /// `host:port` of upsd.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{PowerSource, Reading};
+use crate::power::{PowerSource, Reading};
 
 pub struct Sysfs {
     /// The folder holding one folder per supply, normally `/sys/class/power_supply`.

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{BundleRecord, FileSyncStatus, Live, PowerView, SyncStatus, UpdateStatus};
 use crate::commission::apply::Record;
 use crate::health::Report;
 use crate::history::{Event, Sample};
+use crate::status::{BundleRecord, FileSyncStatus, Live, PowerView, SyncStatus, UpdateStatus};
 
 /// Recent transitions included in the document.
 pub const RECENT_EVENTS: usize = 20;

@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
-use super::api::Snapshot;
 use crate::power::state::PowerState;
+use crate::status::api::Snapshot;
 
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")

@@ -219,7 +219,7 @@ impl Shared {
 /// replaces what the page shows for that part.
 ///
 /// ```
-/// use appliance::status::{Shared, SyncStatus, LinkState};
+/// use crate::status::{Shared, SyncStatus, LinkState};
 /// let shared = Shared::default();
 /// let feed = shared.feed();
 /// feed.set_sync(SyncStatus {

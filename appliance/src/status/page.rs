@@ -3,9 +3,9 @@
 
 use std::fmt::Write;
 
-use super::api::Snapshot;
-use super::{BundleRecord, FileSyncState, FileSyncStatus, LinkState};
 use crate::power::state::PowerState;
+use crate::status::api::Snapshot;
+use crate::status::{BundleRecord, FileSyncState, FileSyncStatus, LinkState};
 
 /// What the viewer may do.
 pub enum Access<'a> {

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tiny_http::{Header, Method, Request, Response};
 
-use super::api::{self, Identity};
-use super::auth::{self, Sessions};
-use super::page::{self, Access};
-use super::Shared;
 use crate::power::shutdown::Cmd;
+use crate::status::api::{self, Identity};
+use crate::status::auth::{self, Sessions};
+use crate::status::page::{self, Access};
+use crate::status::Shared;
 
 /// What the server needs; built once by the supervisor.
 pub struct Site {
@@ -107,7 +107,7 @@ fn handle(mut request: Request, site: &Site) {
         }
         (Method::Get | Method::Head, "/metrics") => body(
             "text/plain; version=0.0.4",
-            super::metrics::render(&snapshot(site)).into_bytes(),
+            crate::status::metrics::render(&snapshot(site)).into_bytes(),
         ),
         (Method::Get, "/") => redirect("/status"),
         (Method::Post, "/status/login") => login(&mut request, site),

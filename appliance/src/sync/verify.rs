@@ -41,16 +41,18 @@ use mysql::prelude::Queryable;
 use mysql::{AccessMode, IsolationLevel, Transaction, TxOpts};
 use serde::{Deserialize, Serialize};
 
-use super::agent;
-use super::apply::{from_sql, quote, read_clocks_of, to_sql, write_clock, Target, ID};
-use super::change::Row;
-use super::hlc::Stamp;
-use super::hub::relayed;
-use super::merge::RowClock;
-use super::policy::{Direction, Policy};
-use super::rules::LocalRows;
-use super::site::{Site, HLC_SEEN};
-use super::store;
+use crate::sync::engine::change::Row;
+use crate::sync::engine::clock::Stamp;
+use crate::sync::engine::merge::RowClock;
+use crate::sync::engine::policy::{Direction, Policy};
+use crate::sync::engine::record::HLC_SEEN;
+use crate::sync::engine::site::Site;
+use crate::sync::engine::sql::{from_sql, quote, to_sql, Target, ID};
+use crate::sync::engine::store;
+use crate::sync::engine::store::{read_clocks_of, write_clock};
+use crate::sync::exchange::agent;
+use crate::sync::exchange::hub::relayed;
+use crate::sync::schema::rules::LocalRows;
 
 /// Ids per chunk unless told otherwise.
 pub const DEFAULT_CHUNK: u64 = 1000;
@@ -216,10 +218,10 @@ pub fn serve_catalog(
     req: &CatalogRequest,
 ) -> Result<Catalog> {
     let target = hub.target().clone();
-    let log_end = super::seed::log_end(hub)?;
+    let log_end = crate::sync::exchange::hub::log_end(hub)?;
     let tables = tables_at(hub.conn(), &target, policy)?;
     let unpulled = unpulled(hub.conn(), policy, center, req.pulled)?;
-    let held = super::inbox::received(hub.conn(), center)?;
+    let held = crate::sync::exchange::inbox::received(hub.conn(), center)?;
     Ok(Catalog {
         tables,
         unpulled,

@@ -19,8 +19,8 @@ use anyhow::{bail, ensure, Result};
 use hmac::Mac;
 use sha2::{Digest, Sha256};
 
-use super::hash::ContentHash;
-use crate::sync::wire::Secret;
+use crate::sync::exchange::wire::Secret;
+use crate::sync::files::hash::ContentHash;
 
 const MAGIC: &[u8; 4] = b"KBC1";
 pub const HEADER: usize = 4 + 20 + 8 + 8 + 4 + 32;

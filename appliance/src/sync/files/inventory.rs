@@ -6,9 +6,9 @@ use std::collections::HashSet;
 use anyhow::{Context, Result};
 use mysql::prelude::Queryable;
 
-use super::hash::{ContentHash, EMPTY};
-use super::priority::Meta;
-use crate::sync::apply::Target;
+use crate::sync::engine::sql::Target;
+use crate::sync::files::hash::{ContentHash, EMPTY};
+use crate::sync::files::priority::Meta;
 
 /// A blob some `files` row references.
 #[derive(Debug, Clone, PartialEq, Eq)]

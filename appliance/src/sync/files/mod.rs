@@ -13,14 +13,14 @@
 //! - [`pool`]: a site's filedir, trashdir and partial copies; the atomic, verified placing of a blob.
 //! - [`inventory`]: what the `files` table references.
 //! - [`priority`], [`window`]: the order blobs move in, and when bulk ones may.
-//! - [`protocol`], [`serve`], [`link`]: the calls, the hub's answers, the agent's client.
+//! - [`protocol`], [`serve`]: the calls (the [`protocol::BlobLink`] the agent makes them through, over
+//!   HTTP in [`crate::sync::link::files`]), and the hub's answers.
 //! - [`mover`]: the agent's pass; [`sweep`]: Moodle's trash semantics for rows deleted by sync.
 //! - [`settings`]: `[files]` in appliance.ini and the hub's keys.
 
 pub mod chunk;
 pub mod hash;
 pub mod inventory;
-pub mod link;
 pub mod mover;
 pub mod pool;
 pub mod priority;

@@ -14,18 +14,18 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use mysql::prelude::Queryable;
 
-use super::chunk::Chunk;
-use super::hash::ContentHash;
-use super::inventory::{self, Referenced};
-use super::link::BlobLink;
-use super::pool::{Found, Pool, Progress};
-use super::priority::Rank;
-use super::protocol::{FetchRequest, Hashes, Holding, PutResult, MAX_HAVE};
-use super::settings::FileSettings;
-use super::sweep;
 use crate::status::{Feed, FileSyncState, FileSyncStatus};
-use crate::sync::http_link::HubRefused;
-use crate::sync::site::Site;
+use crate::sync::engine::site::Site;
+use crate::sync::exchange::wire::HubRefused;
+use crate::sync::files::chunk::Chunk;
+use crate::sync::files::hash::ContentHash;
+use crate::sync::files::inventory::{self, Referenced};
+use crate::sync::files::pool::{Found, Pool, Progress};
+use crate::sync::files::priority::Rank;
+use crate::sync::files::protocol::BlobLink;
+use crate::sync::files::protocol::{FetchRequest, Hashes, Holding, PutResult, MAX_HAVE};
+use crate::sync::files::settings::FileSettings;
+use crate::sync::files::sweep;
 
 /// A blob the hub lacked (to fetch) or refused (to send) is asked about again after this.
 const ASK_AGAIN: Duration = Duration::from_secs(300);

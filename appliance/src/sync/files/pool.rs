@@ -13,8 +13,8 @@ use std::time::SystemTime;
 use anyhow::{bail, ensure, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
-use super::chunk::Chunk;
-use super::hash::ContentHash;
+use crate::sync::files::chunk::Chunk;
+use crate::sync::files::hash::ContentHash;
 
 /// Modes for what the pool creates, as Moodle's `$CFG->directorypermissions` and `$CFG->filepermissions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,16 +1,18 @@
 //! The file calls between a center's agent and the hub, on the same authenticated HTTP as rows (the
-//! request and response MACs of [`crate::sync::wire`]).
+//! request and response MACs of [`crate::sync::exchange::wire`]).
 //!
 //! - `have`: which of these blobs does the hub hold, and how much of this center's upload of each.
 //! - `fetch`: chunks of these blobs from these offsets, up to a byte budget, as a run of
-//!   [`super::chunk`] frames the agent writes as they arrive.
+//!   [`crate::sync::files::chunk`] frames the agent writes as they arrive.
 //! - `put`: a run of chunks of this center's blobs; the hub writes them to its partial copies and places
 //!   each blob once it is complete and its sha1 checks.
 
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use super::hash::ContentHash;
+use crate::sync::files::chunk::Chunk;
+
+use crate::sync::files::hash::ContentHash;
 
 pub const PREFIX: &str = "/sync/v1/files/";
 pub const HAVE: &str = "/sync/v1/files/have";
@@ -75,4 +77,20 @@ pub enum PutResult {
     Placed,
     /// Not written, and why (e.g. where to resume).
     Refused(String),
+}
+
+/// The agent's file calls to the hub; [`crate::sync::link::files`] makes them over HTTP.
+pub trait BlobLink {
+    /// What the hub holds of each blob, in the same order.
+    fn have(&mut self, hashes: &[ContentHash]) -> Result<Vec<Holding>>;
+    /// The hub's chunks for `req`, each handed to `on_chunk` once it has arrived whole and checked. A
+    /// cut or a corrupted chunk ends the call with an error after the chunks before it.
+    fn fetch(
+        &mut self,
+        req: &FetchRequest,
+        on_chunk: &mut dyn FnMut(Chunk) -> Result<()>,
+    ) -> Result<()>;
+    /// Sends chunks, each sealed with this center's secret (the hub keeps the whole ones of a cut
+    /// call); the hub's word on each, in order.
+    fn put(&mut self, chunks: &[Chunk]) -> Result<Vec<PutResult>>;
 }

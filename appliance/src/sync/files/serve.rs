@@ -3,11 +3,11 @@
 
 use anyhow::Result;
 
-use super::chunk::{self, Chunk, Seal};
-use super::hash::ContentHash;
-use super::pool::{Found, Pool, Progress};
-use super::protocol::{self, FetchRequest, Hashes, Holding, PutResult};
-use crate::sync::wire::{self, Secret};
+use crate::sync::exchange::wire::{self, Secret};
+use crate::sync::files::chunk::{self, Chunk, Seal};
+use crate::sync::files::hash::ContentHash;
+use crate::sync::files::pool::{Found, Pool, Progress};
+use crate::sync::files::protocol::{self, FetchRequest, Hashes, Holding, PutResult};
 
 /// A call the hub turns down, with the HTTP status.
 #[derive(Debug)]

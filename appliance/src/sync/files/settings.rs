@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::pool::Perms;
-use super::priority::Order;
-use super::window::Window;
 use crate::ini::{ConfigError, Document, Key, Section};
+use crate::sync::files::pool::Perms;
+use crate::sync::files::priority::Order;
+use crate::sync::files::window::Window;
 
 pub const FILES_SECTION: Section = Section {
     name: "files",

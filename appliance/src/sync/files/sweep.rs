@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
-use super::hash::ContentHash;
-use super::inventory;
-use super::pool::Pool;
-use crate::sync::site::SiteConfig;
+use crate::sync::engine::site::SiteConfig;
+use crate::sync::files::hash::ContentHash;
+use crate::sync::files::inventory;
+use crate::sync::files::pool::Pool;
 
 /// Moves every blob in filedir that no row references and that is older than `grace` to the trash;
 /// returns how many. The grace spares a blob Moodle has just written and whose row it is about to

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{Field, FieldKind, KeyKind, Schema, Table};
+use crate::sync::schema::{Field, FieldKind, KeyKind, Schema, Table};
 
 /// Moodle keeps index names within 30 characters on every database.
 const NAMES_MAX_LENGTH: usize = 30;

@@ -6,6 +6,7 @@
 //! XMLDB, so the rules are derived from it instead of being written table by table.
 
 pub mod ddl;
+pub mod rules;
 pub mod xmldb;
 
 use std::collections::BTreeMap;

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Result};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
-use super::{Field, FieldKind, ForeignKey, Index, Key, KeyKind, Table};
+use crate::sync::schema::{Field, FieldKind, ForeignKey, Index, Key, KeyKind, Table};
 
 /// Parses one XMLDB file. `path` is only used in error messages (and as the tables' `file`).
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Table>> {

@@ -5,11 +5,10 @@ use anyhow::{bail, ensure, Context, Result};
 use mysql::prelude::Queryable;
 use serde::{Deserialize, Serialize};
 
-use crate::sync::apply::{from_sql, quote, Target, ID};
-use crate::sync::change::{Row, Value};
-use crate::sync::policy::{Direction, Policy};
-use crate::sync::site::Site;
-use crate::sync::store;
+use crate::sync::engine::change::{Row, Value};
+use crate::sync::engine::policy::{Direction, Policy};
+use crate::sync::engine::site::Site;
+use crate::sync::engine::sql::{from_sql, quote, Target, ID};
 use crate::sync::verify::{self, HubRow, RowsRequest};
 
 /// Rows per copy request.
@@ -61,20 +60,6 @@ impl Copied {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// The hub's log position now, read under the log lock so that no change can commit below it.
-pub fn log_end(hub: &mut Site) -> Result<u64> {
-    let mut tx = hub
-        .conn()
-        .start_transaction(mysql::TxOpts::default())
-        .context("cannot start a transaction")?;
-    store::lock_log(&mut tx)?;
-    let end: Option<u64> = tx
-        .query_first("SELECT COALESCE(MAX(lseq), 0) FROM kituo_sync.log")
-        .context("cannot read the end of the hub's log")?;
-    tx.commit().context("cannot end the transaction")?;
-    Ok(end.unwrap_or(0))
 }
 
 /// The rows of a `[seed]` table, or the `[site_local]` rows of a table that has them.

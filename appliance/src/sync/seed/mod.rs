@@ -27,16 +27,16 @@ mod write;
 use anyhow::{bail, ensure, Context, Result};
 use mysql::prelude::Queryable;
 
-pub use copy::{log_end, read_all, serve_copy, Copied, CopyReply, CopyRequest, COPY_ROWS};
+pub use copy::{read_all, serve_copy, Copied, CopyReply, CopyRequest, COPY_ROWS};
 pub use write::write_copied;
 
-use super::agent::{self, Link};
-use super::apply::quote;
-use super::policy::Policy;
-use super::record;
-use super::site::Site;
-use super::store;
-use super::verify::{self, CatalogRequest, Reference};
+use crate::sync::engine::policy::Policy;
+use crate::sync::engine::record;
+use crate::sync::engine::site::Site;
+use crate::sync::engine::sql::quote;
+use crate::sync::engine::store;
+use crate::sync::exchange::agent::{self, Link};
+use crate::sync::verify::{self, CatalogRequest, Reference};
 
 /// The sync state that says how far the seed got: `started`, then `done`.
 pub const SEED_STATE: &str = "seed";

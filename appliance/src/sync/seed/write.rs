@@ -4,10 +4,10 @@
 use anyhow::{bail, Context, Result};
 use mysql::prelude::Queryable;
 
-use super::copy::{columns_of, Copied};
-use crate::sync::apply::{quote, to_sql, Target};
-use crate::sync::change::{Row, Value};
-use crate::sync::site::Site;
+use crate::sync::engine::change::{Row, Value};
+use crate::sync::engine::site::Site;
+use crate::sync::engine::sql::{quote, to_sql, Target};
+use crate::sync::seed::copy::{columns_of, Copied};
 use crate::sync::verify;
 
 /// Writes one run of the hub's rows; returns the rows written. Columns or tables this card's Moodle

@@ -1,0 +1,742 @@
+//! Applies changes made at other sites to this site's Moodle database, under the rules of [`merge`].
+//!
+//! A batch is applied in the caller's transaction, in three steps: lock every row the batch touches,
+//! let local capture catch up (a local edit committed before the lock must have its stamp recorded
+//! before we decide against it), then decide and write change by change. The caller commits the batch
+//! together with its watermark.
+//!
+//! [`merge`]: crate::sync::engine::merge
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use anyhow::{bail, Context, Result};
+use mysql::prelude::Queryable;
+use mysql::Transaction;
+
+use crate::sync::engine::change::{Change, Op, Row, Value};
+use crate::sync::engine::clock::Stamp;
+use crate::sync::engine::merge::{
+    clash_winner, merge_rows, winning_columns, ClashWinner, RowClock,
+};
+use crate::sync::engine::policy::{Direction, Policy};
+use crate::sync::engine::sql::{
+    is_duplicate, placeholders, quote, read_row, table_and_ids, to_sql, Target, ID, IN_LIST,
+};
+use crate::sync::engine::store::{self, read_clock, read_clocks_of};
+
+mod held;
+mod parked;
+
+use held::{Held, HeldWriteFailed};
+
+/// What happened to one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    Applied,
+    /// Lost to newer writes on every column it touched; nothing written.
+    Superseded,
+    /// The row was deleted here: delete wins.
+    Buried,
+    /// Another row had the same unique key; the two were merged.
+    Merged,
+    /// An update for a row this site never had.
+    Orphan,
+    /// The table does not exist here yet (the sender's Moodle is newer); kept to apply after upgrade.
+    Deferred,
+    /// A table that never syncs.
+    Ignored,
+}
+
+/// Counts of outcomes, for logs and the status page.
+pub type Tally = BTreeMap<Outcome, u64>;
+
+/// The columns and unique keys a table really has, read from information_schema: the binlog and the
+/// sender may know a newer or older version of a table than this site.
+#[derive(Clone)]
+struct TableShape {
+    columns: BTreeSet<String>,
+    uniques: Vec<Vec<String>>,
+}
+
+pub struct Applier<'p> {
+    policy: &'p Policy,
+    target: Target,
+    /// Shapes read so far; `None` for a table this site does not have.
+    catalog: HashMap<String, Option<TableShape>>,
+    /// Tables with parked values: a newer write to such a column makes its parked value obsolete.
+    parked: Option<BTreeSet<String>>,
+    /// Whether plain inserts and updates are held and written many rows per statement.
+    holding: bool,
+    held: Held,
+}
+
+/// The rows of one batch, read under lock before any decision.
+#[derive(Default)]
+struct Prefetched {
+    present: HashSet<(String, i64)>,
+    clocks: HashMap<(String, i64), RowClock>,
+    tombstones: HashMap<(String, i64), store::Grave>,
+    aliases: HashMap<(String, i64), i64>,
+    dirty: HashSet<(String, i64)>,
+}
+
+impl<'p> Applier<'p> {
+    pub fn new(policy: &'p Policy, target: Target) -> Applier<'p> {
+        Applier {
+            policy,
+            target,
+            catalog: HashMap::new(),
+            parked: None,
+            holding: false,
+            held: Held::default(),
+        }
+    }
+
+    /// Applies `changes` in order inside `tx`. `catch_up` records local changes committed so far; it is
+    /// called after the batch's rows are locked.
+    ///
+    /// Plain inserts and updates are written many rows per statement. Should the server refuse one
+    /// of those statements, the batch is applied again from a savepoint one change at a time.
+    pub fn apply(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        changes: &[Change],
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
+    ) -> Result<Tally> {
+        tx.query_drop("SAVEPOINT kituo_apply")
+            .context("cannot set a savepoint")?;
+        self.holding = true;
+        let held = self.apply_in_order(tx, changes, catch_up);
+        self.holding = false;
+        match held {
+            Err(e) if e.downcast_ref::<HeldWriteFailed>().is_some() => {
+                eprintln!("sync: applying the batch again one change at a time: {e:#}");
+                tx.query_drop("ROLLBACK TO SAVEPOINT kituo_apply")
+                    .context("cannot roll back to the savepoint")?;
+                self.held = Held::default();
+                self.parked = None;
+                self.apply_in_order(tx, changes, catch_up)
+            }
+            other => other,
+        }
+    }
+
+    fn apply_in_order(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        changes: &[Change],
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
+    ) -> Result<Tally> {
+        let mut pre = Prefetched::default();
+        self.lock_rows(tx, changes, &mut pre)?;
+        catch_up(tx).context("cannot record local changes before applying")?;
+        self.read_clocks(tx, changes, &mut pre)?;
+        let mut tally = Tally::new();
+        for change in changes {
+            let outcome = self
+                .apply_one(tx, change, &mut pre, catch_up)
+                .with_context(|| {
+                    format!(
+                        "cannot apply change {}#{} ({:?} {} id {})",
+                        change.origin,
+                        change.seq,
+                        change.kind(),
+                        change.table,
+                        change.id
+                    )
+                })?;
+            *tally.entry(outcome).or_default() += 1;
+        }
+        self.write_held(tx)?;
+        self.write_clocks(tx, &pre)?;
+        Ok(tally)
+    }
+
+    fn write_held_if_full(&mut self, tx: &mut Transaction<'_>) -> Result<()> {
+        if self.held.is_full() {
+            self.held.write(tx, &self.target)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is held, before a step that reads or writes Moodle's tables directly.
+    fn write_held(&mut self, tx: &mut Transaction<'_>) -> Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        self.held.write(tx, &self.target)
+    }
+
+    fn shape(&mut self, tx: &mut Transaction<'_>, table: &str) -> Result<Option<TableShape>> {
+        if let Some(shape) = self.catalog.get(table) {
+            return Ok(shape.clone());
+        }
+        let shape = read_shape(tx, &self.target, table)?;
+        self.catalog.insert(table.to_owned(), shape.clone());
+        Ok(shape)
+    }
+
+    /// Forgets what it knew of a table's columns, after a change named one it had not seen.
+    fn refresh(&mut self, tx: &mut Transaction<'_>, table: &str) -> Result<Option<TableShape>> {
+        self.catalog.remove(table);
+        self.shape(tx, table)
+    }
+
+    fn lock_rows(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        changes: &[Change],
+        pre: &mut Prefetched,
+    ) -> Result<()> {
+        let mut ids: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+        for c in changes {
+            ids.entry(&c.table).or_default().insert(c.id);
+        }
+        for (table, ids) in ids {
+            let aliases = read_aliases(tx, table, &ids)?;
+            let mut wanted: BTreeSet<i64> = ids.clone();
+            wanted.extend(aliases.values());
+            for (loser, winner) in aliases {
+                pre.aliases.insert((table.to_owned(), loser), winner);
+            }
+            if self.shape(tx, table)?.is_none() {
+                continue;
+            }
+            for chunk in wanted.iter().copied().collect::<Vec<_>>().chunks(IN_LIST) {
+                let sql = format!(
+                    "SELECT id FROM {} WHERE id IN ({}) FOR UPDATE",
+                    self.target.table(table),
+                    placeholders(chunk.len())
+                );
+                let found: Vec<i64> = tx
+                    .exec(sql, chunk.to_vec())
+                    .with_context(|| format!("cannot lock rows of {table}"))?;
+                pre.present
+                    .extend(found.into_iter().map(|id| (table.to_owned(), id)));
+            }
+        }
+        // A column may name a row that lost a clash in an earlier batch (the row and the rows that
+        // point at it can arrive in different pages): its alias must be known to remap it.
+        let mut refs: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+        let mut outgoing: HashMap<&str, Vec<(String, String)>> = HashMap::new();
+        for c in changes {
+            let row = match &c.op {
+                Op::Insert(row) | Op::Update(row) => row,
+                Op::Delete => continue,
+            };
+            let columns = outgoing
+                .entry(&c.table)
+                .or_insert_with(|| self.policy.references(&c.table));
+            for (column, ref_table) in columns.iter() {
+                if let Some(Value::Int(v)) = row.get(column) {
+                    refs.entry(ref_table.clone()).or_default().insert(*v);
+                }
+            }
+        }
+        for (table, ids) in &refs {
+            for (loser, winner) in read_aliases(tx, table, ids)? {
+                pre.aliases.insert((table.clone(), loser), winner);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the clocks and tombstones of every row the batch touches, a few hundred rows per query.
+    fn read_clocks(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        changes: &[Change],
+        pre: &mut Prefetched,
+    ) -> Result<()> {
+        let mut keys: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+        for c in changes {
+            keys.entry(&c.table)
+                .or_default()
+                .insert(pre.resolve(&c.table, c.id));
+        }
+        for (table, ids) in keys {
+            let ids: Vec<i64> = ids.into_iter().collect();
+            for (id, clock) in read_clocks_of(tx, table, &ids)? {
+                pre.clocks.insert((table.to_owned(), id), clock);
+            }
+            for chunk in ids.chunks(IN_LIST) {
+                let graves: Vec<(i64, u64, u32, u64, u32)> = tx
+                    .exec(
+                        format!(
+                            "SELECT row_id, hlc, site, born_hlc, born_site FROM kituo_sync.tombstone
+                             WHERE tbl = ? AND row_id IN ({})",
+                            placeholders(chunk.len())
+                        ),
+                        table_and_ids(table, chunk),
+                    )
+                    .context("cannot read tombstones")?;
+                for (id, hlc, site, born_hlc, born_site) in graves {
+                    let grave = store::Grave {
+                        deleted: Stamp::new(hlc, site),
+                        born: Stamp::new(born_hlc, born_site),
+                    };
+                    pre.tombstones.insert((table.to_owned(), id), grave);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_one(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        change: &Change,
+        pre: &mut Prefetched,
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
+    ) -> Result<Outcome> {
+        let table = change.table.as_str();
+        let direction = self.policy.direction(table);
+        if direction == Direction::Never {
+            return Ok(Outcome::Ignored);
+        }
+        if self.shape(tx, table)?.is_none() {
+            store::defer(tx, change)?;
+            return Ok(Outcome::Deferred);
+        }
+        let id = pre.resolve(table, change.id);
+        let key = (table.to_owned(), id);
+        let stamp = change.stamp();
+        if let Some(grave) = pre.tombstones.get(&key).copied() {
+            return match &change.op {
+                // Only the hub re-creates a deleted row, stamped after the delete (it refused it);
+                // an older insert (a replay, a deferred change) stays buried.
+                Op::Insert(row) if stamp > grave.deleted => {
+                    self.restore(tx, table, id, stamp, grave, row, pre, catch_up)
+                }
+                _ => Ok(Outcome::Buried),
+            };
+        }
+        match &change.op {
+            Op::Delete => {
+                if pre.present.remove(&key) {
+                    self.delete_row(tx, table, id).context("delete failed")?;
+                }
+                let born = pre.clocks.get(&key).map_or(Stamp::ORIGIN, |c| c.born);
+                store::bury_born(tx, table, id, stamp, born)?;
+                pre.tombstones.insert(
+                    key.clone(),
+                    store::Grave {
+                        deleted: stamp,
+                        born,
+                    },
+                );
+                pre.clocks.remove(&key);
+                pre.dirty.remove(&key);
+                Ok(Outcome::Applied)
+            }
+            Op::Update(cols) => {
+                if !pre.present.contains(&key) {
+                    return Ok(Outcome::Orphan);
+                }
+                let cols = self.remap_references(table, cols, pre);
+                self.update(tx, table, id, stamp, &cols, pre)
+            }
+            Op::Insert(row) => {
+                let mut row = self.remap_references(table, row, pre);
+                row.insert(ID.to_owned(), Value::Int(id));
+                if pre.present.contains(&key) {
+                    // Seen before by another path (a repaired row): its columns merge as edits.
+                    return self.update(tx, table, id, stamp, &row, pre);
+                }
+                self.insert(tx, table, id, stamp, row, pre, catch_up)
+            }
+        }
+    }
+
+    fn update(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        stamp: Stamp,
+        cols: &Row,
+        pre: &mut Prefetched,
+    ) -> Result<Outcome> {
+        let key = (table.to_owned(), id);
+        let clock = pre.clocks.get(&key).cloned().unwrap_or_default();
+        let (mut won, next) = winning_columns(&clock, stamp, cols);
+        won.remove(ID);
+        if won.is_empty() {
+            return Ok(Outcome::Superseded);
+        }
+        let won = self.park_unknown(tx, table, id, stamp, won)?;
+        if self.has_parked(tx, table)? {
+            for column in won.keys() {
+                store::unpark_older(tx, table, id, column, stamp)?;
+            }
+        }
+        self.write_columns(tx, table, id, &won)?;
+        pre.clocks.insert(key.clone(), next);
+        pre.dirty.insert(key);
+        Ok(Outcome::Applied)
+    }
+
+    fn write_columns(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        cols: &Row,
+    ) -> Result<()> {
+        if cols.is_empty() {
+            return Ok(());
+        }
+        if self.holding {
+            self.held.update(table, id, cols);
+            return self.write_held_if_full(tx);
+        }
+        let sets: Vec<String> = cols.keys().map(|c| format!("{} = ?", quote(c))).collect();
+        let mut params: Vec<mysql::Value> = cols.values().map(to_sql).collect();
+        params.push(mysql::Value::Int(id));
+        tx.exec_drop(
+            format!(
+                "UPDATE {} SET {} WHERE id = ?",
+                self.target.table(table),
+                sets.join(", ")
+            ),
+            params,
+        )
+        .context("update failed")
+    }
+
+    /// Re-creates a row deleted here that the hub restored because it refused the delete. The row is
+    /// born again with the birth stamp it had and every column written at `stamp`: the clock that
+    /// the sites which kept the row reach by merging the same insert as an update.
+    #[allow(clippy::too_many_arguments)]
+    fn restore(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        stamp: Stamp,
+        grave: store::Grave,
+        row: &Row,
+        pre: &mut Prefetched,
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
+    ) -> Result<Outcome> {
+        let key = (table.to_owned(), id);
+        store::unbury(tx, table, id)?;
+        pre.tombstones.remove(&key);
+        let mut row = self.remap_references(table, row, pre);
+        row.insert(ID.to_owned(), Value::Int(id));
+        if pre.present.contains(&key) {
+            return self.update(tx, table, id, stamp, &row, pre);
+        }
+        let outcome = self.insert(tx, table, id, stamp, row.clone(), pre, catch_up)?;
+        if outcome == Outcome::Applied {
+            let (_, clock) = winning_columns(&RowClock::born(grave.born), stamp, &row);
+            pre.clocks.insert(key, clock);
+        }
+        Ok(outcome)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        stamp: Stamp,
+        row: Row,
+        pre: &mut Prefetched,
+        catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
+    ) -> Result<Outcome> {
+        let key = (table.to_owned(), id);
+        let row = self.park_unknown(tx, table, id, stamp, row)?;
+        // Without a unique key besides the id, the insert cannot clash: it can wait to go with others.
+        if self.holding && self.shape(tx, table)?.is_some_and(|s| s.uniques.is_empty()) {
+            self.held.insert(table, id, row);
+            pre.present.insert(key.clone());
+            pre.clocks.insert(key.clone(), RowClock::born(stamp));
+            pre.dirty.insert(key);
+            self.write_held_if_full(tx)?;
+            return Ok(Outcome::Applied);
+        }
+        // Written first, so that a duplicate below is this row's own.
+        self.write_held(tx)?;
+        match self.insert_row(tx, table, &row) {
+            Ok(()) => {
+                pre.present.insert(key.clone());
+                pre.clocks.insert(key.clone(), RowClock::born(stamp));
+                pre.dirty.insert(key);
+                Ok(Outcome::Applied)
+            }
+            Err(e) if is_duplicate(&e) => {
+                // The clashing row may be a local insert not yet recorded: record it first, so its
+                // birth stamp is known (it is committed, or our insert would wait for it).
+                catch_up(tx)?;
+                self.resolve_clash(tx, table, id, stamp, row, pre)
+            }
+            Err(e) => Err(e).context("insert failed"),
+        }
+    }
+
+    fn delete_row(&mut self, tx: &mut Transaction<'_>, table: &str, id: i64) -> Result<()> {
+        self.write_held(tx)?;
+        tx.exec_drop(
+            format!("DELETE FROM {} WHERE id = ?", self.target.table(table)),
+            (id,),
+        )
+        .map_err(anyhow::Error::from)
+    }
+
+    /// Inserts one row now; the caller has written what is held.
+    fn insert_row(&self, tx: &mut Transaction<'_>, table: &str, row: &Row) -> Result<()> {
+        let names: Vec<String> = row.keys().map(|c| quote(c)).collect();
+        let params: Vec<mysql::Value> = row.values().map(to_sql).collect();
+        tx.exec_drop(
+            format!(
+                "INSERT INTO {} ({}) VALUES ({})",
+                self.target.table(table),
+                names.join(", "),
+                placeholders(names.len())
+            ),
+            params,
+        )
+        .map_err(anyhow::Error::from)
+    }
+
+    /// Two sites created a row with the same unique key (say a grade for one item and one user). The
+    /// earlier-born row keeps its id everywhere; the other id becomes an alias, its references are
+    /// moved, and its column values merge in.
+    fn resolve_clash(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        id: i64,
+        stamp: Stamp,
+        row: Row,
+        pre: &mut Prefetched,
+    ) -> Result<Outcome> {
+        let Some(existing) = self.find_clash(tx, table, &row)? else {
+            bail!("duplicate key, but no row with the same unique key was found");
+        };
+        let existing_key = (table.to_owned(), existing);
+        // A row this batch inserted has its clock only in memory until the batch ends; without it
+        // the row would look born at the origin of time and win every clash here, unlike elsewhere.
+        let existing_clock = match pre.clocks.get(&existing_key) {
+            Some(clock) => clock.clone(),
+            None => read_clock(tx, table, existing)?.unwrap_or_default(),
+        };
+        let incoming_clock = RowClock::born(stamp);
+        let hub_owned = self.policy.direction(table) == Direction::HubToCenters;
+        let winner = if hub_owned {
+            ClashWinner::Incoming
+        } else {
+            clash_winner(existing_clock.born, stamp)
+        };
+        match winner {
+            ClashWinner::Existing => {
+                store::add_alias(tx, table, id, existing)?;
+                pre.aliases.insert((table.to_owned(), id), existing);
+                pre.present.insert(existing_key.clone());
+                pre.clocks.insert(existing_key, existing_clock);
+                self.update(tx, table, existing, stamp, &row, pre)?;
+            }
+            ClashWinner::Incoming => {
+                let old = read_row(tx, &self.target, table, existing)?
+                    .context("the clashing row vanished")?;
+                self.delete_row(tx, table, existing)
+                    .context("cannot remove the row that lost a clash")?;
+                let (merged, clock) = if hub_owned {
+                    (row.clone(), incoming_clock)
+                } else {
+                    merge_rows((&row, &incoming_clock), (&old, &existing_clock), &[ID])
+                };
+                self.insert_row(tx, table, &merged)
+                    .context("cannot insert the row that won a clash")?;
+                self.move_references(tx, table, existing, id)?;
+                store::add_alias(tx, table, existing, id)?;
+                store::drop_clock(tx, table, existing)?;
+                pre.aliases.insert(existing_key.clone(), id);
+                pre.present.remove(&existing_key);
+                pre.clocks.remove(&existing_key);
+                pre.dirty.remove(&existing_key);
+                let key = (table.to_owned(), id);
+                pre.present.insert(key.clone());
+                pre.clocks.insert(key.clone(), clock);
+                pre.dirty.insert(key);
+            }
+        }
+        Ok(Outcome::Merged)
+    }
+
+    fn find_clash(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        row: &Row,
+    ) -> Result<Option<i64>> {
+        let shape = self.shape(tx, table)?.context("table vanished")?;
+        for unique in &shape.uniques {
+            let values: Option<Vec<&Value>> = unique.iter().map(|c| row.get(c)).collect();
+            // NULLs never clash in a unique index.
+            let Some(values) = values.filter(|v| !v.contains(&&Value::Null)) else {
+                continue;
+            };
+            let cond: Vec<String> = unique.iter().map(|c| format!("{} = ?", quote(c))).collect();
+            let found: Option<i64> = tx
+                .exec_first(
+                    format!(
+                        "SELECT id FROM {} WHERE {} FOR UPDATE",
+                        self.target.table(table),
+                        cond.join(" AND ")
+                    ),
+                    values.into_iter().map(to_sql).collect::<Vec<_>>(),
+                )
+                .context("cannot look up a unique key")?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Points every reference to `from` (through XMLDB foreign keys) at `to`. Every site makes the same
+    /// move itself, so these writes are not sent anywhere.
+    fn move_references(
+        &mut self,
+        tx: &mut Transaction<'_>,
+        table: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<()> {
+        for (ref_table, column) in self.policy.referenced_by(table) {
+            if self.shape(tx, &ref_table)?.is_none() {
+                continue;
+            }
+            tx.exec_drop(
+                format!(
+                    "UPDATE {} SET {} = ? WHERE {} = ?",
+                    self.target.table(&ref_table),
+                    quote(&column),
+                    quote(&column)
+                ),
+                (to, from),
+            )
+            .with_context(|| format!("cannot move references {ref_table}.{column}"))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces ids that lost a clash by their winners in columns that reference other tables.
+    fn remap_references(&self, table: &str, row: &Row, pre: &Prefetched) -> Row {
+        let mut row = row.clone();
+        for (column, ref_table) in self.policy.references(table) {
+            let Some(Value::Int(v)) = row.get(&column).cloned() else {
+                continue;
+            };
+            if let Some(winner) = pre.aliases.get(&(ref_table.clone(), v)) {
+                row.insert(column, Value::Int(*winner));
+            }
+        }
+        row
+    }
+
+    /// Writes the clocks the batch changed, a few hundred per statement, in key order (so that two
+    /// appliers lock them in the same order).
+    fn write_clocks(&self, tx: &mut Transaction<'_>, pre: &Prefetched) -> Result<()> {
+        let mut dirty: Vec<(&(String, i64), &RowClock)> = pre
+            .dirty
+            .iter()
+            .filter(|key| self.policy.direction(&key.0) == Direction::Both)
+            .filter_map(|key| pre.clocks.get(key).map(|clock| (key, clock)))
+            .collect();
+        dirty.sort_by(|a, b| a.0.cmp(b.0));
+        for chunk in dirty.chunks(IN_LIST) {
+            let mut params: Vec<mysql::Value> = Vec::with_capacity(chunk.len() * 5);
+            for ((table, id), clock) in chunk {
+                params.extend([
+                    table.as_str().into(),
+                    mysql::Value::Int(*id),
+                    clock.born.hlc.into(),
+                    clock.born.site.into(),
+                    clock.encode_cols()?.into(),
+                ]);
+            }
+            tx.exec_drop(
+                format!(
+                    "INSERT INTO kituo_sync.clock (tbl, row_id, born_hlc, born_site, cols) VALUES {}
+                     ON DUPLICATE KEY UPDATE born_hlc = VALUES(born_hlc), born_site = VALUES(born_site),
+                                             cols = VALUES(cols)",
+                    vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+                ),
+                params,
+            )
+            .context("cannot write row clocks")?;
+        }
+        Ok(())
+    }
+}
+
+impl Prefetched {
+    fn resolve(&self, table: &str, id: i64) -> i64 {
+        self.aliases
+            .get(&(table.to_owned(), id))
+            .copied()
+            .unwrap_or(id)
+    }
+}
+
+fn read_shape(
+    tx: &mut Transaction<'_>,
+    target: &Target,
+    table: &str,
+) -> Result<Option<TableShape>> {
+    let name = format!("{}{table}", target.prefix);
+    let columns: Vec<String> = tx
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (&target.database, &name),
+        )
+        .with_context(|| format!("cannot read the columns of {name}"))?;
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let parts: Vec<(String, String)> = tx
+        .exec(
+            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY'
+             ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+            (&target.database, &name),
+        )
+        .with_context(|| format!("cannot read the unique keys of {name}"))?;
+    let mut uniques: Vec<(String, Vec<String>)> = Vec::new();
+    for (index, column) in parts {
+        match uniques.last_mut() {
+            Some((name, cols)) if *name == index => cols.push(column),
+            _ => uniques.push((index, vec![column])),
+        }
+    }
+    Ok(Some(TableShape {
+        columns: columns.into_iter().collect(),
+        uniques: uniques.into_iter().map(|(_, cols)| cols).collect(),
+    }))
+}
+
+fn read_aliases(
+    tx: &mut Transaction<'_>,
+    table: &str,
+    ids: &BTreeSet<i64>,
+) -> Result<HashMap<i64, i64>> {
+    let mut found = HashMap::new();
+    for chunk in ids.iter().copied().collect::<Vec<_>>().chunks(IN_LIST) {
+        let rows: Vec<(i64, i64)> = tx
+            .exec(
+                format!(
+                    "SELECT loser, winner FROM kituo_sync.alias WHERE tbl = ? AND loser IN ({})",
+                    placeholders(chunk.len())
+                ),
+                table_and_ids(table, chunk),
+            )
+            .context("cannot read aliases")?;
+        found.extend(rows);
+    }
+    Ok(found)
+}

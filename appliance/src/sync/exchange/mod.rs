@@ -1,0 +1,14 @@
+//! The exchange: what passes between a center and the hub, whether a link or a stick carries it.
+//!
+//! - [`wire`]: batches, pages and receipts as bytes, and the MACs that prove who sent them.
+//! - [`agent`]: a center's side: its outbox in batches, receipts, pulling the hub's log page by page.
+//! - [`hub`]: the hub's side: accepting a center's changes under the rules, its log, the centers'
+//!   and the centers' cursors.
+//! - [`centers`]: the hub's registry of centers and their secrets.
+//! - [`inbox`]: the hub's store of received batches, applied in order by one applier.
+
+pub mod agent;
+pub mod centers;
+pub mod hub;
+pub mod inbox;
+pub mod wire;

@@ -1,0 +1,391 @@
+//! The sync agent as a service: exchanges with the hub for as long as the appliance runs, inside
+//! `appliance supervise` or alone (`appliance sync run`).
+//!
+//! Every step is acknowledged and resumable (see [`crate::sync::exchange::agent`]), so the loop's only job on a failure
+//! is to wait and try again: a growing, jittered wait, so that thirty centers coming back after a hub
+//! outage do not all knock at once. Batches shrink after failures and grow back after successes, so a
+//! link that cuts often still moves whole batches.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use rand::Rng;
+
+use crate::power::BulkSyncGate;
+use crate::status::{BundleRecord, Feed, LinkState, SyncStatus};
+use crate::sync::engine::clock;
+use crate::sync::engine::policy::{Role, Rulebook};
+use crate::sync::engine::site::{Site, SiteConfig};
+use crate::sync::engine::store;
+use crate::sync::exchange::agent;
+use crate::sync::exchange::wire::Secret;
+use crate::sync::files::mover::Mover;
+use crate::sync::link::http::{HttpLink, LinkOptions, Traffic};
+use crate::sync::link::settings::AgentSettings;
+use crate::sync::seed;
+use crate::sync::stick;
+use crate::sync::verify;
+
+/// How the supervisor steers the agent.
+#[derive(Clone, Default)]
+pub struct Controls {
+    /// Closed while on battery: the agent pauses.
+    pub gate: BulkSyncGate,
+    /// Set while the supervisor shuts the appliance down (cleared if power returns): the agent starts
+    /// no new request.
+    pub hold: Arc<AtomicBool>,
+    /// Where the status page reads the agent's state; `None` when run alone.
+    pub feed: Option<Feed>,
+}
+
+impl Controls {
+    /// True when the agent should not start another request.
+    fn interrupted(&self) -> bool {
+        self.hold.load(Ordering::Relaxed) || !self.gate.is_open()
+    }
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const MIN_BATCH: usize = 10;
+/// Bundles the status page lists.
+const BUNDLES_SHOWN: usize = 5;
+
+pub struct Runner {
+    settings: AgentSettings,
+    site_cfg: SiteConfig,
+    rules: Rulebook,
+    link: HttpLink,
+    controls: Controls,
+    /// Open while the database answers; reopened after a database error.
+    site: Option<Site>,
+    status: SyncStatus,
+    failures: u32,
+    batch: usize,
+    /// The hub's word that it cannot apply this center's changes (shown until it can).
+    hub_stuck: Option<String>,
+    /// File sync, when `[files] dataroot` is set.
+    files: Option<Mover>,
+    /// The bundle history last shown.
+    bundles: Vec<BundleRecord>,
+}
+
+impl Runner {
+    pub fn new(settings: AgentSettings, site_id: u32, controls: Controls) -> Result<Runner> {
+        let rules = settings.moodle.rulebook()?;
+        let secret = Secret::read(&settings.secret_file)?;
+        let site_cfg = settings.moodle.site_config(site_id, Role::Center)?;
+        let link = HttpLink::new(LinkOptions {
+            hub_url: settings.hub_url.clone(),
+            site: site_id,
+            secret,
+            timeout: settings.timeout,
+            rate_limit: settings.rate_limit,
+            page_bytes: settings.batch_bytes,
+            ca_file: settings.ca_file.clone(),
+        })?;
+        Ok(Runner {
+            files: settings.files.clone().map(Mover::new),
+            batch: settings.batch_changes,
+            settings,
+            site_cfg,
+            rules,
+            link,
+            controls,
+            site: None,
+            status: not_started(None),
+            failures: 0,
+            hub_stuck: None,
+            bundles: Vec::new(),
+        })
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        self.link.traffic()
+    }
+
+    /// Runs for as long as the process does.
+    pub fn run(&mut self) -> ! {
+        loop {
+            if self.held() {
+                self.pause(Duration::from_secs(1));
+                continue;
+            }
+            if !self.controls.gate.is_open() {
+                self.status.link = LinkState::PausedOnBattery;
+                self.publish();
+                if let Some(files) = self.files.as_mut() {
+                    files.paused(self.controls.feed.as_ref());
+                }
+                self.pause(Duration::from_secs(1));
+                continue;
+            }
+            if let Some(waiting) = self.moodle_not_ready() {
+                // Not a failure: no backoff, so that sync starts as soon as the database is made.
+                self.status.last_error = Some(waiting);
+                self.publish();
+                self.pause(Duration::from_secs(5));
+                continue;
+            }
+            match self.exchange().and_then(|moved| self.move_files(moved)) {
+                Ok(moved) => {
+                    self.succeeded();
+                    if !moved {
+                        self.pause(self.settings.interval);
+                    }
+                }
+                Err(e) => {
+                    let wait = self.failed(&e);
+                    self.pause(wait);
+                }
+            }
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.controls.hold.load(Ordering::Relaxed)
+    }
+
+    fn interrupted(&self) -> bool {
+        self.controls.interrupted()
+    }
+
+    /// Captures, then pushes and pulls until both sides are level; true if anything moved.
+    pub fn exchange(&mut self) -> Result<bool> {
+        if let Some(waiting) = self.moodle_not_ready() {
+            anyhow::bail!(waiting);
+        }
+        let mut site = match self.site.take() {
+            Some(site) => site,
+            None => Site::open(self.site_cfg.clone())?,
+        };
+        self.publish_bundles(&mut site);
+        let moved = self.exchange_with(&mut site);
+        // Kept even after an error: `failed` drops it if the database was the trouble.
+        self.site = Some(site);
+        moved
+    }
+
+    /// Why sync must wait for first boot's install or seed of Moodle's database, if it must: a site
+    /// opened before the install ends would capture the install's rows (the admin account, the
+    /// configuration) and send them to the hub as this center's changes.
+    fn moodle_not_ready(&self) -> Option<String> {
+        let file = self.settings.moodle.ready_file.as_ref()?;
+        (!file.exists()).then(|| {
+            format!(
+                "waiting for Moodle's database to be installed or seeded on first boot ({} does not exist yet)",
+                file.display()
+            )
+        })
+    }
+
+    fn exchange_with(&mut self, site: &mut Site) -> Result<bool> {
+        if let Some(state) = store::get(site.conn(), seed::SEED_STATE)? {
+            anyhow::ensure!(
+                state == "done",
+                "the Moodle database is being seeded from the hub (`appliance sync seed`): sync starts when it is done"
+            );
+        }
+        if self.rules.refresh(site.conn())? {
+            eprintln!(
+                "sync: Moodle was upgraded ({}): rules derived again",
+                self.rules.version()
+            );
+        }
+        site.capture(self.rules.policy())?;
+        let mut moved = self.push_all(site)?;
+        loop {
+            if self.controls.interrupted() {
+                return Ok(moved);
+            }
+            let step = agent::pull_once(site, self.rules.policy(), &mut self.link, self.batch)?;
+            moved |= step.advanced;
+            self.batch = (self.batch * 2).min(self.settings.batch_changes);
+            if !step.more {
+                break;
+            }
+        }
+        agent::prune_outbox(site)?;
+        let backlog = agent::backlog(site)?;
+        self.status.backlog_changes = backlog.changes;
+        self.status.backlog_oldest = backlog.oldest_hlc.map(|h| clock::millis_of(h) / 1000);
+        Ok(moved)
+    }
+
+    /// Sends the outbox until the hub holds it all, reading and encoding each batch while the one
+    /// before it is on the link (zstd is slow on a Pi, and a link left idle is goodput lost); true if
+    /// anything moved.
+    fn push_all(&mut self, site: &mut Site) -> Result<bool> {
+        let mut pushed = store::get_u64(site.conn(), agent::PUSHED)?;
+        let mut next = agent::prepare(site, pushed, self.batch)?;
+        let mut moved = false;
+        while let Some(batch) = next.take() {
+            if self.controls.interrupted() {
+                break;
+            }
+            let (link, body, size) = (&mut self.link, &batch.body, self.batch);
+            let (receipt, ahead) = std::thread::scope(|scope| {
+                let sending = scope.spawn(move || link.push_encoded(body));
+                let ahead = agent::prepare(site, batch.last, size);
+                (sending.join(), ahead)
+            });
+            let receipt = receipt.map_err(|_| anyhow::anyhow!("the sending thread panicked"))??;
+            let acked = receipt.acked;
+            let done = agent::record_receipt(site, pushed, receipt)?;
+            self.hub_stuck = done.stuck;
+            if done.acked == 0 {
+                break;
+            }
+            moved = true;
+            self.batch = (self.batch * 2).min(self.settings.batch_changes);
+            next = if acked == batch.last {
+                ahead?
+            } else {
+                agent::prepare(site, acked, self.batch)?
+            };
+            pushed = acked;
+        }
+        Ok(moved)
+    }
+
+    /// Moves file blobs, after the rows: the hub takes a blob only once its `files` row is there.
+    fn move_files(&mut self, rows_moved: bool) -> Result<bool> {
+        let (Some(files), Some(site)) = (self.files.as_mut(), self.site.as_mut()) else {
+            return Ok(rows_moved);
+        };
+        let controls = &self.controls;
+        let moved = files.pass(
+            site,
+            &mut self.link,
+            &|| controls.interrupted(),
+            controls.feed.as_ref(),
+        )?;
+        Ok(rows_moved || moved)
+    }
+
+    /// Seeds this center's empty Moodle database from the hub (see [`seed`]).
+    pub fn seed(&mut self) -> Result<seed::Seeded> {
+        let mut site = Site::open(self.site_cfg.clone())?;
+        let version = seed::code_version(&self.settings.moodle.dirroot)?;
+        seed::seed(&mut site, self.rules.policy(), &mut self.link, version)
+    }
+
+    /// Exchanges once, then compares this site with the hub (and repairs it when asked).
+    pub fn verify(&mut self, opts: &verify::Options) -> Result<verify::Report> {
+        self.exchange()?;
+        let site = self.site.as_mut().expect("opened by the exchange");
+        verify::verify(site, self.rules.policy(), &mut self.link, opts)
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.status.link = LinkState::Up;
+        self.status.last_success = Some(unix_now());
+        self.status.last_error = self
+            .hub_stuck
+            .as_ref()
+            .map(|why| format!("the hub holds this center's changes: {why}"));
+        self.publish();
+    }
+
+    /// Records the failure and returns how long to wait: full jitter over an exponential ceiling.
+    fn failed(&mut self, e: &anyhow::Error) -> Duration {
+        if store::is_database_error(e) {
+            // The connection may be dead (MariaDB restarted): reopen next time.
+            self.site = None;
+        } else {
+            self.batch = (self.batch / 2).max(MIN_BATCH);
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.status.link = LinkState::Down;
+        self.status.last_error = Some(format!("{e:#}"));
+        self.publish();
+        eprintln!("sync: {e:#}");
+        let ceiling = BACKOFF_FIRST
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(self.settings.backoff_max);
+        ceiling.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    /// Shows the bundles exported and imported here (by `appliance sync export|import`, another
+    /// process: the history is in the database), when it changed.
+    fn publish_bundles(&mut self, site: &mut Site) {
+        let Some(feed) = &self.controls.feed else {
+            return;
+        };
+        match stick::history::recent(site.conn(), BUNDLES_SHOWN) {
+            Ok(recent) if recent != self.bundles => {
+                feed.set_bundles(recent.clone());
+                self.bundles = recent;
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("sync: {e:#}"),
+        }
+    }
+
+    fn publish(&self) {
+        if let Some(feed) = &self.controls.feed {
+            feed.set_sync(self.status.clone());
+        }
+    }
+
+    /// Sleeps up to `total`, waking early when the hold or the gate changes, or for a "sync now" from
+    /// the page.
+    fn pause(&self, total: Duration) {
+        let was = self.interrupted();
+        let end = Instant::now() + total;
+        while Instant::now() < end {
+            if self.interrupted() != was {
+                return;
+            }
+            if let Some(feed) = &self.controls.feed {
+                if feed.take_sync_now_request() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The status before the first exchange.
+fn not_started(last_error: Option<String>) -> SyncStatus {
+    SyncStatus {
+        link: LinkState::Down,
+        last_success: None,
+        backlog_changes: 0,
+        backlog_oldest: None,
+        backlog_files: 0,
+        backlog_bytes: 0,
+        last_error,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Starts the agent on its own thread (the supervisor's way). A setup error (no secret file, no Moodle
+/// code) is shown on the status page and retried, so fixing the file needs no restart.
+pub fn spawn(settings: AgentSettings, site_id: u32, controls: Controls) -> Result<()> {
+    std::thread::Builder::new()
+        .name("sync".into())
+        .spawn(move || loop {
+            match Runner::new(settings.clone(), site_id, controls.clone()) {
+                Ok(mut runner) => runner.run(),
+                Err(e) => {
+                    eprintln!("sync: cannot start: {e:#}");
+                    if let Some(feed) = &controls.feed {
+                        feed.set_sync(not_started(Some(format!("cannot start: {e:#}"))));
+                    }
+                    std::thread::sleep(Duration::from_secs(60));
+                }
+            }
+        })
+        .context("cannot start the sync thread")?;
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! The rule lists and files, against the real Moodle 4.5 schema.
+
+use crate::sync::schema::rules::*;
+use crate::sync::schema::tests::moodle_450;
+
+fn rules_with(overrides: Option<&str>) -> Rules {
+    let builtin = RuleFile::builtin().expect("built-in rules parse");
+    let overrides = overrides.map(|text| {
+        RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text).expect("override parses")
+    });
+    Rules::derive(&moodle_450(), builtin, overrides)
+}
+
+fn direction(rules: &Rules, table: &str) -> Direction {
+    rules
+        .get(table)
+        .map(|r| r.direction)
+        .unwrap_or_else(|| panic!("no rule for {table}"))
+}
+
+#[test]
+fn every_450_table_gets_a_rule_from_a_list() {
+    let rules = rules_with(None);
+    assert_eq!(rules.tables.len(), 494);
+    let summary = rules.summary();
+    assert_eq!(summary.total(), 494);
+    // Every table is named by a list: none falls through to [defaults].
+    let unlisted: Vec<&str> = rules
+        .tables
+        .values()
+        .filter(|r| r.reason.starts_with("[defaults]"))
+        .map(|r| r.table.as_str())
+        .collect();
+    assert!(unlisted.is_empty(), "not in any list: {unlisted:?}");
+    for rule in rules.tables.values() {
+        assert_eq!(rule.primary_key.as_deref(), Some("id"), "{}", rule.table);
+        assert!(rule.source.is_some(), "{}", rule.table);
+    }
+    assert!(
+        summary.both > 100 && summary.hub_to_centers > 100 && summary.never > 50,
+        "{summary}"
+    );
+    assert!(summary.centers_to_hub >= 4, "{summary}");
+}
+
+#[test]
+fn spot_checks_of_each_list() {
+    let rules = rules_with(None);
+    for t in [
+        "forum_posts",
+        "forum_discussions",
+        "assign_submission",
+        "grade_grades",
+        "user",
+        "user_enrolments",
+        "question_attempts",
+        "question_attempt_step_data",
+        "files",
+        "context",
+        "message_conversations",
+    ] {
+        assert_eq!(direction(&rules, t), Direction::Both, "{t}");
+    }
+    for t in [
+        "config",
+        "config_plugins",
+        "role",
+        "role_capabilities",
+        "capabilities",
+        "course",
+        "course_sections",
+        "course_modules",
+        "modules",
+        "forum",
+        "question",
+        "question_categories",
+        "qtype_multichoice_options",
+        "grade_items",
+        "quizaccess_seb_quizsettings",
+    ] {
+        assert_eq!(direction(&rules, t), Direction::HubToCenters, "{t}");
+    }
+    for t in ["logstore_standard_log", "log"] {
+        assert_eq!(direction(&rules, t), Direction::CentersToHub, "{t}");
+    }
+    for t in [
+        "sessions",
+        "cache_flags",
+        "cache_filters",
+        "lock_db",
+        "task_adhoc",
+        "task_log",
+        "context_temp",
+        "stats_daily",
+        "question_statistics",
+        "external_tokens",
+        "mnet_host",
+    ] {
+        assert_eq!(direction(&rules, t), Direction::Never, "{t}");
+    }
+    // Longest prefix and names win: message* is both, its per-site queues are never.
+    assert_eq!(
+        direction(&rules, "message_email_messages"),
+        Direction::Never
+    );
+    let cache = rules.get("cache_flags").expect("cache_flags");
+    assert!(
+        cache.reason.starts_with("[never] cache_*: caches"),
+        "{}",
+        cache.reason
+    );
+    assert_eq!(
+        cache.source.as_ref().map(|s| s.file.clone()),
+        Some(PathBuf::from("appliance/sync-rules.ini"))
+    );
+}
+
+#[test]
+fn keys_references_and_protection() {
+    let rules = rules_with(None);
+    let gg = rules.get("grade_grades").expect("grade_grades");
+    assert_eq!(
+        gg.unique_keys,
+        [vec!["userid".to_string(), "itemid".to_string()]]
+    );
+    let posts = rules.get("forum_posts").expect("forum_posts");
+    assert!(posts.unique_keys.is_empty());
+    let refs: Vec<(&str, &str)> = posts
+        .referenced_by
+        .iter()
+        .map(|r| (r.table.as_str(), r.column.as_str()))
+        .collect();
+    assert!(refs.contains(&("forum_posts", "parent")), "{refs:?}");
+    // Only declared foreign keys count: forum_read.postid has none in 4.5, forum_queue.postid has.
+    assert!(refs.contains(&("forum_queue", "postid")), "{refs:?}");
+    assert!(!refs.contains(&("forum_read", "postid")), "{refs:?}");
+    let user = rules.get("user").expect("user");
+    assert_eq!(user.protect, Some(Protection::SiteAdmins));
+    let ra = rules.get("role_assignments").expect("role_assignments");
+    assert_eq!(ra.protect, Some(Protection::SystemContext));
+    let linked = rules
+        .get("auth_oauth2_linked_login")
+        .expect("auth_oauth2_linked_login");
+    assert_eq!(linked.protect, Some(Protection::SiteAdminsUserid));
+    let local = rules
+        .site_local("config")
+        .expect("config has per-site rows");
+    assert_eq!(local.column, "name");
+    assert!(local.values.contains("version") && local.values.contains("allversionshash"));
+    assert!(!local.values.contains("siteadmins"));
+    let plugins = rules.site_local("config_plugins").expect("config_plugins");
+    assert_eq!(plugins.values.iter().collect::<Vec<_>>(), ["version"]);
+    assert!(
+        user.referenced_by.len() > 100,
+        "{}",
+        user.referenced_by.len()
+    );
+    assert_eq!(rules.get("forum_posts").and_then(|r| r.protect), None);
+}
+
+#[test]
+fn override_file_wins() {
+    let rules = rules_with(Some(
+        "; this center keeps its own log\n[never]\nlogstore_standard_log = local only\n\n[both]\ncache_flags = we want it\nforum = teachers here edit forums\n\n[protect]\nuser = none\n",
+    ));
+    assert_eq!(direction(&rules, "logstore_standard_log"), Direction::Never);
+    // A name in the override beats a pattern in the built-in file, and vice versa patterns there
+    // still apply to the rest.
+    assert_eq!(direction(&rules, "cache_flags"), Direction::Both);
+    assert_eq!(direction(&rules, "cache_filters"), Direction::Never);
+    assert_eq!(direction(&rules, "forum"), Direction::Both);
+    assert_eq!(direction(&rules, "forum_posts"), Direction::Both);
+    let log = rules.get("logstore_standard_log").expect("log");
+    assert_eq!(log.source.as_ref().map(|s| s.line), Some(3));
+    assert_eq!(rules.get("user").and_then(|r| r.protect), None);
+    let defaults = rules_with(Some("[defaults]\ndirection = never\n"));
+    assert_eq!(
+        defaults
+            .for_unknown_table("local_thing", &[("id", "bigint")])
+            .direction,
+        Direction::Never
+    );
+    assert_eq!(direction(&defaults, "forum_posts"), Direction::Both);
+}
+
+#[test]
+fn bad_override_names_file_line_and_key() {
+    let cases = [
+        ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [site_local], [both], [hub_to_centers], [centers_to_hub], [never], [seed]"),
+        ("[never]\nsessions = x\n\nCache-* = y\n", "/etc/kituo/sync-overrides.ini:4: key 'Cache-*' in section [never]: expected a table name, or a prefix ending in '*' (like cache_*)"),
+        ("[never]\nsessions =\n", "/etc/kituo/sync-overrides.ini:2: key 'sessions' in section [never]: say why after '=': the reason is kept with the rule"),
+        ("[both]\nsessions = a\n[never]\nsessions = b\n", "/etc/kituo/sync-overrides.ini:4: key 'sessions' in section [never]: 'sessions' is already in [both] on line 2"),
+        ("[defaults]\ndirection = sideways\n", "/etc/kituo/sync-overrides.ini:2: key 'direction' in section [defaults]: expected both, hub_to_centers, centers_to_hub or never, got 'sideways'"),
+        ("[defaults]\ndirektion = both\n", "/etc/kituo/sync-overrides.ini:2: invalid key 'direktion' in section [defaults]; the only key is 'direction'"),
+        ("[protect]\nuser = teachers\n", "/etc/kituo/sync-overrides.ini:2: key 'user' in section [protect]: expected siteadmins, siteadmins_userid, system_context or none, got 'teachers'"),
+        ("[site_local]\nconfig = version\n", "/etc/kituo/sync-overrides.ini:2: key 'config' in section [site_local]: expected table.column (like config.name)"),
+        ("[site_local]\nconfig.name =\n", "/etc/kituo/sync-overrides.ini:2: key 'config.name' in section [site_local]: list the column values of the rows each site keeps"),
+    ];
+    for (text, want) in cases {
+        let e = RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text).unwrap_err();
+        assert_eq!(e.to_string(), want);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sync-overrides.ini");
+    std::fs::write(&path, "[never]\nforum_posts\n").expect("write");
+    let e = Rules::load(&moodle_450(), Some(&path)).unwrap_err();
+    assert_eq!(
+        format!("{e:#}"),
+        format!(
+            "{}:2: expected '[section]' or 'key = value', got 'forum_posts'",
+            path.display()
+        )
+    );
+    // A missing override file is no error: the file is optional.
+    let rules = Rules::load(&moodle_450(), Some(&dir.path().join("absent.ini"))).expect("loads");
+    assert_eq!(rules.tables.len(), 494);
+}
+
+#[test]
+fn unknown_tables_fall_back_to_the_lists() {
+    let rules = rules_with(None);
+    let r = rules.for_unknown_table("cache_newthing", &[("id", "bigint")]);
+    assert_eq!(r.direction, Direction::Never);
+    let r = rules.for_unknown_table("forum_newthing", &[("id", "BIGINT")]);
+    assert_eq!(
+        (r.direction, r.primary_key.as_deref()),
+        (Direction::Both, Some("id"))
+    );
+    assert!(r.reason.contains("table not in XMLDB"), "{}", r.reason);
+    let r = rules.for_unknown_table("local_plugin_data", &[("id", "int")]);
+    assert_eq!(r.direction, Direction::Both);
+    assert!(r.reason.starts_with("[defaults]"), "{}", r.reason);
+    for pk in [
+        &[("a", "bigint"), ("b", "bigint")][..],
+        &[("code", "varchar")],
+        &[],
+    ] {
+        let r = rules.for_unknown_table("forum_newthing", pk);
+        assert_eq!(r.direction, Direction::Never, "{pk:?}");
+        assert!(
+            r.reason.starts_with("no single-column integer primary key"),
+            "{}",
+            r.reason
+        );
+    }
+}
+
+#[test]
+fn summary_counts() {
+    let rules = rules_with(None);
+    let s = rules.summary();
+    println!("{s}");
+    let never = rules
+        .tables
+        .values()
+        .filter(|r| r.direction == Direction::Never)
+        .count();
+    assert_eq!(s.never, never);
+    assert_eq!(
+        s.to_string(),
+        format!(
+            "494 tables: both {}, hub_to_centers {}, centers_to_hub {}, never {}",
+            s.both, s.hub_to_centers, s.centers_to_hub, s.never
+        )
+    );
+}
+
+#[test]
+fn site_local_rows_and_their_override() {
+    use crate::sync::engine::change::{Row, Value};
+    use crate::sync::engine::policy::Policy;
+
+    let rules = rules_with(Some("[site_local]\nconfig.name = version, mycenter_only\n"));
+    let local = rules.site_local("config").expect("config");
+    assert_eq!(
+        local.values.iter().collect::<Vec<_>>(),
+        ["mycenter_only", "version"]
+    );
+    assert_eq!(local.source.line, 2);
+    assert!(
+        rules.site_local("config_plugins").is_some(),
+        "the built-in entry of another table stays"
+    );
+    assert!(rules.site_local("forum_posts").is_none());
+    let policy = Policy::new(rules);
+    let row = |name: &str| -> Row {
+        Row::from([
+            ("id".to_string(), Value::Int(7)),
+            ("name".to_string(), Value::Bytes(name.as_bytes().to_vec())),
+        ])
+    };
+    assert!(policy.is_site_local("config", &row("version")));
+    assert!(!policy.is_site_local("config", &row("siteadmins")));
+    assert!(!policy.is_site_local("config_plugins", &row("mycenter_only")));
+}

@@ -1,0 +1,274 @@
+//! The power watch against real parts: NUT's upsd with the dummy-ups driver, a private MariaDB, and
+//! recorder scripts standing in for systemctl.
+
+use kituo_tests::supervisor as common;
+
+use std::time::{Duration, Instant};
+
+use common::{base_config, port, state, Supervisor};
+use kituo_tests::testbed::{recorder, wait_for, MariaDb, Nut};
+
+const OL: &str = "ups.status: OL\nbattery.charge: 100\nbattery.runtime: 2400\n";
+const OB: &str = "ups.status: OB DISCHRG\nbattery.charge: 80\nbattery.runtime: 1500\n";
+const OB_LB: &str = "ups.status: OB DISCHRG LB\nbattery.charge: 30\nbattery.runtime: 400\n";
+
+fn power_config(dir: &std::path::Path, nut: &Nut, db: &MariaDb, grace: u64) -> (String, u16) {
+    let p = port();
+    let (web_stop, _) = recorder(dir, "stop-web").unwrap();
+    let (web_start, _) = recorder(dir, "start-web").unwrap();
+    let (sync_stop, _) = recorder(dir, "stop-sync").unwrap();
+    let (poweroff, _) = recorder(dir, "poweroff").unwrap();
+    let cfg = format!(
+        "{}[power]\nsources = nut\npoll_seconds = 1\ndebounce_seconds = 1\nlow_debounce_seconds = 1\nrestore_seconds = 1\n\
+         history_file = {}\n[nut]\naddress = {}\nups = ups\ndead_seconds = 3\n\
+         [shutdown]\ngrace_seconds = {grace}\nstop_sync = {}\nstart_sync =\nstop_web = {}\nstart_web = {}\n\
+         stop_database = {}\ndatabase_pid_file = {}\ndatabase_timeout_seconds = 30\npoweroff = {}\n",
+        base_config(dir, p),
+        dir.join("history.json").display(),
+        nut.address(),
+        sync_stop.display(),
+        web_stop.display(),
+        web_start.display(),
+        db.stop_command(),
+        db.pid_file.display(),
+        poweroff.display(),
+    );
+    (cfg, p)
+}
+
+#[test]
+fn low_battery_stops_mariadb_cleanly_then_powers_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let nut = Nut::start(&dir.join("nut"), OL).expect("upsd with dummy-ups");
+    let mut db = MariaDb::start(&dir.join("db")).expect("MariaDB");
+    let (cfg, _) = power_config(dir, &nut, &db, 0);
+    let sup = Supervisor::start(dir, &cfg);
+
+    sup.wait("on mains", Duration::from_secs(15), |s| {
+        state(s) == "on_mains"
+    });
+
+    nut.set(OB).unwrap();
+    let s = sup.wait("on battery", Duration::from_secs(15), |s| {
+        state(s) == "on_battery"
+    });
+    assert_eq!(s["power"]["bulk_sync_paused"], true, "{s}");
+    assert_eq!(s["power"]["reading"]["charge_percent"], 80.0);
+    assert!(db.select1(), "MariaDB keeps serving on battery");
+
+    nut.set(OB_LB).unwrap();
+    let lb_written = Instant::now();
+    let poweroff_record = dir.join("poweroff.called");
+    let called = wait_for(Duration::from_secs(30), || {
+        poweroff_record.exists().then_some(())
+    });
+    assert!(
+        called.is_some(),
+        "poweroff was not called; log:\n{}",
+        sup.log_text()
+    );
+    let elapsed = lb_written.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "LB to poweroff took {elapsed:?}"
+    );
+
+    assert!(
+        db.wait_exit(Duration::from_secs(5)),
+        "mariadbd still running after poweroff was called"
+    );
+    let log = db.error_log_text();
+    assert!(
+        log.contains("Shutdown complete"),
+        "MariaDB's error log:\n{log}"
+    );
+    for step in ["stop-sync.called", "stop-web.called"] {
+        assert!(dir.join(step).exists(), "{step} missing");
+    }
+    assert!(!dir.join("start-web.called").exists());
+
+    let s = sup.wait("all shutdown steps shown", Duration::from_secs(5), |s| {
+        state(s) == "shutting_down"
+            && s["power"]["shutdown_steps"]
+                .as_array()
+                .is_some_and(|a| a.len() == 5)
+    });
+    let steps: Vec<&str> = s["power"]["shutdown_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "stop sync",
+            "stop web and PHP",
+            "stop MariaDB",
+            "flush filesystems",
+            "power off"
+        ],
+        "{s}"
+    );
+    let history: Vec<&str> = s["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        history,
+        ["on mains", "on battery", "low battery", "shutting down"]
+    );
+    // The transitions are on disk already: a restart after the power cut shows them.
+    let stored = std::fs::read_to_string(dir.join("history.json")).unwrap();
+    assert!(stored.contains("shutting down"), "{stored}");
+
+    // A clean stop means no crash recovery on the next start.
+    let before = log.len();
+    db.restart().expect("MariaDB starts again");
+    let restart_log = db.error_log_text()[before..].to_owned();
+    assert!(
+        !restart_log.to_lowercase().contains("crash recovery"),
+        "{restart_log}"
+    );
+    assert!(
+        restart_log.contains("ready for connections"),
+        "{restart_log}"
+    );
+    eprintln!("LB -> poweroff: {elapsed:?}");
+}
+
+#[test]
+fn power_back_before_the_point_of_no_return_cancels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let nut = Nut::start(&dir.join("nut"), OB).expect("upsd with dummy-ups");
+    let db = MariaDb::start(&dir.join("db")).expect("MariaDB");
+    let (cfg, _) = power_config(dir, &nut, &db, 6);
+    let sup = Supervisor::start(dir, &cfg);
+    sup.wait("on battery", Duration::from_secs(15), |s| {
+        state(s) == "on_battery"
+    });
+
+    nut.set(OB_LB).unwrap();
+    sup.wait("shutting down", Duration::from_secs(15), |s| {
+        state(s) == "shutting_down"
+    });
+    nut.set(OL).unwrap();
+    let s = sup.wait("restored", Duration::from_secs(15), |s| {
+        state(s) == "restored" || state(s) == "on_mains"
+    });
+    // The sequence sees the cancel at its next check (the grace period polls every 100 ms).
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !dir.join("poweroff.called").exists(),
+        "powered off despite mains: {s}"
+    );
+    assert!(
+        !dir.join("stop-web.called").exists(),
+        "the web was stopped during the grace period"
+    );
+    assert!(db.select1(), "MariaDB must still run");
+    let s = sup.status();
+    let steps = s["power"]["shutdown_steps"].to_string();
+    assert!(steps.contains("cancelled"), "{steps}");
+    let history: Vec<&str> = s["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["to"].as_str().unwrap())
+        .collect();
+    let at = history
+        .iter()
+        .position(|h| *h == "low battery")
+        .expect("low battery recorded");
+    assert_eq!(
+        &history[at..at + 3],
+        ["low battery", "shutting down", "mains restored"],
+        "{history:?}"
+    );
+    // Bulk sync stays paused until the battery is back to 50 % and mains has held.
+    sup.wait(
+        "on mains and bulk sync resumed",
+        Duration::from_secs(15),
+        |s| state(s) == "on_mains" && s["power"]["bulk_sync_paused"] == false,
+    );
+}
+
+#[test]
+fn cancel_after_web_stopped_starts_it_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let nut = Nut::start(&dir.join("nut"), OB).expect("upsd with dummy-ups");
+    let db = MariaDb::start(&dir.join("db")).expect("MariaDB");
+    let (mut cfg, _) = power_config(dir, &nut, &db, 0);
+    // A web stop that takes 4 s leaves time for mains to come back before the database step.
+    let slow = dir.join("slow-stop-web");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\necho stop >> '{}'\nsleep 4\n",
+            dir.join("stop-web.called").display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&slow).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    cfg = cfg.replace(
+        &format!("stop_web = {}", dir.join("stop-web").display()),
+        &format!("stop_web = {}", slow.display()),
+    );
+    let sup = Supervisor::start(dir, &cfg);
+    sup.wait("on battery", Duration::from_secs(15), |s| {
+        state(s) == "on_battery"
+    });
+    nut.set(OB_LB).unwrap();
+    let seen = wait_for(Duration::from_secs(15), || {
+        dir.join("stop-web.called").exists().then_some(())
+    });
+    assert!(seen.is_some(), "web stop never ran:\n{}", sup.log_text());
+    nut.set(OL).unwrap();
+    let started = wait_for(Duration::from_secs(15), || {
+        dir.join("start-web.called").exists().then_some(())
+    });
+    assert!(
+        started.is_some(),
+        "web was not started again:\n{}",
+        sup.log_text()
+    );
+    assert!(!dir.join("poweroff.called").exists());
+    assert!(db.select1(), "MariaDB must still run");
+}
+
+#[test]
+fn silent_ups_on_battery_counts_as_low_battery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let nut = Nut::start(&dir.join("nut"), OB).expect("upsd with dummy-ups");
+    let mut db = MariaDb::start(&dir.join("db")).expect("MariaDB");
+    let (cfg, _) = power_config(dir, &nut, &db, 0);
+    let sup = Supervisor::start(dir, &cfg);
+    sup.wait("on battery", Duration::from_secs(15), |s| {
+        state(s) == "on_battery"
+    });
+    nut.stop_upsd();
+    let s = sup.wait("source error shown", Duration::from_secs(10), |s| {
+        s["power"]["sources"][0]["ok"] == false || state(s) == "shutting_down"
+    });
+    eprintln!("{}", s["power"]["sources"]);
+    let called = wait_for(Duration::from_secs(20), || {
+        dir.join("poweroff.called").exists().then_some(())
+    });
+    assert!(
+        called.is_some(),
+        "no poweroff after the dead-time; log:\n{}",
+        sup.log_text()
+    );
+    assert!(db.wait_exit(Duration::from_secs(5)));
+    assert!(db.error_log_text().contains("Shutdown complete"));
+}
