@@ -20,7 +20,7 @@ fn example_file_matches_config_help() {
     let help = String::from_utf8(out.stdout).unwrap();
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/appliance.ini.example"
+        "/../appliance/appliance.ini.example"
     ))
     .unwrap();
     assert!(
