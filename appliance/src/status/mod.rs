@@ -219,7 +219,7 @@ impl Shared {
 /// replaces what the page shows for that part.
 ///
 /// ```
-/// use crate::status::{Shared, SyncStatus, LinkState};
+/// use appliance::status::{LinkState, Shared, SyncStatus};
 /// let shared = Shared::default();
 /// let feed = shared.feed();
 /// feed.set_sync(SyncStatus {
