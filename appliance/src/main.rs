@@ -126,7 +126,7 @@ enum SyncAction {
         config: PathBuf,
     },
     /// Write everything the other side has not acknowledged (row changes and files) as a signed
-    /// bundle for a USB stick or DVD; at the hub, with --for, a bundle for one center.
+    /// stick: volumes for a USB stick or DVD; at the hub, with --for, a stick for one center.
     Export {
         /// The folder to write the volumes in (e.g. the mounted stick).
         #[arg(long)]
@@ -134,7 +134,7 @@ enum SyncAction {
         /// Largest volume, for the medium: 4.7G (a DVD), 700M, 2GiB; default one volume.
         #[arg(long)]
         volume_size: Option<String>,
-        /// At the hub: the center's site number the bundle is for.
+        /// At the hub: the center's site number the stick is for.
         #[arg(long = "for")]
         center: Option<u32>,
         /// With --for: a seed for a center joining the university (the hub's whole Moodle and its
@@ -145,11 +145,11 @@ enum SyncAction {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Verify, then apply, the bundles in a folder (every volume is checked before anything is
+    /// Verify, then apply, the sticks in a folder (every volume is checked before anything is
     /// applied; importing twice changes nothing).
     Import {
         dir: PathBuf,
-        /// Import at the hub (the centers' bundles).
+        /// Import at the hub (the centers' sticks).
         #[arg(long)]
         hub: bool,
         /// Default /etc/kituo/appliance.ini, or /etc/kituo/hub.ini with --hub.

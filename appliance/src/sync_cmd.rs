@@ -184,8 +184,8 @@ fn volume_size(to: &ExportTo<'_>) -> Result<u64> {
 
 fn print_exported(e: &stick::export::Exported) {
     eprintln!(
-        "sync: bundle {}: {} changes and {} files, {} bytes in {} volumes:",
-        e.bundle,
+        "sync: stick {}: {} changes and {} files, {} bytes in {} volumes:",
+        e.stick,
         e.changes,
         e.blobs,
         e.bytes,
@@ -222,20 +222,20 @@ fn print_imported(dir: &Path, i: &stick::import::Imported) -> Result<()> {
     )
 }
 
-/// A center's settings for bundles: its `[sync]` (secret, batch size) and `[moodle]`, `[files]`.
+/// A center's settings for sticks: its `[sync]` (secret, batch size) and `[moodle]`, `[files]`.
 fn center_settings(config: &Path) -> Result<(u32, appliance::sync::link::settings::AgentSettings)> {
     let config = Config::load(config)?;
     let settings = config.sync.with_context(|| {
         format!(
-            "{}: [sync] hub_url is empty: bundles need the [sync] section too (a center that \
-             syncs only by bundles may name a hub it cannot reach)",
+            "{}: [sync] hub_url is empty: sticks need the [sync] section too (a center that \
+             syncs only by sticks may name a hub it cannot reach)",
             config.file.display()
         )
     })?;
     Ok((u32::from(config.site_id), settings))
 }
 
-/// `appliance sync export` at a center: a bundle for the hub.
+/// `appliance sync export` at a center: a stick for the hub.
 pub fn export_center(config: &Path, to: &ExportTo<'_>) -> Result<()> {
     let size = volume_size(to)?;
     let (site_id, s) = center_settings(config)?;

@@ -110,9 +110,9 @@ pub fn show(config: &Config, json: bool) -> Result<()> {
             text(&y["last_success"])
         ),
     }
-    if let Some(b) = s["bundles"].as_array().and_then(|all| all.first()) {
+    if let Some(b) = s["sticks"].as_array().and_then(|all| all.first()) {
         println!(
-            "Bundle:   last {} {} {} (at {}): {}",
+            "Stick:    last {} {} {} (at {}): {}",
             text(&b["direction"]),
             if b["direction"] == "export" {
                 "for"

@@ -133,16 +133,16 @@ pub struct FileSyncStatus {
     pub last_error: Option<String>,
 }
 
-/// One sneakernet bundle exported or imported here (see `sync::bundle::history`).
+/// One sneakernet stick exported or imported here (see `sync::stick::history`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BundleRecord {
+pub struct StickRecord {
     /// Unix seconds.
     pub at: u64,
     /// `export` or `import`.
     pub direction: String,
     /// The other side: `hub` or a center's site number.
     pub peer: String,
-    pub bundle: String,
+    pub stick: String,
     /// Volumes written, or volumes used on import.
     pub volumes: u32,
     pub bytes: u64,
@@ -175,8 +175,8 @@ pub struct Live {
     pub samples: Vec<Sample>,
     pub sync: Option<SyncStatus>,
     pub files: Option<FileSyncStatus>,
-    /// Recent bundles, newest first.
-    pub bundles: Vec<BundleRecord>,
+    /// Recent sticks, newest first.
+    pub sticks: Vec<StickRecord>,
     pub update: Option<UpdateStatus>,
 }
 
@@ -240,8 +240,8 @@ impl Feed {
     pub fn set_files(&self, status: FileSyncStatus) {
         self.shared.write().files = Some(status);
     }
-    pub fn set_bundles(&self, recent: Vec<BundleRecord>) {
-        self.shared.write().bundles = recent;
+    pub fn set_sticks(&self, recent: Vec<StickRecord>) {
+        self.shared.write().sticks = recent;
     }
     pub fn set_update(&self, status: UpdateStatus) {
         self.shared.write().update = Some(status);

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use crate::power::state::PowerState;
 use crate::status::api::Snapshot;
-use crate::status::{BundleRecord, FileSyncState, FileSyncStatus, LinkState};
+use crate::status::{FileSyncState, FileSyncStatus, LinkState, StickRecord};
 
 /// What the viewer may do.
 pub enum Access<'a> {
@@ -426,18 +426,18 @@ fn sync(o: &mut String, s: &Snapshot, now: u64) {
     if let Some(f) = &s.files {
         files(o, f, now);
     }
-    for b in s.bundles.iter().take(5) {
-        bundle(o, b, now);
+    for b in s.sticks.iter().take(5) {
+        stick(o, b, now);
     }
     o.push_str("</table></section>");
 }
 
-/// One line of bundle history.
-fn bundle(o: &mut String, b: &BundleRecord, now: u64) {
+/// One line of stick history.
+fn stick(o: &mut String, b: &StickRecord, now: u64) {
     let (way, peer) = if b.direction == "export" {
-        ("Bundle out", format!("for {}", b.peer))
+        ("Stick out", format!("for {}", b.peer))
     } else {
-        ("Bundle in", format!("from {}", b.peer))
+        ("Stick in", format!("from {}", b.peer))
     };
     let class = if b.ok { "ok" } else { "bad" };
     row(
@@ -588,7 +588,7 @@ mod tests {
 
     use crate::status::api::{snapshot, Identity};
     use crate::status::{
-        BundleRecord, FileSyncState, FileSyncStatus, LinkState, Shared, SyncStatus, UpdateStatus,
+        FileSyncState, FileSyncStatus, LinkState, Shared, StickRecord, SyncStatus, UpdateStatus,
     };
 
     #[test]
@@ -621,11 +621,11 @@ mod tests {
             last_success: None,
             last_error: Some("the hub answered 503".into()),
         });
-        feed.set_bundles(vec![BundleRecord {
+        feed.set_sticks(vec![StickRecord {
             at: now - 600,
             direction: "import".into(),
             peer: "hub".into(),
-            bundle: "ab12".into(),
+            stick: "ab12".into(),
             volumes: 2,
             bytes: 3 << 20,
             changes: 40,
@@ -661,7 +661,7 @@ mod tests {
             "No UPS configured",
             "12 files (40 MB), oldest added 2 h 1 min ago; 2 large ones wait",
             "Last file error</td><td><span class=\"bad\">the hub answered 503",
-            "Bundle in</td><td>10 min ago, from hub, 3 MB: <span class=\"bad\">applied 40 changes; volume 2 of 3 is missing",
+            "Stick in</td><td>10 min ago, from hub, 3 MB: <span class=\"bad\">applied 40 changes; volume 2 of 3 is missing",
             "center.ini was not applied",
             "/boot/firmware/center.ini:9: key &#39;site_id&#39; in section [sync]: &lt;99&gt;",
         ] {

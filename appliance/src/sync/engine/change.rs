@@ -76,7 +76,7 @@ pub fn changed_columns(before: &Row, after: &Row) -> Row {
         .collect()
 }
 
-/// Encodes changes for the wire and for bundles: MessagePack, then zstd.
+/// Encodes changes for the wire and for sticks: MessagePack, then zstd.
 pub fn encode(changes: &[Change]) -> Result<Vec<u8>> {
     let packed = rmp_serde::to_vec(changes).context("cannot encode changes")?;
     // The frame checksum makes a damaged batch fail to decode instead of decoding into other values.

@@ -109,7 +109,8 @@ const TABLES: &[&str] = &[
         pulled BIGINT UNSIGNED NOT NULL DEFAULT 0
     ) ENGINE=InnoDB",
     "ALTER TABLE kituo_sync.centers ADD COLUMN IF NOT EXISTS pulled BIGINT UNSIGNED NOT NULL DEFAULT 0",
-    // Every bundle exported or imported here, for the status page (see `stick::history`).
+    // Every stick exported or imported here, for the status page (see `stick::history`). The tables
+    // keep the first version's names (`bundle`): a card rolled back by an update must find them.
     "CREATE TABLE IF NOT EXISTS kituo_sync.bundles (
         id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
         at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
@@ -123,8 +124,8 @@ const TABLES: &[&str] = &[
         ok TINYINT NOT NULL,
         result VARCHAR(1000) NOT NULL
     ) ENGINE=InnoDB",
-    // Hub only: the blobs a bundle-only center said it lacks (its next bundle from the hub carries
-    // them), and the center's blobs the hub took from its bundles (the next bundle says so, and the
+    // Hub only: the blobs a stick-only center said it lacks (its next stick from the hub carries
+    // them), and the center's blobs the hub took from its sticks (the next stick says so, and the
     // center stops exporting them).
     "CREATE TABLE IF NOT EXISTS kituo_sync.bundle_wants (
         center INT UNSIGNED NOT NULL,

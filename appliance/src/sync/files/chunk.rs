@@ -1,5 +1,5 @@
 //! A piece of a blob as it travels: over HTTP (a fetch answer or an upload is a run of chunks) and, later,
-//! in sneakernet bundles (a blob pack is the same run in a file). Each chunk carries its own checksum, so
+//! in sneakernet sticks (a blob pack is the same run in a file). Each chunk carries its own checksum, so
 //! a corrupted one is rejected before a byte of it is written, and a run cut anywhere still yields every
 //! chunk before the cut.
 //!
@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The sum covers the header too: a flipped bit in an offset would otherwise write good data in the wrong
-//! place. In a fetch answer and a bundle it is a checksum, not a signature: the response MAC (and TLS),
+//! place. In a fetch answer and a stick it is a checksum, not a signature: the response MAC (and TLS),
 //! or the signed manifest, authenticate the whole; and the blob's sha1 is checked before it is placed in
 //! any case. An upload's chunks are sealed instead: the sum is an HMAC under the center's secret
 //! ([`Seal::Keyed`]), so the hub can keep every whole chunk of an upload the link cut, whose request

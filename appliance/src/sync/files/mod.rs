@@ -9,7 +9,7 @@
 //! ```
 //!
 //! - [`hash`]: content hashes and Moodle's `<h[0:2]>/<h[2:4]>/<hash>` layout.
-//! - [`chunk`]: the checked chunk frames the blobs travel in (over HTTP now, in bundles later).
+//! - [`chunk`]: the checked chunk frames the blobs travel in (over HTTP now, in sticks later).
 //! - [`pool`]: a site's filedir, trashdir and partial copies; the atomic, verified placing of a blob.
 //! - [`inventory`]: what the `files` table references.
 //! - [`priority`], [`window`]: the order blobs move in, and when bulk ones may.

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use rand::Rng;
 
 use crate::power::BulkSyncGate;
-use crate::status::{BundleRecord, Feed, LinkState, SyncStatus};
+use crate::status::{Feed, LinkState, StickRecord, SyncStatus};
 use crate::sync::engine::clock;
 use crate::sync::engine::policy::{Role, Rulebook};
 use crate::sync::engine::site::{Site, SiteConfig};
@@ -49,8 +49,8 @@ impl Controls {
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const MIN_BATCH: usize = 10;
-/// Bundles the status page lists.
-const BUNDLES_SHOWN: usize = 5;
+/// Sticks the status page lists.
+const STICKS_SHOWN: usize = 5;
 
 pub struct Runner {
     settings: AgentSettings,
@@ -67,8 +67,8 @@ pub struct Runner {
     hub_stuck: Option<String>,
     /// File sync, when `[files] dataroot` is set.
     files: Option<Mover>,
-    /// The bundle history last shown.
-    bundles: Vec<BundleRecord>,
+    /// The stick history last shown.
+    sticks: Vec<StickRecord>,
 }
 
 impl Runner {
@@ -97,7 +97,7 @@ impl Runner {
             status: not_started(None),
             failures: 0,
             hub_stuck: None,
-            bundles: Vec::new(),
+            sticks: Vec::new(),
         })
     }
 
@@ -160,7 +160,7 @@ impl Runner {
             Some(site) => site,
             None => Site::open(self.site_cfg.clone())?,
         };
-        self.publish_bundles(&mut site);
+        self.publish_sticks(&mut site);
         let moved = self.exchange_with(&mut site);
         // Kept even after an error: `failed` drops it if the database was the trouble.
         self.site = Some(site);
@@ -308,16 +308,16 @@ impl Runner {
         ceiling.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
     }
 
-    /// Shows the bundles exported and imported here (by `appliance sync export|import`, another
+    /// Shows the sticks exported and imported here (by `appliance sync export|import`, another
     /// process: the history is in the database), when it changed.
-    fn publish_bundles(&mut self, site: &mut Site) {
+    fn publish_sticks(&mut self, site: &mut Site) {
         let Some(feed) = &self.controls.feed else {
             return;
         };
-        match stick::history::recent(site.conn(), BUNDLES_SHOWN) {
-            Ok(recent) if recent != self.bundles => {
-                feed.set_bundles(recent.clone());
-                self.bundles = recent;
+        match stick::history::recent(site.conn(), STICKS_SHOWN) {
+            Ok(recent) if recent != self.sticks => {
+                feed.set_sticks(recent.clone());
+                self.sticks = recent;
             }
             Ok(_) => {}
             Err(e) => eprintln!("sync: {e:#}"),

@@ -1,5 +1,5 @@
 //! What the hub hands a seed: the rows of what never syncs but Moodle needs (`[seed]` tables and the
-//! `[site_local]` rows), over the link or into a seed bundle, and for a bundle every relayed row too.
+//! `[site_local]` rows), over the link or into a seed stick, and for a stick every relayed row too.
 
 use anyhow::{bail, ensure, Context, Result};
 use mysql::prelude::Queryable;
@@ -30,7 +30,7 @@ pub struct CopyReply {
     pub rows: Vec<Row>,
 }
 
-/// A run of the hub's rows of one table, as a seed bundle carries them.
+/// A run of the hub's rows of one table, as a seed stick carries them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Copied {
     /// Rows of a `[seed]` table, or site-local rows: they never sync, so they have no clocks.

@@ -132,8 +132,8 @@ pub fn seed<H: Source>(
     Ok(seeded)
 }
 
-/// Starts a seed from a bundle, or goes on with one; false when this center was seeded before.
-pub fn begin_from_bundle(site: &mut Site, log_end: u64, held: u64) -> Result<bool> {
+/// Starts a seed from a stick, or goes on with one; false when this center was seeded before.
+pub fn begin_from_stick(site: &mut Site, log_end: u64, held: u64) -> Result<bool> {
     match store::get(site.conn(), SEED_STATE)?.as_deref() {
         Some("done") => Ok(false),
         Some(_) => Ok(true),

@@ -1,9 +1,9 @@
-//! `appliance sync export`: everything the other side has not acknowledged, as a bundle.
+//! `appliance sync export`: everything the other side has not acknowledged, as a stick.
 //!
 //! A center writes its outbox after the hub's last acknowledgement (`pushed`), its hub cursor, the
 //! blobs it lacks, and its blobs the hub is not known to hold. The hub writes, for one center, its log
 //! after what that center last said it applied (`centers.pulled`), how far it holds the center's
-//! changes, and the blobs of the `files` rows it sends plus those the center said it lacks. Bundles are
+//! changes, and the blobs of the `files` rows it sends plus those the center said it lacks. Sticks are
 //! cumulative until acknowledged: a lost stick costs nothing but the next one carries more.
 
 use std::collections::BTreeSet;
@@ -27,7 +27,7 @@ use crate::sync::files::mover;
 use crate::sync::files::pool::{Found, Pool};
 use crate::sync::files::settings::FileSettings;
 use crate::sync::seed;
-use crate::sync::stick::history::{self, BundleRecord};
+use crate::sync::stick::history::{self, StickRecord};
 use crate::sync::stick::manifest::{self, Manifest, Region, HUB};
 use crate::sync::stick::volume::Writer;
 use crate::sync::stick::CHUNK;
@@ -41,27 +41,27 @@ pub struct Target<'a> {
 /// What an export wrote.
 #[derive(Debug, Clone)]
 pub struct Exported {
-    pub bundle: String,
+    pub stick: String,
     pub volumes: Vec<std::path::PathBuf>,
     pub bytes: u64,
     pub changes: u64,
     pub blobs: u64,
 }
 
-/// Most changes and bytes in one row batch of a hub bundle.
+/// Most changes and bytes in one row batch of a hub stick.
 const HUB_BATCH: usize = 500;
 const HUB_BATCH_BYTES: usize = 1 << 20;
 
-fn new_bundle_id() -> Result<String> {
+fn new_stick_id() -> Result<String> {
     let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes).context("no randomness for a bundle id")?;
+    getrandom::getrandom(&mut bytes).context("no randomness for a stick id")?;
     Ok(hex::encode(bytes))
 }
 
 fn head(from: u32, to: u32) -> Result<Manifest> {
     Ok(Manifest {
         format: manifest::FORMAT,
-        bundle: new_bundle_id()?,
+        stick: new_stick_id()?,
         from,
         to,
         made_at: crate::history::unix_now(),
@@ -79,7 +79,7 @@ fn head(from: u32, to: u32) -> Result<Manifest> {
     })
 }
 
-/// A center's bundle for the hub.
+/// A center's stick for the hub.
 pub fn from_center(
     site: &mut Site,
     policy: &Policy,
@@ -93,7 +93,7 @@ pub fn from_center(
     let mut m = head(site.id(), HUB)?;
     m.cursor = store::get_u64(site.conn(), HUB_CURSOR)?;
 
-    // Blobs: what this site lacks (the hub's next bundle brings it) and what the hub may lack.
+    // Blobs: what this site lacks (the hub's next stick brings it) and what the hub may lack.
     let mut sends = Vec::new();
     let pool = match files {
         Some(f) => Some(Pool::new(&f.dataroot, f.perms)?),
@@ -138,7 +138,7 @@ fn count_after(site: &mut Site, after: u64, last: u64) -> Result<u64> {
     Ok(n.unwrap_or(0))
 }
 
-/// The hub's bundle for `center`.
+/// The hub's stick for `center`.
 pub fn for_center(
     site: &mut Site,
     policy: &Policy,
@@ -211,8 +211,8 @@ pub fn seed_for_center(
     finish(site, w, &m, copied_rows, blobs)
 }
 
-/// The head of the hub's bundle for `center`, with how far the hub holds its changes, and the secret
-/// it is signed with. The hub's own changes are recorded first, so the bundle has them.
+/// The head of the hub's stick for `center`, with how far the hub holds its changes, and the secret
+/// it is signed with. The hub's own changes are recorded first, so the stick has them.
 fn hub_head(site: &mut Site, policy: &Policy, center: u32) -> Result<(Manifest, Secret)> {
     let secret = centers::center_secret(site.conn(), center)?.with_context(|| {
         format!("site {center} is not a center registered at this hub (appliance hub add-center)")
@@ -286,11 +286,11 @@ fn finish(site: &mut Site, w: Writer, m: &Manifest, changes: u64, blobs: u64) ->
     let (volumes, bytes) = w.finish()?;
     history::record(
         site.conn(),
-        &BundleRecord {
+        &StickRecord {
             at: crate::history::unix_now(),
             direction: "export".into(),
             peer: manifest::site_name(m.to),
-            bundle: m.bundle.clone(),
+            stick: m.stick.clone(),
             volumes: volumes.len() as u32,
             bytes,
             changes,
@@ -303,7 +303,7 @@ fn finish(site: &mut Site, w: Writer, m: &Manifest, changes: u64, blobs: u64) ->
         },
     )?;
     Ok(Exported {
-        bundle: m.bundle.clone(),
+        stick: m.stick.clone(),
         volumes,
         bytes,
         changes,

@@ -1,13 +1,13 @@
-//! Every bundle exported or imported at a site, kept in `kituo_sync.bundles` (the command and the
+//! Every stick exported or imported at a site, kept in `kituo_sync.bundles` (the command and the
 //! agent are different processes; the database is what both reach), shown on the status page.
 
 use anyhow::{Context, Result};
 use mysql::prelude::Queryable;
 
-pub use crate::status::BundleRecord;
+pub use crate::status::StickRecord;
 
 /// Records one export or import. `result` is cut to the column's width.
-pub fn record(conn: &mut impl Queryable, r: &BundleRecord) -> Result<()> {
+pub fn record(conn: &mut impl Queryable, r: &StickRecord) -> Result<()> {
     let result: String = r.result.chars().take(1000).collect();
     conn.exec_drop(
         "INSERT INTO kituo_sync.bundles
@@ -16,7 +16,7 @@ pub fn record(conn: &mut impl Queryable, r: &BundleRecord) -> Result<()> {
         (
             &r.direction,
             &r.peer,
-            &r.bundle,
+            &r.stick,
             r.volumes,
             r.bytes,
             r.changes,
@@ -25,11 +25,11 @@ pub fn record(conn: &mut impl Queryable, r: &BundleRecord) -> Result<()> {
             result,
         ),
     )
-    .context("cannot record the bundle in kituo_sync.bundles")
+    .context("cannot record the stick in kituo_sync.bundles")
 }
 
 /// The newest `n` records, newest first.
-pub fn recent(conn: &mut impl Queryable, n: usize) -> Result<Vec<BundleRecord>> {
+pub fn recent(conn: &mut impl Queryable, n: usize) -> Result<Vec<StickRecord>> {
     type Row = (
         u64,
         String,
@@ -53,12 +53,12 @@ pub fn recent(conn: &mut impl Queryable, n: usize) -> Result<Vec<BundleRecord>> 
     Ok(rows
         .into_iter()
         .map(
-            |(at, direction, peer, bundle, volumes, bytes, changes, blobs, ok, result)| {
-                BundleRecord {
+            |(at, direction, peer, stick, volumes, bytes, changes, blobs, ok, result)| {
+                StickRecord {
                     at,
                     direction,
                     peer,
-                    bundle,
+                    stick,
                     volumes,
                     bytes,
                     changes,

@@ -1,6 +1,6 @@
 //! `appliance sync import`: verifies every volume in a folder first, then applies what verified, by the
 //! same paths the link uses: at the hub the inbox (the origin check, then the rules in the applier), at
-//! a center the pull's apply with its hub cursor. Exactly-once rests on their watermarks, so a bundle
+//! a center the pull's apply with its hub cursor. Exactly-once rests on their watermarks, so a stick
 //! imported twice, or an older one after a newer, changes nothing.
 //!
 //! A half-copied stick: each volume stands alone, so the complete ones are used: row batches in order
@@ -26,7 +26,7 @@ use crate::sync::files::inventory;
 use crate::sync::files::mover;
 use crate::sync::files::pool::{Found, Pool, Progress};
 use crate::sync::seed;
-use crate::sync::stick::history::{self, BundleRecord};
+use crate::sync::stick::history::{self, StickRecord};
 use crate::sync::stick::manifest::{site_name, Manifest, HUB};
 use crate::sync::stick::volume::{self, Verified};
 
@@ -44,13 +44,13 @@ pub struct Imported {
     pub problems: Vec<String>,
 }
 
-/// One bundle's verified volumes, by index.
-struct Bundle {
+/// One stick's verified volumes, by index.
+struct Stick {
     head: Manifest,
     volumes: BTreeMap<u32, Verified>,
 }
 
-impl Bundle {
+impl Stick {
     fn bytes(&self) -> u64 {
         self.volumes.values().map(|v| v.bytes).sum()
     }
@@ -61,7 +61,7 @@ fn verify_dir(
     dir: &Path,
     key: &mut dyn FnMut(&Manifest) -> Result<Secret>,
     problems: &mut Vec<String>,
-) -> Result<Vec<Bundle>> {
+) -> Result<Vec<Stick>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -73,14 +73,14 @@ fn verify_dir(
         "{} holds no Kituo volumes (*.kvol)",
         dir.display()
     );
-    let mut bundles: BTreeMap<String, Bundle> = BTreeMap::new();
+    let mut sticks: BTreeMap<String, Stick> = BTreeMap::new();
     let mut refused = HashSet::new();
     for path in paths {
         match volume::verify(&path, key) {
             Ok(v) => {
-                let b = bundles
-                    .entry(v.manifest.bundle.clone())
-                    .or_insert_with(|| Bundle {
+                let b = sticks
+                    .entry(v.manifest.stick.clone())
+                    .or_insert_with(|| Stick {
                         head: v.manifest.clone(),
                         volumes: BTreeMap::new(),
                     });
@@ -92,8 +92,8 @@ fn verify_dir(
             }
         }
     }
-    let mut bundles: Vec<Bundle> = bundles.into_values().collect();
-    for b in &bundles {
+    let mut sticks: Vec<Stick> = sticks.into_values().collect();
+    for b in &sticks {
         for index in 1..=b.head.volumes {
             let path = dir.join(b.head.file_name(index));
             if !b.volumes.contains_key(&index) && !refused.contains(&path) {
@@ -105,12 +105,12 @@ fn verify_dir(
             }
         }
     }
-    // Oldest first: a newer bundle then finds its start applied.
-    bundles.sort_by_key(|b| b.head.made_at);
-    Ok(bundles)
+    // Oldest first: a newer stick then finds its start applied.
+    sticks.sort_by_key(|b| b.head.made_at);
+    Ok(sticks)
 }
 
-/// Imports, at a center, the hub's bundles in `dir`. `code_version` is the `$version` of the card's
+/// Imports, at a center, the hub's sticks in `dir`. `code_version` is the `$version` of the card's
 /// Moodle code, checked against a seed's (see `seed`).
 pub fn at_center(
     site: &mut Site,
@@ -135,27 +135,26 @@ pub fn at_center(
         Ok(secret.clone())
     };
     let mut out = Imported::default();
-    let bundles = verify_dir(dir, &mut key, &mut out.problems)?;
-    for b in &bundles {
+    let sticks = verify_dir(dir, &mut key, &mut out.problems)?;
+    for b in &sticks {
         let before = (out.changes, out.placed.len(), out.problems.len());
         let done = match b.head.seed {
-            Some(log_end) => seed_bundle(site, pool, b, log_end, code_version, &mut out),
-            None => center_bundle(site, policy, pool, b, &mut out),
+            Some(log_end) => seed_stick(site, pool, b, log_end, code_version, &mut out),
+            None => center_stick(site, policy, pool, b, &mut out),
         };
         if let Err(e) = done {
-            out.problems
-                .push(format!("bundle {}: {e:#}", b.head.bundle));
+            out.problems.push(format!("stick {}: {e:#}", b.head.stick));
         }
         note(site, b, &out, before)?;
     }
-    finish(site, dir, bundles.is_empty(), out)
+    finish(site, dir, sticks.is_empty(), out)
 }
 
-fn center_bundle(
+fn center_stick(
     site: &mut Site,
     policy: &Policy,
     pool: Option<&Pool>,
-    b: &Bundle,
+    b: &Stick,
     out: &mut Imported,
 ) -> Result<()> {
     // What the hub holds of ours: the outbox may drop it (never moves back).
@@ -216,19 +215,19 @@ fn center_bundle(
     place_hubs_blobs(site, pool, b, at_hub, out)
 }
 
-/// Places the blobs of a bundle from the hub, and remembers that the hub holds them and `at_hub`.
+/// Places the blobs of a stick from the hub, and remembers that the hub holds them and `at_hub`.
 fn place_hubs_blobs(
     site: &mut Site,
     pool: Option<&Pool>,
-    b: &Bundle,
+    b: &Stick,
     mut at_hub: Vec<ContentHash>,
     out: &mut Imported,
 ) -> Result<()> {
     if let Some(pool) = pool {
         let target = site.target().clone();
         let mut referenced = |h: &ContentHash| inventory::is_referenced(site.conn(), &target, h);
-        // The hub holds every blob it bundles.
-        at_hub.extend(place_blobs(b, pool, ".bundle", &mut referenced, out)?.seen);
+        // The hub holds every blob it sticks.
+        at_hub.extend(place_blobs(b, pool, ".stick", &mut referenced, out)?.seen);
     }
     mover::load_at_hub(site.conn())?;
     mover::remember_at_hub(site.conn(), &at_hub)?;
@@ -238,19 +237,19 @@ fn place_hubs_blobs(
 /// A seed from the hub for a center joining the university (see `seed`): its rows are written whole
 /// at every import (copying is idempotent, so a half-copied stick's rows are simply written again with
 /// the rest), and the seed is done, and sync may start, once every volume arrived.
-fn seed_bundle(
+fn seed_stick(
     site: &mut Site,
     pool: Option<&Pool>,
-    b: &Bundle,
+    b: &Stick,
     log_end: u64,
     code_version: Option<f64>,
     out: &mut Imported,
 ) -> Result<()> {
     let acked = b.volumes.values().map(|v| v.manifest.acked).max();
-    if !seed::begin_from_bundle(site, log_end, acked.unwrap_or(0))? {
+    if !seed::begin_from_stick(site, log_end, acked.unwrap_or(0))? {
         out.problems.push(format!(
-            "bundle {}: this center was seeded before: its rows are left out",
-            b.head.bundle
+            "stick {}: this center was seeded before: its rows are left out",
+            b.head.stick
         ));
         return place_hubs_blobs(site, pool, b, Vec::new(), out);
     }
@@ -274,8 +273,8 @@ fn seed_bundle(
         seed::finish(site)?;
     } else {
         out.problems.push(format!(
-            "bundle {}: the seed is not complete; import it again with the missing volumes",
-            b.head.bundle
+            "stick {}: the seed is not complete; import it again with the missing volumes",
+            b.head.stick
         ));
     }
     place_hubs_blobs(site, pool, b, Vec::new(), out)
@@ -289,7 +288,7 @@ fn gap(v: &Verified, have: u64, starts: u64) -> String {
     )
 }
 
-/// Imports, at the hub, the centers' bundles in `dir`.
+/// Imports, at the hub, the centers' sticks in `dir`.
 pub fn at_hub(
     site: &mut Site,
     policy: &Policy,
@@ -316,23 +315,22 @@ pub fn at_hub(
         Ok(secret)
     };
     let mut out = Imported::default();
-    let bundles = verify_dir(dir, &mut lookup, &mut out.problems)?;
-    for b in &bundles {
+    let sticks = verify_dir(dir, &mut lookup, &mut out.problems)?;
+    for b in &sticks {
         let before = (out.changes, out.placed.len(), out.problems.len());
-        if let Err(e) = hub_bundle(site, policy, pool, b, &mut out) {
-            out.problems
-                .push(format!("bundle {}: {e:#}", b.head.bundle));
+        if let Err(e) = hub_stick(site, policy, pool, b, &mut out) {
+            out.problems.push(format!("stick {}: {e:#}", b.head.stick));
         }
         note(site, b, &out, before)?;
     }
-    finish(site, dir, bundles.is_empty(), out)
+    finish(site, dir, sticks.is_empty(), out)
 }
 
-fn hub_bundle(
+fn hub_stick(
     site: &mut Site,
     policy: &Policy,
     pool: Option<&Pool>,
-    b: &Bundle,
+    b: &Stick,
     out: &mut Imported,
 ) -> Result<()> {
     let center = b.head.from;
@@ -388,7 +386,7 @@ fn hub_bundle(
         let target = site.target().clone();
         let mut referenced = |h: &ContentHash| inventory::is_referenced(site.conn(), &target, h);
         let before = out.placed.len();
-        let blobs = place_blobs(b, pool, &format!(".bundle{center}"), &mut referenced, out)?;
+        let blobs = place_blobs(b, pool, &format!(".stick{center}"), &mut referenced, out)?;
         let mut held = blobs.present;
         held.extend(out.placed[before..].iter().copied());
         mark_held(site.conn(), center, &held)?;
@@ -430,11 +428,11 @@ fn insert_hashes(
     Ok(())
 }
 
-/// Places the bundle's blobs that this site's `files` rows reference and it lacks, chunk by chunk
+/// Places the stick's blobs that this site's `files` rows reference and it lacks, chunk by chunk
 /// through the pool (sha1 checked, placed atomically). A blob cut by a missing volume stays a partial
 /// copy and is reported; the next stick completes it.
 fn place_blobs(
-    b: &Bundle,
+    b: &Stick,
     pool: &Pool,
     tag: &str,
     referenced: &mut dyn FnMut(&ContentHash) -> Result<bool>,
@@ -492,14 +490,14 @@ fn place_blobs(
     })
 }
 
-/// The blobs of a bundle: those this site held already, and every one it carried.
+/// The blobs of a stick: those this site held already, and every one it carried.
 struct Blobs {
     present: Vec<ContentHash>,
     seen: Vec<ContentHash>,
 }
 
-/// Records one bundle's import in the history.
-fn note(site: &mut Site, b: &Bundle, out: &Imported, before: (u64, usize, usize)) -> Result<()> {
+/// Records one stick's import in the history.
+fn note(site: &mut Site, b: &Stick, out: &Imported, before: (u64, usize, usize)) -> Result<()> {
     let problems = &out.problems[before.2..];
     let (changes, blobs) = (out.changes - before.0, (out.placed.len() - before.1) as u64);
     let mut result = format!(
@@ -513,11 +511,11 @@ fn note(site: &mut Site, b: &Bundle, out: &Imported, before: (u64, usize, usize)
     }
     history::record(
         site.conn(),
-        &BundleRecord {
+        &StickRecord {
             at: crate::history::unix_now(),
             direction: "import".into(),
             peer: site_name(b.head.from),
-            bundle: b.head.bundle.clone(),
+            stick: b.head.stick.clone(),
             volumes: b.volumes.len() as u32,
             bytes: b.bytes(),
             changes,
@@ -528,16 +526,16 @@ fn note(site: &mut Site, b: &Bundle, out: &Imported, before: (u64, usize, usize)
     )
 }
 
-/// Records a refusal that left no bundle to apply; returns the outcome.
+/// Records a refusal that left no stick to apply; returns the outcome.
 fn finish(site: &mut Site, dir: &Path, none: bool, out: Imported) -> Result<Imported> {
     if none {
         history::record(
             site.conn(),
-            &BundleRecord {
+            &StickRecord {
                 at: crate::history::unix_now(),
                 direction: "import".into(),
                 peer: "?".into(),
-                bundle: String::new(),
+                stick: String::new(),
                 volumes: 0,
                 bytes: 0,
                 changes: 0,

@@ -2,9 +2,9 @@
 //!
 //! The signature is an HMAC-SHA256 under the center's own sync secret, in both directions: the hub
 //! already authenticates centers by exactly that secret (provisioned in the image, registered with
-//! `appliance hub add-center`), so a bundle needs no new key, and a stolen card's secret speaks for its
-//! own center only, as on the link. The manifest names the bundle, both sites, the volume's place in
-//! the bundle and the SHA-256 of its payload, so the tag covers every byte of the volume.
+//! `appliance hub add-center`), so a stick needs no new key, and a stolen card's secret speaks for its
+//! own center only, as on the link. The manifest names the stick, both sites, the volume's place in
+//! the stick and the SHA-256 of its payload, so the tag covers every byte of the volume.
 
 use anyhow::{Context, Result};
 use hmac::{Hmac, Mac};
@@ -49,8 +49,10 @@ pub struct Region {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
-    /// Random, the same in every volume of one bundle.
-    pub bundle: String,
+    /// Random, the same in every volume of one stick. Named `bundle` on the medium, as the first
+    /// sticks were written: older cards still read it, and a card rolled back still reads newer ones.
+    #[serde(rename = "bundle")]
+    pub stick: String,
     pub from: u32,
     pub to: u32,
     /// Unix seconds at export.
@@ -68,7 +70,7 @@ pub struct Manifest {
     pub cursor: u64,
     /// From a center, in volume 1: blobs its Moodle references but it lacks.
     pub wants: Vec<String>,
-    /// From the hub, in volume 1: the center's blobs it holds from earlier bundles.
+    /// From the hub, in volume 1: the center's blobs it holds from earlier sticks.
     pub held: Vec<String>,
     /// From the hub, a seed for a joining center: the hub's log position when the copy began. The row
     /// batches then hold the hub's rows (`seed::Copied`), numbered from 0, not changes.
@@ -84,7 +86,7 @@ impl Manifest {
             "kituo-{}-to-{}-{}-{:03}of{:03}.kvol",
             site_name(self.from),
             site_name(self.to),
-            self.bundle,
+            self.stick,
             index,
             self.volumes
         )

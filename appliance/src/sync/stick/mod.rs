@@ -1,4 +1,4 @@
-//! Sneakernet: what the link would carry, written to a USB stick or DVD as a bundle and applied on the
+//! Sneakernet: what the link would carry, written to a USB stick or DVD as signed volumes and applied on the
 //! other side by the same paths the link uses, so exactly-once rests on the same watermarks.
 //!
 //! ```text
@@ -7,11 +7,11 @@
 //! ```
 //!
 //! - [`manifest`]: what a volume says of itself, and its HMAC under the center's sync secret.
-//! - [`volume`]: one file of a bundle: payload, then the signed manifest; written and verified.
+//! - [`volume`]: one file of a stick: payload, then the signed manifest; written and verified.
 //! - [`export`], [`import`]: the two commands, for a center and for the hub.
 //! - [`history`]: every export and import, for the status page.
 //!
-//! A bundle is split into volumes sized for the medium; each volume is verified on its own, so a
+//! A stick is split into volumes sized for the medium; each volume is verified on its own, so a
 //! half-copied stick still gives its complete volumes: row batches in order up to the first gap, and
 //! every blob whose chunks all arrived.
 
@@ -23,7 +23,7 @@ pub mod volume;
 
 use anyhow::{bail, Context, Result};
 
-/// The chunk size blobs travel in inside a bundle (the HTTP link's default too).
+/// The chunk size blobs travel in inside a stick (the HTTP link's default too).
 pub const CHUNK: usize = 64 * 1024;
 
 /// The smallest volume: a chunk, a row batch and the manifest must fit.

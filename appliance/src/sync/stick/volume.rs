@@ -1,4 +1,4 @@
-//! One file of a bundle, self-verifying, so that each volume of a half-copied stick is judged alone:
+//! One file of a stick, self-verifying, so that each volume of a half-copied stick is judged alone:
 //!
 //! ```text
 //! payload (row batches, then a run of blob chunks) | manifest (JSON) | tag (32) | manifest len u32 | "KBV1"
@@ -42,7 +42,7 @@ struct Draft {
 /// (as `Pool::read`).
 pub type ReadBlob<'a> = dyn FnMut(u64, usize) -> Result<Option<(u64, Vec<u8>)>> + 'a;
 
-/// Writes a bundle's volumes, each at most `limit` bytes.
+/// Writes a stick's volumes, each at most `limit` bytes.
 pub struct Writer {
     dir: PathBuf,
     limit: u64,
@@ -66,7 +66,7 @@ fn widest_len(m: &Manifest) -> Result<u64> {
 }
 
 impl Writer {
-    /// `head` gives the bundle's fields (ids, sites, state, volume 1's lists); the rest is filled in.
+    /// `head` gives the stick's fields (ids, sites, state, volume 1's lists); the rest is filled in.
     pub fn create(dir: &Path, limit: u64, head: Manifest, secret: Secret) -> Result<Writer> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut w = Writer {
@@ -92,7 +92,7 @@ impl Writer {
             "kituo-{}-to-{}-{}-{index:03}.part",
             manifest::site_name(manifest.from),
             manifest::site_name(manifest.to),
-            manifest.bundle
+            manifest.stick
         ));
         let file =
             File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
@@ -138,7 +138,7 @@ impl Writer {
     pub fn add_rows(&mut self, after: u64, last: u64, body: &[u8]) -> Result<()> {
         ensure!(
             body.len() <= wire::MAX_BODY,
-            "a batch of {} bytes is larger than a bundle takes",
+            "a batch of {} bytes is larger than a stick takes",
             body.len()
         );
         if self.room() < body.len() as u64 {
@@ -154,7 +154,7 @@ impl Writer {
         }
         ensure!(
             self.current().manifest.chunks.len == 0,
-            "row batches go before blobs in a bundle"
+            "row batches go before blobs in a stick"
         );
         let offset = self.current().manifest.payload_len;
         self.write(body)?;
@@ -257,7 +257,7 @@ pub struct Verified {
 }
 
 /// Reads a volume's manifest and checks it: its tag under the key `key` gives for its sites (which may
-/// refuse: a bundle for another site, or from an unknown one), then every payload byte against the
+/// refuse: a stick for another site, or from an unknown one), then every payload byte against the
 /// digest. Nothing of a volume is used before this passes.
 pub fn verify(path: &Path, key: &mut dyn FnMut(&Manifest) -> Result<Secret>) -> Result<Verified> {
     let name = path.display();
@@ -297,7 +297,7 @@ pub fn verify(path: &Path, key: &mut dyn FnMut(&Manifest) -> Result<Secret>) -> 
     );
     ensure!(
         manifest.format == manifest::FORMAT,
-        "{name} has bundle format {}; this appliance reads {}",
+        "{name} has stick format {}; this appliance reads {}",
         manifest.format,
         manifest::FORMAT
     );
@@ -390,7 +390,7 @@ mod tests {
     fn head() -> Manifest {
         Manifest {
             format: manifest::FORMAT,
-            bundle: "00aa".into(),
+            stick: "00aa".into(),
             from: 3,
             to: manifest::HUB,
             made_at: 1,
@@ -409,7 +409,7 @@ mod tests {
     }
 
     /// Writes rows and a blob spanning volumes; returns the volumes, the blob and the secret.
-    fn bundle(dir: &Path) -> (Vec<PathBuf>, Vec<u8>, Secret) {
+    fn stick(dir: &Path) -> (Vec<PathBuf>, Vec<u8>, Secret) {
         let secret = Secret::generate().unwrap();
         let mut w = Writer::create(dir, 200_000, head(), secret.clone()).unwrap();
         w.add_rows(0, 5, &[1u8; 90_000]).unwrap();
@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn volumes_fit_their_size_verify_alone_and_refuse_any_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let (paths, blob, secret) = bundle(dir.path());
+        let (paths, blob, secret) = stick(dir.path());
         assert!(paths.len() >= 3, "{} volumes", paths.len());
         let mut key = |_: &Manifest| Ok(secret.clone());
         let mut data = Vec::new();

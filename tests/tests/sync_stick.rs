@@ -1,4 +1,4 @@
-//! Sneakernet bundles with real parts: real MariaDB sites, `appliance hub` serving, and the real
+//! Sneakernet sticks with real parts: real MariaDB sites, `appliance hub` serving, and the real
 //! `appliance sync export|import` commands writing and reading volumes in folders that stand for USB
 //! sticks. Content from a Moodle course backup.
 
@@ -204,13 +204,13 @@ fn hub_state(b: &Bed) -> Result<HubState> {
 }
 
 #[test]
-fn damaged_forged_and_foreign_bundles_apply_nothing_and_twice_or_late_changes_nothing() -> Result<()>
+fn damaged_forged_and_foreign_sticks_apply_nothing_and_twice_or_late_changes_nothing() -> Result<()>
 {
     let t0 = Instant::now();
-    let b = bed("kituo-bundle-refused")?;
+    let b = bed("kituo-stick-refused")?;
     eprintln!("{:?}: bed up", t0.elapsed());
     let c2 = b.config(0, true, 500)?;
-    // Center 3 is not registered at the hub: its bundles come from an unknown site.
+    // Center 3 is not registered at the hub: its sticks come from an unknown site.
     let c3 = b.config(1, false, 500)?;
     let now = appliance::history::unix_now();
     kituo_tests::bed::reply(b.center(0), 3, "posted at center 2, carried by stick", now)?;
@@ -305,7 +305,7 @@ fn damaged_forged_and_foreign_bundles_apply_nothing_and_twice_or_late_changes_no
         "importing the same stick twice changed the hub"
     );
 
-    // Hub to center 2: an old bundle does not roll the center back.
+    // Hub to center 2: an old stick does not roll the center back.
     let set = |v: &str| -> Result<()> {
         b.w.hub
             .sql()?
@@ -322,25 +322,25 @@ fn damaged_forged_and_foreign_bundles_apply_nothing_and_twice_or_late_changes_no
     export_for(&b, 2, &old)?;
     set("second version")?;
     export_for(&b, 2, &new)?;
-    // A bundle for center 2 is refused at center 3.
+    // A stick for center 2 is refused at center 3.
     let r = import_center(&c3, &new)?;
     ensure!(
         !r.ok && r.stderr.contains("made for site 2"),
-        "center 3 took center 2's bundle: {}",
+        "center 3 took center 2's stick: {}",
         r.stderr
     );
     ensure!(message(b.center(1))? == "Ask here.", "center 3 changed");
     let r = import_center(&c2, &new)?;
-    ensure!(r.ok, "center 2 refused the hub's bundle: {}", r.stderr);
+    ensure!(r.ok, "center 2 refused the hub's stick: {}", r.stderr);
     ensure!(message(b.center(0))? == "second version");
     let r = import_center(&c2, &old)?;
-    ensure!(r.ok, "the old bundle failed: {}", r.stderr);
+    ensure!(r.ok, "the old stick failed: {}", r.stderr);
     ensure!(
         message(b.center(0))? == "second version",
-        "the old bundle rolled center 2 back to {:?}",
+        "the old stick rolled center 2 back to {:?}",
         message(b.center(0))?
     );
-    // The hub's bundle acknowledged center 2's changes: its outbox dropped them.
+    // The hub's stick acknowledged center 2's changes: its outbox dropped them.
     let pushed = count(
         b.center(0),
         "SELECT CAST(value AS UNSIGNED) FROM kituo_sync.state WHERE name = 'pushed'",
@@ -403,18 +403,14 @@ fn damaged_forged_and_foreign_bundles_apply_nothing_and_twice_or_late_changes_no
             .into_string()
             .ok()?;
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let list = v["bundles"].as_array()?.clone();
+        let list = v["sticks"].as_array()?.clone();
         (list.len() >= 3).then_some(list)
     });
-    let shown = shown.with_context(|| {
-        format!(
-            "the status page lists no bundles: {}",
-            supervisor.log_text()
-        )
-    })?;
+    let shown = shown
+        .with_context(|| format!("the status page lists no sticks: {}", supervisor.log_text()))?;
     ensure!(
         shown[0]["direction"] == "import" && shown[0]["peer"] == "hub" && shown[0]["ok"] == true,
-        "the newest bundle shown: {}",
+        "the newest stick shown: {}",
         shown[0]
     );
     supervisor.kill();
@@ -423,10 +419,10 @@ fn damaged_forged_and_foreign_bundles_apply_nothing_and_twice_or_late_changes_no
 }
 
 #[test]
-fn a_bundle_only_center_and_a_linked_center_converge_with_the_hub_even_after_a_half_copied_stick(
+fn a_stick_only_center_and_a_linked_center_converge_with_the_hub_even_after_a_half_copied_stick(
 ) -> Result<()> {
     let t0 = Instant::now();
-    let b = bed("kituo-bundle-mixed")?;
+    let b = bed("kituo-stick-mixed")?;
     let from_hub = b.install_backup(&b.w.hub)?;
     let c2 = b.config(0, true, 500)?;
     // Small batches, so that center 3's rows span volumes.
@@ -538,16 +534,16 @@ fn a_bundle_only_center_and_a_linked_center_converge_with_the_hub_even_after_a_h
         agent2.proc.log_text()
     );
 
-    // Two round trips by stick bring center 3 level: the hub's bundle, then its answer and the next.
+    // Two round trips by stick bring center 3 level: the hub's stick, then its answer and the next.
     for round in 0..2 {
         let to3 = b.stick(&format!("to3-{round}"));
         export_for(&b, 3, &to3)?;
         let r = import_center(&c3, &to3)?;
-        ensure!(r.ok, "center 3 refused the hub's bundle: {}", r.stderr);
+        ensure!(r.ok, "center 3 refused the hub's stick: {}", r.stderr);
         let from3 = b.stick(&format!("from3-{round}"));
         export(&c3, &from3, Some("4.7G"))?;
         let r = import_hub(&b, &from3)?;
-        ensure!(r.ok, "the hub refused center 3's bundle: {}", r.stderr);
+        ensure!(r.ok, "the hub refused center 3's stick: {}", r.stderr);
     }
     let pool3 = b.pool(3)?;
     for h in from_hub.iter().chain([&essay2]) {
@@ -569,7 +565,7 @@ fn a_bundle_only_center_and_a_linked_center_converge_with_the_hub_even_after_a_h
         b.w.hub.dump("forum_posts")? == posts,
         "the old stick changed the hub"
     );
-    // Nothing left to send: center 3's last bundle carried no changes and no files.
+    // Nothing left to send: center 3's last stick carried no changes and no files.
     let last = b.stick("c3-last");
     export(&c3, &last, None)?;
     let c3_history = history::recent(&mut b.center(1).sql()?, 1)?;
