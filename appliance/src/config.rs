@@ -65,7 +65,16 @@ pub const SCHEMA: Schema = &[
             ),
             Key::optional("poll_seconds", "2", "how often the sources are read, 1 to 60"),
             Key::optional("debounce_seconds", "5", "a change between mains and battery must last this long"),
-            Key::optional("low_debounce_seconds", "2", "a low-battery condition must last this long"),
+            Key::optional(
+                "low_debounce_seconds",
+                "2",
+                "low-battery readings must be seen this far apart to shut down (clean ones between do not reset it)",
+            ),
+            Key::optional(
+                "low_clear_seconds",
+                "60",
+                "a low-battery reading is forgotten after this long without another (the battery recovered)",
+            ),
             Key::optional(
                 "restore_seconds",
                 "60",
@@ -386,6 +395,7 @@ impl Config {
             low_runtime_seconds: doc.int_in("power", "low_runtime_seconds", 0..=86_400)?,
             debounce: secs(&doc, "power", "debounce_seconds", 0..=600)?,
             low_debounce: secs(&doc, "power", "low_debounce_seconds", 0..=600)?,
+            low_clear: secs(&doc, "power", "low_clear_seconds", 1..=3600)?,
             restore: secs(&doc, "power", "restore_seconds", 0..=86_400)?,
         };
         if thresholds.resume_charge_percent < thresholds.low_charge_percent {
@@ -393,6 +403,14 @@ impl Config {
                 "power",
                 "resume_charge_percent",
                 "must not be below low_charge_percent",
+            ));
+        }
+        if thresholds.low_clear <= thresholds.low_debounce {
+            // Otherwise a flag that flickers slower than low_clear would be forgotten between flickers.
+            return Err(doc.error(
+                "power",
+                "low_clear_seconds",
+                "must be above low_debounce_seconds",
             ));
         }
         let user = doc.get("nut", "username");

@@ -3,6 +3,9 @@
 
 use kituo_tests::supervisor as common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{base_config, port, state, Supervisor};
@@ -11,8 +14,10 @@ use kituo_tests::testbed::{recorder, wait_for, MariaDb, Nut};
 const OL: &str = "ups.status: OL\nbattery.charge: 100\nbattery.runtime: 2400\n";
 const OB: &str = "ups.status: OB DISCHRG\nbattery.charge: 80\nbattery.runtime: 1500\n";
 const OB_LB: &str = "ups.status: OB DISCHRG LB\nbattery.charge: 30\nbattery.runtime: 400\n";
+const OB_19: &str = "ups.status: OB DISCHRG\nbattery.charge: 19\nbattery.runtime: 1500\n";
+const OB_21: &str = "ups.status: OB DISCHRG\nbattery.charge: 21\nbattery.runtime: 1500\n";
 
-fn power_config(dir: &std::path::Path, nut: &Nut, db: &MariaDb, grace: u64) -> (String, u16) {
+fn power_config(dir: &Path, nut: &Nut, db: &MariaDb, grace: u64) -> (String, u16) {
     let p = port();
     let (web_stop, _) = recorder(dir, "stop-web").unwrap();
     let (web_start, _) = recorder(dir, "start-web").unwrap();
@@ -34,6 +39,13 @@ fn power_config(dir: &std::path::Path, nut: &Nut, db: &MariaDb, grace: u64) -> (
         poweroff.display(),
     );
     (cfg, p)
+}
+
+/// Writes an executable shell script.
+fn script(path: &Path, body: &str) -> PathBuf {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_owned()
 }
 
 #[test]
@@ -205,20 +217,13 @@ fn cancel_after_web_stopped_starts_it_again() {
     let db = MariaDb::start(&dir.join("db")).expect("MariaDB");
     let (mut cfg, _) = power_config(dir, &nut, &db, 0);
     // A web stop that takes 4 s leaves time for mains to come back before the database step.
-    let slow = dir.join("slow-stop-web");
-    std::fs::write(
-        &slow,
-        format!(
-            "#!/bin/sh\necho stop >> '{}'\nsleep 4\n",
+    let slow = script(
+        &dir.join("slow-stop-web"),
+        &format!(
+            "echo stop >> '{}'\nsleep 4",
             dir.join("stop-web.called").display()
         ),
-    )
-    .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&slow).unwrap().permissions(),
-        0o755,
     );
-    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     cfg = cfg.replace(
         &format!("stop_web = {}", dir.join("stop-web").display()),
         &format!("stop_web = {}", slow.display()),
@@ -269,6 +274,114 @@ fn silent_ups_on_battery_counts_as_low_battery() {
         "no poweroff after the dead-time; log:\n{}",
         sup.log_text()
     );
+    assert!(db.wait_exit(Duration::from_secs(5)));
+    assert!(db.error_log_text().contains("Shutdown complete"));
+    let why = low_reason(&sup.status());
+    assert!(why.contains("silent"), "{why}");
+}
+
+/// The reason recorded for the move to "low battery".
+fn low_reason(s: &serde_json::Value) -> String {
+    s["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["to"] == "low battery")
+        .map(|e| e["reason"].to_string())
+        .unwrap_or_else(|| panic!("no low battery in the history: {}", s["history"]))
+}
+
+/// On battery, the UPS reads `low` for one second, then `clean` for two, over and over, as a sagging
+/// battery under load does; the card must still shut down cleanly. Returns the status afterwards.
+fn flicker_until_poweroff(low: &str, clean: &str) -> serde_json::Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let nut = Nut::start(&dir.join("nut"), OB).expect("upsd with dummy-ups");
+    let mut db = MariaDb::start(&dir.join("db")).expect("MariaDB");
+    let (cfg, _) = power_config(dir, &nut, &db, 0);
+    let sup = Supervisor::start(dir, &cfg);
+    sup.wait("on battery", Duration::from_secs(15), |s| {
+        state(s) == "on_battery"
+    });
+    let stop = AtomicBool::new(false);
+    let called = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                nut.set(low).unwrap();
+                std::thread::sleep(Duration::from_secs(1));
+                nut.set(clean).unwrap();
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+        let called = wait_for(Duration::from_secs(40), || {
+            dir.join("poweroff.called").exists().then_some(())
+        });
+        stop.store(true, Ordering::SeqCst);
+        called
+    });
+    assert!(
+        called.is_some(),
+        "a flickering low battery never shut the card down; log:\n{}",
+        sup.log_text()
+    );
+    assert!(db.wait_exit(Duration::from_secs(5)));
+    assert!(db.error_log_text().contains("Shutdown complete"));
+    sup.status()
+}
+
+#[test]
+fn a_low_battery_flag_that_comes_and_goes_still_shuts_down() {
+    let s = flicker_until_poweroff(OB_LB, OB);
+    let why = low_reason(&s);
+    assert!(why.contains("(LB)"), "{why}");
+}
+
+#[test]
+fn a_charge_bouncing_around_the_threshold_still_shuts_down() {
+    let s = flicker_until_poweroff(OB_19, OB_21);
+    let why = low_reason(&s);
+    assert!(why.contains("charge 19%"), "{why}");
+}
+
+#[test]
+fn mains_back_past_the_point_of_no_return_still_finishes_the_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let nut = Nut::start(&dir.join("nut"), OB).expect("upsd with dummy-ups");
+    let mut db = MariaDb::start(&dir.join("db")).expect("MariaDB");
+    // A slow MariaDB stop, so that mains comes back while it runs.
+    let slow_stop = script(
+        &dir.join("slow-stop"),
+        &format!("sleep 6\nexec {}", db.stop_command()),
+    );
+    let (cfg, _) = power_config(dir, &nut, &db, 0);
+    let cfg = cfg.replace(&db.stop_command(), &slow_stop.display().to_string());
+    let sup = Supervisor::start(dir, &cfg);
+    sup.wait("on battery", Duration::from_secs(15), |s| {
+        state(s) == "on_battery"
+    });
+    nut.set(OB_LB).unwrap();
+    sup.wait("web stopped", Duration::from_secs(20), |s| {
+        s["power"]["shutdown_steps"]
+            .to_string()
+            .contains("stop web and PHP")
+    });
+    nut.set(OL).unwrap();
+    // Mains is seen while MariaDB stops, and changes nothing: the card stays shutting down.
+    let s = sup.wait("mains seen", Duration::from_secs(10), |s| {
+        s["power"]["reading"]["on_mains"] == true
+    });
+    assert!(
+        !dir.join("poweroff.called").exists(),
+        "mains was seen only after the stop; make the stop slower"
+    );
+    assert_eq!(state(&s), "shutting_down", "{s}");
+    let called = wait_for(Duration::from_secs(30), || {
+        dir.join("poweroff.called").exists().then_some(())
+    });
+    assert!(called.is_some(), "no poweroff; log:\n{}", sup.log_text());
+    assert_eq!(state(&sup.status()), "shutting_down");
+    assert!(!dir.join("start-web.called").exists(), "web started again");
     assert!(db.wait_exit(Duration::from_secs(5)));
     assert!(db.error_log_text().contains("Shutdown complete"));
 }

@@ -31,9 +31,10 @@ pub struct Reading {
     pub source: String,
     /// Mains present.
     pub on_mains: Option<bool>,
-    /// The source itself says the battery is low (NUT `LB`, sysfs `capacity_level = Critical`, or a NUT
-    /// UPS silent past its dead-time while on battery).
+    /// The source itself says the battery is low (NUT `LB`, sysfs `capacity_level = Critical`).
     pub low_battery: bool,
+    /// A NUT UPS silent past its dead-time, last seen on battery: as upsmon does, treated like low battery.
+    pub silent: bool,
     /// The UPS has been told to shut down (NUT `FSD`): treated like low battery.
     pub forced_shutdown: bool,
     pub charging: Option<bool>,
@@ -68,6 +69,7 @@ pub fn merge(readings: &[Reading]) -> Reading {
             (a, b) => a.or(b),
         };
         out.low_battery |= r.low_battery;
+        out.silent |= r.silent;
         out.forced_shutdown |= r.forced_shutdown;
         out.charging = out.charging.or(r.charging);
         out.charge_percent = min_opt(out.charge_percent, r.charge_percent);

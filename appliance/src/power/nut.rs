@@ -145,6 +145,7 @@ pub fn reading_from_vars(source: String, vars: &BTreeMap<String, String>) -> Rea
         source,
         on_mains,
         low_battery: has("LB"),
+        silent: false,
         forced_shutdown: has("FSD"),
         charging: Some(has("CHRG")),
         charge_percent: vars.get("battery.charge").and_then(|v| v.parse().ok()),
@@ -186,7 +187,7 @@ impl Nut {
             Some((at, false)) if at.elapsed() >= self.dead_time => Ok(Reading {
                 source: self.name(),
                 on_mains: Some(false),
-                low_battery: true,
+                silent: true,
                 ..Reading::default()
             }),
             _ => Err(error),

@@ -10,6 +10,14 @@
 //!     │ mains held for `restore`          └─ restored ◄──────────────────────────────────────┘ `debounce`, before
 //!     └───────────────────────────────────────┘                                              the point of no return
 //! ```
+//!
+//! Low battery is latched: a sagging battery under load sets the UPS's LB flag, or dips below the charge
+//! threshold, for a second at a time, and a rule that wanted the condition unbroken for `low_debounce`
+//! would run the card until the battery died. So a low reading is remembered; the shutdown starts once
+//! low readings have been seen `low_debounce` apart, however many clean ones came between. One false
+//! reading alone never shuts down (it has no second one), and it is forgotten once no low reading has come
+//! for `low_clear` or mains has been back for `debounce`: a battery that has clearly recovered, or a cut
+//! that is over. A flag that flickers cannot stay clear for `low_clear`, so it stands.
 
 use std::time::{Duration, Instant};
 
@@ -74,8 +82,11 @@ pub struct Thresholds {
     pub low_runtime_seconds: u64,
     /// A change between mains and battery must last this long to count (brown-outs, relay chatter).
     pub debounce: Duration,
-    /// A low-battery condition must last this long (one bad gauge reading must not power the box off).
+    /// Low readings must be seen this far apart to count (one bad gauge reading must not power the box
+    /// off); readings without it in between do not reset it.
     pub low_debounce: Duration,
+    /// A low reading is forgotten after this long without another (the battery has recovered).
+    pub low_clear: Duration,
     /// Mains must be back this long before the box counts as on mains again.
     pub restore: Duration,
 }
@@ -88,9 +99,18 @@ impl Default for Thresholds {
             low_runtime_seconds: 180,
             debounce: Duration::from_secs(5),
             low_debounce: Duration::from_secs(2),
+            low_clear: Duration::from_secs(60),
             restore: Duration::from_secs(60),
         }
     }
+}
+
+/// The low readings seen since the last clean stretch: the first, the latest, and why the latest was low.
+#[derive(Debug, Clone)]
+struct Low {
+    first: Instant,
+    last: Instant,
+    why: String,
 }
 
 pub struct Machine {
@@ -99,7 +119,8 @@ pub struct Machine {
     /// When the raw reading started to disagree with / confirm each condition.
     battery_since: Option<Instant>,
     mains_since: Option<Instant>,
-    low_since: Option<Instant>,
+    /// Low readings remembered (see the module's text).
+    low: Option<Low>,
     /// The shutdown has passed its point of no return: mains coming back changes nothing.
     committed: bool,
 }
@@ -111,7 +132,7 @@ impl Machine {
             state: PowerState::Unknown,
             battery_since: None,
             mains_since: None,
-            low_since: None,
+            low: None,
             committed: false,
         }
     }
@@ -125,12 +146,16 @@ impl Machine {
         self.committed = true;
     }
 
+    /// Why this reading alone says the battery is low, naming the cause.
     fn is_low(&self, r: &Reading) -> Option<String> {
         if r.forced_shutdown {
             return Some("the UPS ordered a forced shutdown (FSD)".into());
         }
+        if r.silent {
+            return Some("the UPS went silent past its dead-time while on battery".into());
+        }
         if r.low_battery {
-            return Some("the UPS reports low battery".into());
+            return Some("the UPS's low-battery flag (LB) is set".into());
         }
         if r.on_mains == Some(false) {
             if let Some(c) = r
@@ -155,6 +180,35 @@ impl Machine {
         None
     }
 
+    /// Remembers this reading's low condition, forgets it after a clean stretch or a mains return, and
+    /// says why the battery counts as low if it does (see the module's text).
+    fn latch_low(&mut self, r: &Reading, now: Instant, mains_held: bool) -> Option<String> {
+        let t = &self.thresholds;
+        match self.is_low(r) {
+            Some(why) => {
+                let low = self.low.get_or_insert(Low {
+                    first: now,
+                    last: now,
+                    why: why.clone(),
+                });
+                low.last = now;
+                low.why = why;
+            }
+            None => {
+                if mains_held
+                    || self
+                        .low
+                        .as_ref()
+                        .is_some_and(|l| now.duration_since(l.last) >= t.low_clear)
+                {
+                    self.low = None;
+                }
+            }
+        }
+        let low = self.low.as_ref()?;
+        (low.last.duration_since(low.first) >= t.low_debounce).then(|| low.why.clone())
+    }
+
     fn go(&mut self, out: &mut Vec<Transition>, to: PowerState, reason: String, action: Action) {
         out.push(Transition {
             from: self.state,
@@ -176,11 +230,10 @@ impl Machine {
             }
             now.duration_since(*since.get_or_insert(now)) >= d
         };
-        let low = self.is_low(r);
-        let low_held = held(&mut self.low_since, low.is_some(), t.low_debounce);
         let on_battery = r.on_mains == Some(false);
         let battery_held = held(&mut self.battery_since, on_battery, t.debounce);
         let mains_held = held(&mut self.mains_since, r.on_mains == Some(true), t.debounce);
+        let low = self.latch_low(r, now, mains_held);
         let restore_held = self
             .mains_since
             .is_some_and(|s| now.duration_since(s) >= t.restore);
@@ -191,7 +244,7 @@ impl Machine {
         match self.state {
             PowerState::Unknown => {
                 // The first reading decides without waiting: at boot the box may already be on battery.
-                if let Some(why) = low.filter(|_| low_held) {
+                if let Some(why) = low {
                     self.go(&mut out, PowerState::LowBattery, why, Action::None);
                     self.go(
                         &mut out,
@@ -216,7 +269,7 @@ impl Machine {
                 }
             }
             PowerState::OnMains | PowerState::Restored | PowerState::OnBattery => {
-                if let Some(why) = low.filter(|_| low_held) {
+                if let Some(why) = low {
                     if self.state != PowerState::OnBattery {
                         self.go(
                             &mut out,
@@ -374,5 +427,90 @@ mod tests {
             ]
         );
         assert!(t[1].reason.contains("runtime 120 s"), "{}", t[1].reason);
+    }
+
+    /// Feeds readings one second apart from `from`; returns the transitions with the second each came.
+    fn feed(m: &mut Machine, c: &Clock, from: u64, rs: &[Reading]) -> Vec<(u64, Transition)> {
+        let mut out = Vec::new();
+        for (i, r) in rs.iter().enumerate() {
+            let at = from + i as u64;
+            out.extend(m.step(r, c.at(at)).into_iter().map(|t| (at, t)));
+        }
+        out
+    }
+
+    fn on_battery(c: &Clock) -> Machine {
+        let mut m = Machine::new(Thresholds::default());
+        m.step(&reading(false, 60.0, false), c.at(0));
+        assert_eq!(m.state(), PowerState::OnBattery);
+        m
+    }
+
+    #[test]
+    fn a_low_battery_flag_that_flickers_every_second_still_shuts_down() {
+        let c = Clock(Instant::now());
+        let mut m = on_battery(&c);
+        let flicker: Vec<Reading> = (0..10).map(|i| reading(false, 60.0, i % 2 == 0)).collect();
+        let t = feed(&mut m, &c, 10, &flicker);
+        let (at, low) = &t[0];
+        assert_eq!(low.to, PowerState::LowBattery);
+        assert_eq!(*at, 12, "the second LB, low_debounce after the first");
+        assert!(low.reason.contains("(LB)"), "{}", low.reason);
+        assert_eq!(t[1].1.action, Action::StartShutdown);
+    }
+
+    #[test]
+    fn a_charge_bouncing_around_the_threshold_still_shuts_down() {
+        let c = Clock(Instant::now());
+        let mut m = on_battery(&c);
+        let bounce: Vec<Reading> = (0..10)
+            .map(|i| reading(false, if i % 2 == 0 { 19.0 } else { 21.0 }, false))
+            .collect();
+        let t = feed(&mut m, &c, 10, &bounce);
+        assert_eq!(t[0].0, 12);
+        assert!(t[0].1.reason.contains("charge 19%"), "{}", t[0].1.reason);
+    }
+
+    #[test]
+    fn one_false_reading_never_shuts_down_and_is_forgotten() {
+        let c = Clock(Instant::now());
+        let mut m = on_battery(&c);
+        let mut rs = vec![reading(false, 60.0, true)];
+        rs.extend((0..70).map(|_| reading(false, 60.0, false)));
+        // Another lone false reading after the first was forgotten (60 s clean).
+        rs.push(reading(false, 60.0, true));
+        rs.extend((0..5).map(|_| reading(false, 60.0, false)));
+        assert!(feed(&mut m, &c, 10, &rs).is_empty());
+        assert_eq!(m.state(), PowerState::OnBattery);
+    }
+
+    #[test]
+    fn mains_back_forgets_a_low_reading() {
+        let c = Clock(Instant::now());
+        let mut m = on_battery(&c);
+        let mut rs = vec![reading(false, 60.0, true)];
+        rs.extend((0..6).map(|_| reading(true, 60.0, false)));
+        rs.extend((0..6).map(|_| reading(false, 60.0, false)));
+        rs.push(reading(false, 60.0, true));
+        let t = feed(&mut m, &c, 10, &rs);
+        assert_eq!(
+            t.iter().map(|(_, t)| t.to).collect::<Vec<_>>(),
+            [PowerState::Restored, PowerState::OnBattery]
+        );
+    }
+
+    #[test]
+    fn a_silent_ups_is_named_as_silent() {
+        let c = Clock(Instant::now());
+        let mut m = on_battery(&c);
+        let silent = Reading {
+            source: "t".into(),
+            on_mains: Some(false),
+            silent: true,
+            ..Reading::default()
+        };
+        let t = feed(&mut m, &c, 10, &[silent.clone(), silent.clone(), silent]);
+        assert!(t[0].1.reason.contains("silent"), "{}", t[0].1.reason);
+        assert_eq!(t[1].1.to, PowerState::ShuttingDown);
     }
 }
