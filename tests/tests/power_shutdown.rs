@@ -17,13 +17,13 @@ const OB_LB: &str = "ups.status: OB DISCHRG LB\nbattery.charge: 30\nbattery.runt
 const OB_19: &str = "ups.status: OB DISCHRG\nbattery.charge: 19\nbattery.runtime: 1500\n";
 const OB_21: &str = "ups.status: OB DISCHRG\nbattery.charge: 21\nbattery.runtime: 1500\n";
 
-fn power_config(dir: &Path, nut: &Nut, db: &MariaDb, grace: u64) -> (String, u16) {
+fn power_config(dir: &Path, nut: &Nut, db: &MariaDb, grace: u64) -> String {
     let p = port();
     let (web_stop, _) = recorder(dir, "stop-web").unwrap();
     let (web_start, _) = recorder(dir, "start-web").unwrap();
     let (sync_stop, _) = recorder(dir, "stop-sync").unwrap();
     let (poweroff, _) = recorder(dir, "poweroff").unwrap();
-    let cfg = format!(
+    format!(
         "{}[power]\nsources = nut\npoll_seconds = 1\ndebounce_seconds = 1\nlow_debounce_seconds = 1\nrestore_seconds = 1\n\
          history_file = {}\n[nut]\naddress = {}\nups = ups\ndead_seconds = 3\n\
          [shutdown]\ngrace_seconds = {grace}\nstop_sync = {}\nstart_sync =\nstop_web = {}\nstart_web = {}\n\
@@ -37,8 +37,28 @@ fn power_config(dir: &Path, nut: &Nut, db: &MariaDb, grace: u64) -> (String, u16
         db.stop_command(),
         db.pid_file.display(),
         poweroff.display(),
-    );
-    (cfg, p)
+    )
+}
+
+/// A supervisor watching its own upsd (dummy-ups, reading `ups` at first) and stopping its own MariaDB,
+/// recorder scripts standing in for the rest; `edit` may change its appliance.ini. In drop order last to
+/// first: the supervisor stops before the database, the folder goes last.
+fn start(
+    ups: &str,
+    grace: u64,
+    edit: impl FnOnce(&Path, &MariaDb, String) -> String,
+) -> (tempfile::TempDir, Nut, MariaDb, Supervisor) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let nut = Nut::start(&dir.join("nut"), ups).expect("upsd with dummy-ups");
+    let db = MariaDb::start(&dir.join("db")).expect("MariaDB");
+    let cfg = edit(dir, &db, power_config(dir, &nut, &db, grace));
+    let sup = Supervisor::start(dir, &cfg);
+    (tmp, nut, db, sup)
+}
+
+fn as_is(_: &Path, _: &MariaDb, cfg: String) -> String {
+    cfg
 }
 
 /// Writes an executable shell script.
@@ -50,12 +70,8 @@ fn script(path: &Path, body: &str) -> PathBuf {
 
 #[test]
 fn low_battery_stops_mariadb_cleanly_then_powers_off() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, nut, mut db, sup) = start(OL, 0, as_is);
     let dir = tmp.path();
-    let nut = Nut::start(&dir.join("nut"), OL).expect("upsd with dummy-ups");
-    let mut db = MariaDb::start(&dir.join("db")).expect("MariaDB");
-    let (cfg, _) = power_config(dir, &nut, &db, 0);
-    let sup = Supervisor::start(dir, &cfg);
 
     sup.wait("on mains", Duration::from_secs(15), |s| {
         state(s) == "on_mains"
@@ -154,12 +170,8 @@ fn low_battery_stops_mariadb_cleanly_then_powers_off() {
 
 #[test]
 fn power_back_before_the_point_of_no_return_cancels() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, nut, db, sup) = start(OB, 6, as_is);
     let dir = tmp.path();
-    let nut = Nut::start(&dir.join("nut"), OB).expect("upsd with dummy-ups");
-    let db = MariaDb::start(&dir.join("db")).expect("MariaDB");
-    let (cfg, _) = power_config(dir, &nut, &db, 6);
-    let sup = Supervisor::start(dir, &cfg);
     sup.wait("on battery", Duration::from_secs(15), |s| {
         state(s) == "on_battery"
     });
@@ -211,24 +223,21 @@ fn power_back_before_the_point_of_no_return_cancels() {
 
 #[test]
 fn cancel_after_web_stopped_starts_it_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let nut = Nut::start(&dir.join("nut"), OB).expect("upsd with dummy-ups");
-    let db = MariaDb::start(&dir.join("db")).expect("MariaDB");
-    let (mut cfg, _) = power_config(dir, &nut, &db, 0);
     // A web stop that takes 4 s leaves time for mains to come back before the database step.
-    let slow = script(
-        &dir.join("slow-stop-web"),
-        &format!(
-            "echo stop >> '{}'\nsleep 4",
-            dir.join("stop-web.called").display()
-        ),
-    );
-    cfg = cfg.replace(
-        &format!("stop_web = {}", dir.join("stop-web").display()),
-        &format!("stop_web = {}", slow.display()),
-    );
-    let sup = Supervisor::start(dir, &cfg);
+    let (tmp, nut, db, sup) = start(OB, 0, |dir, _, cfg| {
+        let slow = script(
+            &dir.join("slow-stop-web"),
+            &format!(
+                "echo stop >> '{}'\nsleep 4",
+                dir.join("stop-web.called").display()
+            ),
+        );
+        cfg.replace(
+            &format!("stop_web = {}", dir.join("stop-web").display()),
+            &format!("stop_web = {}", slow.display()),
+        )
+    });
+    let dir = tmp.path();
     sup.wait("on battery", Duration::from_secs(15), |s| {
         state(s) == "on_battery"
     });
@@ -252,12 +261,8 @@ fn cancel_after_web_stopped_starts_it_again() {
 
 #[test]
 fn silent_ups_on_battery_counts_as_low_battery() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, nut, mut db, sup) = start(OB, 0, as_is);
     let dir = tmp.path();
-    let nut = Nut::start(&dir.join("nut"), OB).expect("upsd with dummy-ups");
-    let mut db = MariaDb::start(&dir.join("db")).expect("MariaDB");
-    let (cfg, _) = power_config(dir, &nut, &db, 0);
-    let sup = Supervisor::start(dir, &cfg);
     sup.wait("on battery", Duration::from_secs(15), |s| {
         state(s) == "on_battery"
     });
@@ -294,12 +299,8 @@ fn low_reason(s: &serde_json::Value) -> String {
 /// On battery, the UPS reads `low` for one second, then `clean` for two, over and over, as a sagging
 /// battery under load does; the card must still shut down cleanly. Returns the status afterwards.
 fn flicker_until_poweroff(low: &str, clean: &str) -> serde_json::Value {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, nut, mut db, sup) = start(OB, 0, as_is);
     let dir = tmp.path();
-    let nut = Nut::start(&dir.join("nut"), OB).expect("upsd with dummy-ups");
-    let mut db = MariaDb::start(&dir.join("db")).expect("MariaDB");
-    let (cfg, _) = power_config(dir, &nut, &db, 0);
-    let sup = Supervisor::start(dir, &cfg);
     sup.wait("on battery", Duration::from_secs(15), |s| {
         state(s) == "on_battery"
     });
@@ -345,18 +346,13 @@ fn a_charge_bouncing_around_the_threshold_still_shuts_down() {
 
 #[test]
 fn mains_back_past_the_point_of_no_return_still_finishes_the_shutdown() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let nut = Nut::start(&dir.join("nut"), OB).expect("upsd with dummy-ups");
-    let mut db = MariaDb::start(&dir.join("db")).expect("MariaDB");
     // A slow MariaDB stop, so that mains comes back while it runs.
-    let slow_stop = script(
-        &dir.join("slow-stop"),
-        &format!("sleep 6\nexec {}", db.stop_command()),
-    );
-    let (cfg, _) = power_config(dir, &nut, &db, 0);
-    let cfg = cfg.replace(&db.stop_command(), &slow_stop.display().to_string());
-    let sup = Supervisor::start(dir, &cfg);
+    let (tmp, nut, mut db, sup) = start(OB, 0, |dir, db, cfg| {
+        let stop = db.stop_command();
+        let slow = script(&dir.join("slow-stop"), &format!("sleep 6\nexec {stop}"));
+        cfg.replace(&stop, &slow.display().to_string())
+    });
+    let dir = tmp.path();
     sup.wait("on battery", Duration::from_secs(15), |s| {
         state(s) == "on_battery"
     });
