@@ -14,7 +14,8 @@ use mysql::prelude::Queryable;
 
 /// A center's outbox as the agent sends it: the encoded batch, and its changes.
 fn outbox(node: &mut Node) -> Result<(Vec<u8>, Vec<Change>)> {
-    let batch = agent::prepare(&mut node.site, 0, 100)?.expect("the center has changes");
+    let batch = agent::prepare(&mut node.site, 0, 100, agent::BATCH_BYTES)?
+        .expect("the center has changes");
     let changes = wire::decode_batch(&batch.body)?;
     Ok((batch.body, changes))
 }

@@ -246,6 +246,8 @@ impl MariaDb {
                 "--user=root",
                 "--innodb-buffer-pool-size=16M",
                 "--innodb-log-file-size=8M",
+                // As on the card (60-kituo.cnf): Moodle's rows reach tens of megabytes.
+                "--max-allowed-packet=64M",
             ])
             .args(&self.extra_args)
             .stdin(Stdio::null())

@@ -76,14 +76,20 @@ pub fn changed_columns(before: &Row, after: &Row) -> Row {
         .collect()
 }
 
+/// Packed batches beyond this are compressed fast rather than small.
+const LARGE: usize = 4 << 20;
+
 /// Encodes changes for the wire and for sticks: MessagePack, then zstd.
 pub fn encode(changes: &[Change]) -> Result<Vec<u8>> {
     let packed = rmp_serde::to_vec(changes).context("cannot encode changes")?;
     // The frame checksum makes a damaged batch fail to decode instead of decoding into other values.
     // Level 15: within 2% of level 19's bytes on Moodle's changes at a fifth of its time (19 took
     // 116 ms a 500-change batch on the bench machine, a quarter of the batch's time on a 256 kbit/s
-    // link and more on a Pi); level 3 sends a fifth more.
-    let mut compressor = zstd::bulk::Compressor::new(15).context("cannot start zstd")?;
+    // link and more on a Pi); level 3 sends a fifth more. A batch of a single large row (tens of
+    // megabytes of page content or H5P JSON) takes level 3: at level 15 it would cost a minute of a
+    // Pi's CPU for every try, for bytes that travel in parts anyway.
+    let level = if packed.len() > LARGE { 3 } else { 15 };
+    let mut compressor = zstd::bulk::Compressor::new(level).context("cannot start zstd")?;
     compressor
         .include_checksum(true)
         .context("cannot enable zstd checksums")?;

@@ -137,6 +137,16 @@ const TABLES: &[&str] = &[
         hash BINARY(20) NOT NULL,
         PRIMARY KEY (center, hash)
     ) ENGINE=InnoDB",
+    // Hub only: the parts of a center's batch too large for one request, one batch per center, until
+    // it is whole (see `exchange::parts`).
+    "CREATE TABLE IF NOT EXISTS kituo_sync.parts (
+        site INT UNSIGNED NOT NULL,
+        digest BINARY(32) NOT NULL,
+        total INT UNSIGNED NOT NULL,
+        idx INT UNSIGNED NOT NULL,
+        data LONGBLOB NOT NULL,
+        PRIMARY KEY (site, idx)
+    ) ENGINE=InnoDB",
     // Hub only: centers' batches stored as they came, until applied (see `inbox`).
     "CREATE TABLE IF NOT EXISTS kituo_sync.inbox (
         origin INT UNSIGNED NOT NULL,
@@ -238,29 +248,49 @@ pub fn set_applied(conn: &mut impl Queryable, origin: u32, seq: u64) -> Result<(
 /// Appends changes to the log in their order, a few hundred per statement (the hub appends whole
 /// batches, capture whole transactions).
 pub fn append_all(tx: &mut mysql::Transaction<'_>, changes: &[Change]) -> Result<()> {
-    for chunk in changes.chunks(200) {
-        let mut params: Vec<mysql::Value> = Vec::with_capacity(chunk.len() * 6);
-        for change in chunk {
-            let data = rmp_serde::to_vec(change).context("cannot encode a change for the log")?;
-            params.extend([
-                change.origin.into(),
-                change.seq.into(),
-                change.hlc.into(),
-                change.table.as_str().into(),
-                change.id.into(),
-                data.into(),
-            ]);
+    let data = changes
+        .iter()
+        .map(|c| rmp_serde::to_vec(c).context("cannot encode a change for the log"))
+        .collect::<Result<Vec<_>>>()?;
+    let mut start = 0;
+    while start < changes.len() {
+        // Statements of at most 200 changes and about 4 MiB, well below MariaDB's max_allowed_packet;
+        // a larger change goes alone.
+        let mut end = start + 1;
+        let mut bytes = data[start].len();
+        while end < changes.len() && end - start < 200 && bytes + data[end].len() <= 4 << 20 {
+            bytes += data[end].len();
+            end += 1;
         }
-        let rows = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-        tx.exec_drop(
-            format!(
-                "INSERT INTO kituo_sync.log (origin, seq, hlc, tbl, row_id, data) VALUES {rows}"
-            ),
-            params,
-        )
-        .with_context(|| format!("cannot log changes {}#{}..", chunk[0].origin, chunk[0].seq))?;
+        append(tx, &changes[start..end], &data[start..end])?;
+        start = end;
     }
     Ok(())
+}
+
+fn append(tx: &mut mysql::Transaction<'_>, changes: &[Change], data: &[Vec<u8>]) -> Result<()> {
+    let mut params: Vec<mysql::Value> = Vec::with_capacity(changes.len() * 6);
+    for (change, data) in changes.iter().zip(data) {
+        params.extend([
+            change.origin.into(),
+            change.seq.into(),
+            change.hlc.into(),
+            change.table.as_str().into(),
+            change.id.into(),
+            data.as_slice().into(),
+        ]);
+    }
+    let rows = vec!["(?, ?, ?, ?, ?, ?)"; changes.len()].join(", ");
+    tx.exec_drop(
+        format!("INSERT INTO kituo_sync.log (origin, seq, hlc, tbl, row_id, data) VALUES {rows}"),
+        params,
+    )
+    .with_context(|| {
+        format!(
+            "cannot log changes {}#{}..",
+            changes[0].origin, changes[0].seq
+        )
+    })
 }
 
 /// Deletes log rows matching `filter` (a condition on `lseq`, `origin`, `seq` with `args`), a slice at

@@ -30,10 +30,13 @@ pub struct Pushed {
     pub stuck: Option<String>,
 }
 
-/// Sends up to `max` unacknowledged own changes.
+/// Logged bytes of a batch unless told otherwise (`[sync] batch_kib`'s default).
+pub const BATCH_BYTES: usize = 64 << 10;
+
+/// Sends up to `max` unacknowledged own changes, or about [`BATCH_BYTES`] of them.
 pub fn push_once(site: &mut Site, link: &mut dyn Link, max: usize) -> Result<Pushed> {
     let pushed = store::get_u64(site.conn(), PUSHED)?;
-    let changes = outbox(site, pushed, max)?;
+    let changes = outbox(site, pushed, max, BATCH_BYTES)?;
     if changes.is_empty() {
         return Ok(Pushed::default());
     }
@@ -48,9 +51,15 @@ pub struct Outgoing {
     pub body: Vec<u8>,
 }
 
-/// Reads and encodes up to `max` own changes after `after`; `None` if there are none.
-pub fn prepare(site: &mut Site, after: u64, max: usize) -> Result<Option<Outgoing>> {
-    let changes = outbox(site, after, max)?;
+/// Reads and encodes up to `max` own changes after `after`, or about `max_bytes` of logged data (at
+/// least one change, however large); `None` if there are none.
+pub fn prepare(
+    site: &mut Site,
+    after: u64,
+    max: usize,
+    max_bytes: usize,
+) -> Result<Option<Outgoing>> {
+    let changes = outbox(site, after, max, max_bytes)?;
     let Some(last) = changes.last().map(|c| c.seq) else {
         return Ok(None);
     };
@@ -60,8 +69,8 @@ pub fn prepare(site: &mut Site, after: u64, max: usize) -> Result<Option<Outgoin
     }))
 }
 
-/// Own changes after `after`, in order.
-fn outbox(site: &mut Site, after: u64, max: usize) -> Result<Vec<Change>> {
+/// Own changes after `after`, in order: up to `max`, or about `max_bytes` of logged data.
+fn outbox(site: &mut Site, after: u64, max: usize, max_bytes: usize) -> Result<Vec<Change>> {
     let origin = site.id();
     let rows: Vec<Vec<u8>> = site
         .conn()
@@ -70,7 +79,13 @@ fn outbox(site: &mut Site, after: u64, max: usize) -> Result<Vec<Change>> {
             (origin, after, max as u64),
         )
         .context("cannot read the outbox")?;
-    rows.iter().map(|d| store::decode_logged(d)).collect()
+    let mut bytes = 0;
+    let within = rows.iter().take_while(|d| {
+        let first = bytes == 0;
+        bytes += d.len();
+        first || bytes <= max_bytes
+    });
+    within.map(|d| store::decode_logged(d)).collect()
 }
 
 /// Moves the acknowledged position to what the hub holds; `pushed` is where it was.

@@ -65,6 +65,15 @@ pub fn receive(
     }))
 }
 
+/// The answer to a push that brings nothing new.
+pub fn receipt(conn: &mut impl Queryable, center: u32) -> Result<Receipt> {
+    Ok(Receipt {
+        acked: received(conn, center)?,
+        rejected: 0,
+        stuck: stuck(conn, center)?,
+    })
+}
+
 /// How far `center`'s changes are held here, applied or waiting.
 pub fn received(conn: &mut impl Queryable, center: u32) -> Result<u64> {
     let waiting: Option<Option<u64>> = conn

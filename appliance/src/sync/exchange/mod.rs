@@ -6,9 +6,11 @@
 //!   and the centers' cursors.
 //! - [`centers`]: the hub's registry of centers and their secrets.
 //! - [`inbox`]: the hub's store of received batches, applied in order by one applier.
+//! - [`parts`]: a batch or page too large for one request, sent in parts.
 
 pub mod agent;
 pub mod centers;
 pub mod hub;
 pub mod inbox;
+pub mod parts;
 pub mod wire;

@@ -16,6 +16,8 @@ use crate::sync::exchange::hub::{Page, Receipt};
 
 pub const PUSH: &str = "/sync/v1/push";
 pub const PULL: &str = "/sync/v1/pull";
+/// A part of a push too large for one request (see `parts`); a pull asks for parts with `part=`.
+pub const PUSH_PART: &str = "/sync/v1/push/part";
 /// `sync verify`: the hub's tables, chunk checksums and rows (bodies are MessagePack requests).
 pub const VERIFY_CATALOG: &str = "/sync/v1/verify/catalog";
 pub const VERIFY_SUMS: &str = "/sync/v1/verify/sums";
@@ -186,12 +188,12 @@ struct WirePage {
 }
 
 pub fn encode_page(page: &Page) -> Result<Vec<u8>> {
-    let wire = WirePage {
-        last: page.last,
-        more: page.more,
-        batch: change::encode(&page.changes)?,
-    };
-    rmp_serde::to_vec(&wire).context("cannot encode a page")
+    encode_page_batch(page.last, page.more, change::encode(&page.changes)?)
+}
+
+/// A page whose changes are encoded already (`change::encode`).
+pub fn encode_page_batch(last: u64, more: bool, batch: Vec<u8>) -> Result<Vec<u8>> {
+    rmp_serde::to_vec(&WirePage { last, more, batch }).context("cannot encode a page")
 }
 
 pub fn decode_page(bytes: &[u8]) -> Result<Page> {

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-
+use anyhow::{bail, ensure, Context, Result};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
@@ -14,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::sync::engine::change::Change;
 use crate::sync::exchange::agent::Link;
 use crate::sync::exchange::hub::{Page, Receipt};
+use crate::sync::exchange::parts::{self, Cut, Part, PartAnswer, PushPart};
 use crate::sync::exchange::wire::{self, HubRefused, RequestParts, Secret};
 use crate::sync::seed;
 use crate::sync::verify::{
@@ -29,7 +29,8 @@ pub struct LinkOptions {
     pub timeout: Duration,
     /// Bytes per second; `None`: no cap.
     pub rate_limit: Option<u64>,
-    /// Largest page to ask for, in logged bytes.
+    /// Largest page to ask for, in logged bytes, and the largest request or answer: a batch or a page
+    /// beyond it travels in parts of this size.
     pub page_bytes: usize,
     /// PEM certificates to trust for an https hub instead of the public roots (a university's own
     /// CA); `None`: the public web's roots.
@@ -48,6 +49,8 @@ pub struct HttpLink {
     opts: LinkOptions,
     throttle: Option<Throttle>,
     traffic: Traffic,
+    /// The parts of a page that came before a cut, and the position it follows.
+    pulling: Option<(u64, Vec<Part>)>,
 }
 
 impl HttpLink {
@@ -64,6 +67,7 @@ impl HttpLink {
             throttle: opts.rate_limit.map(Throttle::new),
             opts,
             traffic: Traffic::default(),
+            pulling: None,
         })
     }
 
@@ -138,10 +142,73 @@ impl HttpLink {
         Ok(())
     }
 
-    /// Pushes a batch encoded beforehand (see `agent::prepare`).
-    pub fn push_encoded(&mut self, body: &[u8]) -> Result<Receipt> {
-        let answer = self.call("POST", wire::PUSH, body)?;
-        wire::decode_receipt(&answer)
+    /// Pushes a batch encoded beforehand (see `agent::prepare`); one larger than a batch may be (a
+    /// single large row) goes in parts.
+    pub fn push_encoded(&mut self, body: &[u8], last: u64) -> Result<Receipt> {
+        if body.len() <= self.opts.page_bytes {
+            let answer = self.call("POST", wire::PUSH, body)?;
+            return wire::decode_receipt(&answer);
+        }
+        let cut = Cut::new(body, self.opts.page_bytes)?;
+        let mut next = 0;
+        // The hub answers each part with how many it holds: after a cut or a restart (it still holds
+        // them) the batch goes on from there. Bounded, in case a hub never moves on.
+        for _ in 0..2 * cut.of + 2 {
+            let part = cut.part(body, next)?;
+            let answer: PartAnswer = self.exchange(wire::PUSH_PART, &PushPart { last, part })?;
+            if let Some(receipt) = answer.receipt {
+                return Ok(receipt);
+            }
+            ensure!(
+                answer.held < cut.of,
+                "the hub holds every part of a batch but gave no receipt"
+            );
+            next = answer.held;
+        }
+        bail!(
+            "the hub does not keep the parts of a {}-byte batch",
+            body.len()
+        )
+    }
+
+    /// One page, asked for in parts: a page too large for one answer comes a part at a time, and the
+    /// parts that came before a cut are kept for the next try at the same position.
+    fn pull_parts(&mut self, after: u64, max: usize, got: &mut Vec<Part>) -> Result<Page> {
+        let mut asked = 0u32;
+        loop {
+            let target = format!(
+                "{}?after={after}&max={max}&bytes={}&part={}",
+                wire::PULL,
+                self.opts.page_bytes,
+                got.len()
+            );
+            let answer = self.call("GET", &target, &[])?;
+            let Ok(part) = wire::decode::<Part>(&answer) else {
+                // A hub that predates parts answers with the whole page.
+                return wire::decode_page(&answer);
+            };
+            let belongs = got
+                .first()
+                .is_none_or(|f| f.digest == part.digest && f.of == part.of);
+            if !belongs || part.index as usize != got.len() {
+                // The page is not the one begun (the hub's log moved on): begin again.
+                ensure!(
+                    !got.is_empty(),
+                    "the hub sent part {} for part 0",
+                    part.index
+                );
+                got.clear();
+                continue;
+            }
+            asked += 1;
+            ensure!(asked <= 2 * part.of + 2, "the hub's page never came whole");
+            got.push(part);
+            if got.len() == got[0].of as usize {
+                let body = parts::join(got);
+                got.clear();
+                return wire::decode_page(&body?);
+            }
+        }
     }
 
     /// POSTs a MessagePack request, decodes the reply.
@@ -189,17 +256,25 @@ impl HttpLink {
 
 impl Link for HttpLink {
     fn push(&mut self, changes: &[Change]) -> Result<Receipt> {
-        self.push_encoded(&wire::encode_batch(changes)?)
+        let last = changes.iter().map(|c| c.seq).max().unwrap_or(0);
+        self.push_encoded(&wire::encode_batch(changes)?, last)
     }
 
     fn pull(&mut self, after: u64, max: usize) -> Result<Page> {
-        let target = format!(
-            "{}?after={after}&max={max}&bytes={}",
-            wire::PULL,
-            self.opts.page_bytes
-        );
-        let answer = self.call("GET", &target, &[])?;
-        wire::decode_page(&answer)
+        let mut got = match self.pulling.take() {
+            Some((at, got)) if at == after => got,
+            _ => Vec::new(),
+        };
+        let page = self.pull_parts(after, max, &mut got);
+        // What came before a cut is kept; a hub that refused (say, a part its page no longer has)
+        // starts the page over.
+        let refused = page
+            .as_ref()
+            .is_err_and(|e| e.downcast_ref::<HubRefused>().is_some());
+        if !got.is_empty() && !refused {
+            self.pulling = Some((after, got));
+        }
+        page
     }
 }
 

@@ -19,7 +19,7 @@ use crate::sync::engine::clock;
 use crate::sync::engine::policy::{Role, Rulebook};
 use crate::sync::engine::site::{Site, SiteConfig};
 use crate::sync::engine::store;
-use crate::sync::exchange::agent;
+use crate::sync::exchange::agent::{self, Outgoing};
 use crate::sync::exchange::wire::Secret;
 use crate::sync::files::mover::Mover;
 use crate::sync::link::http::{HttpLink, LinkOptions, Traffic};
@@ -69,6 +69,8 @@ pub struct Runner {
     files: Option<Mover>,
     /// The stick history last shown.
     sticks: Vec<StickRecord>,
+    /// The batch whose push failed, and the position it follows.
+    unsent: Option<(u64, Outgoing)>,
 }
 
 impl Runner {
@@ -98,6 +100,7 @@ impl Runner {
             failures: 0,
             hub_stuck: None,
             sticks: Vec::new(),
+            unsent: None,
         })
     }
 
@@ -218,19 +221,31 @@ impl Runner {
     /// anything moved.
     fn push_all(&mut self, site: &mut Site) -> Result<bool> {
         let mut pushed = store::get_u64(site.conn(), agent::PUSHED)?;
-        let mut next = agent::prepare(site, pushed, self.batch)?;
+        let mut next = match self.unsent.take() {
+            Some((after, batch)) if after == pushed => Some(batch),
+            _ => agent::prepare(site, pushed, self.batch, self.settings.batch_bytes)?,
+        };
         let mut moved = false;
         while let Some(batch) = next.take() {
             if self.controls.interrupted() {
                 break;
             }
-            let (link, body, size) = (&mut self.link, &batch.body, self.batch);
+            let (link, body) = (&mut self.link, &batch.body);
+            let (size, bytes) = (self.batch, self.settings.batch_bytes);
             let (receipt, ahead) = std::thread::scope(|scope| {
-                let sending = scope.spawn(move || link.push_encoded(body));
-                let ahead = agent::prepare(site, batch.last, size);
+                let sending = scope.spawn(move || link.push_encoded(body, batch.last));
+                let ahead = agent::prepare(site, batch.last, size, bytes);
                 (sending.join(), ahead)
             });
-            let receipt = receipt.map_err(|_| anyhow::anyhow!("the sending thread panicked"))??;
+            let receipt =
+                match receipt.map_err(|_| anyhow::anyhow!("the sending thread panicked"))? {
+                    Ok(receipt) => receipt,
+                    Err(e) => {
+                        // Kept for the next try: a batch of one large row takes seconds to encode.
+                        self.unsent = Some((pushed, batch));
+                        return Err(e);
+                    }
+                };
             let acked = receipt.acked;
             let done = agent::record_receipt(site, pushed, receipt)?;
             self.hub_stuck = done.stuck;
@@ -242,7 +257,7 @@ impl Runner {
             next = if acked == batch.last {
                 ahead?
             } else {
-                agent::prepare(site, acked, self.batch)?
+                agent::prepare(site, acked, self.batch, self.settings.batch_bytes)?
             };
             pushed = acked;
         }

@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use tiny_http::{Header, Method, Request, Response, Server};
 
+use crate::sync::engine::change;
 use crate::sync::engine::policy::{Policy, Rulebook};
 use crate::sync::engine::site::{Site, SiteConfig};
 use crate::sync::engine::store;
+use crate::sync::exchange::hub::Receipt;
 use crate::sync::exchange::inbox;
+use crate::sync::exchange::parts::{self, Cuts, PartAnswer, PushPart};
 use crate::sync::exchange::wire::{self, RequestParts, Secret};
 use crate::sync::exchange::{centers, hub};
 use crate::sync::files;
@@ -64,6 +67,7 @@ impl HubServer {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let (wake, woken) = mpsc::sync_channel(1);
+        let cuts = Arc::new(Cuts::default());
         for n in 0..opts.workers.max(1) {
             let worker = Worker {
                 cfg: opts.site.clone(),
@@ -71,6 +75,7 @@ impl HubServer {
                 policy: policy.clone(),
                 wake: wake.clone(),
                 files: opts.files.clone(),
+                cuts: cuts.clone(),
             };
             let (server, stop) = (server.clone(), stop.clone());
             threads.push(
@@ -219,6 +224,8 @@ struct Worker {
     /// Calls the inbox applier.
     wake: SyncSender<()>,
     files: Option<Arc<HubFiles>>,
+    /// Pages being pulled in parts, shared by the workers.
+    cuts: Arc<Cuts>,
 }
 
 /// The rules in force, replaced whole when Moodle is upgraded.
@@ -347,6 +354,108 @@ impl Worker {
         found.map_err(|e| self.database_failed(e))
     }
 
+    /// Stores a center's pushed batch for the applier.
+    fn receive(&mut self, center: u32, body: &[u8]) -> Result<Receipt, Refusal> {
+        let changes = wire::decode_batch(body).map_err(|e| refuse(400, format!("{e:#}")))?;
+        let receipt = inbox::receive(self.site()?, center, body, &changes)
+            .map_err(|e| self.failed(e))?
+            .ok_or_else(|| refuse(503, inbox::FULL))?;
+        // The applier may be asleep; a full channel means it is already called.
+        let _ = self.wake.try_send(());
+        Ok(receipt)
+    }
+
+    /// Keeps one part of a batch too large for one request; with the last, receives the batch.
+    fn receive_part(&mut self, center: u32, body: &[u8]) -> Result<PartAnswer, Refusal> {
+        let PushPart { last, part } =
+            wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
+        let conn = self.site()?.conn();
+        let received = inbox::received(conn, center).map_err(|e| self.failed(e))?;
+        if received >= last {
+            let receipt =
+                inbox::receipt(self.site()?.conn(), center).map_err(|e| self.failed(e))?;
+            return Ok(PartAnswer {
+                held: part.of,
+                receipt: Some(receipt),
+            });
+        }
+        let held = parts::hold(self.site()?.conn(), center, &part).map_err(|e| self.failed(e))?;
+        if held < part.of {
+            return Ok(PartAnswer {
+                held,
+                receipt: None,
+            });
+        }
+        let whole = match parts::whole(self.site()?.conn(), center) {
+            Ok(whole) => whole,
+            Err(e) => {
+                // A body that does not match its digest is of no use: the center sends it again.
+                parts::clear(self.site()?.conn(), center).map_err(|e| self.failed(e))?;
+                return Err(self.failed(e));
+            }
+        };
+        let receipt = self.receive(center, &whole)?;
+        parts::clear(self.site()?.conn(), center).map_err(|e| self.failed(e))?;
+        Ok(PartAnswer {
+            held,
+            receipt: Some(receipt),
+        })
+    }
+
+    /// A page of the hub's log for `center`; with `part=`, one part of it (a page too large for one
+    /// answer travels in parts of `bytes`).
+    fn serve_page(&mut self, center: u32, query: &str) -> Result<Vec<u8>, Refusal> {
+        let after = query_u64(query, "after")?.unwrap_or(0);
+        let max = (query_u64(query, "max")?.unwrap_or(500) as usize).clamp(1, PAGE_MAX_CHANGES);
+        let bytes =
+            (query_u64(query, "bytes")?.unwrap_or(64 << 10) as usize).clamp(1, PAGE_MAX_BYTES);
+        let part = query_u64(query, "part")?
+            .map(|p| u32::try_from(p).map_err(|_| refuse(400, "no such part")))
+            .transpose()?;
+        let key = (center, after, bytes);
+        let cut = match part.and_then(|_| self.cuts.get(key)) {
+            Some(cut) => cut,
+            None => {
+                let policy = self.policy();
+                let page = hub::page(self.site()?, &policy, center, after, max, bytes)
+                    .map_err(|e| self.failed(e))?;
+                // Asking for what follows `after` says everything up to it is applied there.
+                hub::note_pulled(self.site()?, center, after).map_err(|e| self.failed(e))?;
+                let batch = change::encode(&page.changes).map_err(|e| self.failed(e))?;
+                let body = wire::encode_page_batch(page.last, page.more, batch.clone())
+                    .map_err(|e| self.failed(e))?;
+                if part.is_none() || body.len() <= bytes.min(parts::MAX_PART) {
+                    let cut = parts::Cut::new(&body, body.len()).map_err(|e| self.failed(e))?;
+                    return self.answer_part(part, &(cut, body));
+                }
+                // Every part is cut from the same bytes, kept: `more` would change as the log grows.
+                let body =
+                    wire::encode_page_batch(page.last, true, batch).map_err(|e| self.failed(e))?;
+                let cut = parts::Cut::new(&body, bytes).map_err(|e| self.failed(e))?;
+                let cut = Arc::new((cut, body));
+                self.cuts.keep(key, cut.clone());
+                cut
+            }
+        };
+        self.answer_part(part, &cut)
+    }
+
+    /// The whole page (an agent that predates parts), or the part asked for.
+    fn answer_part(
+        &mut self,
+        part: Option<u32>,
+        cut: &(parts::Cut, Vec<u8>),
+    ) -> Result<Vec<u8>, Refusal> {
+        let (cut, body) = cut;
+        let Some(index) = part else {
+            return Ok(body.clone());
+        };
+        let part = cut
+            .part(body, index)
+            .map_err(|e| refuse(400, format!("{e:#}")))?;
+        wire::encode(&part).map_err(|e| self.failed(e))
+    }
+
     fn dispatch(
         &mut self,
         method: &Method,
@@ -358,33 +467,14 @@ impl Worker {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         match (method, path) {
             (Method::Post, wire::PUSH) => {
-                let changes =
-                    wire::decode_batch(body).map_err(|e| refuse(400, format!("{e:#}")))?;
-                let receipt = inbox::receive(self.site()?, center, body, &changes)
-                    .map_err(|e| self.failed(e))?
-                    .ok_or_else(|| refuse(503, inbox::FULL))?;
-                // The applier may be asleep; a full channel means it is already called.
-                let _ = self.wake.try_send(());
+                let receipt = self.receive(center, body)?;
                 wire::encode_receipt(&receipt).map_err(|e| self.failed(e))
             }
-            (Method::Get, wire::PULL) => {
-                let after = query_u64(query, "after")?.unwrap_or(0);
-                let max = query_u64(query, "max")?.unwrap_or(500) as usize;
-                let bytes = query_u64(query, "bytes")?.unwrap_or(64 << 10) as usize;
-                let policy = self.policy();
-                let page = hub::page(
-                    self.site()?,
-                    &policy,
-                    center,
-                    after,
-                    max.clamp(1, PAGE_MAX_CHANGES),
-                    bytes.clamp(1, PAGE_MAX_BYTES),
-                )
-                .map_err(|e| self.failed(e))?;
-                // Asking for what follows `after` says everything up to it is applied there.
-                hub::note_pulled(self.site()?, center, after).map_err(|e| self.failed(e))?;
-                wire::encode_page(&page).map_err(|e| self.failed(e))
+            (Method::Post, wire::PUSH_PART) => {
+                let answer = self.receive_part(center, body)?;
+                wire::encode(&answer).map_err(|e| self.failed(e))
             }
+            (Method::Get, wire::PULL) => self.serve_page(center, query),
             (Method::Post, wire::VERIFY_CATALOG) => {
                 let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
                 self.settle(center)?;

@@ -116,7 +116,8 @@ pub fn from_center(
     let mut w = Writer::create(to.dir, to.volume_size, m.clone(), secret)?;
     let mut after = pushed;
     let mut changes = 0;
-    while let Some(out) = agent::prepare(site, after, batch)? {
+    // A stick has room: batches up to a request's largest body (a single larger change goes alone).
+    while let Some(out) = agent::prepare(site, after, batch, wire::MAX_BODY)? {
         w.add_rows(after, out.last, &out.body)?;
         changes += count_after(site, after, out.last)?;
         after = out.last;

@@ -137,7 +137,7 @@ impl Writer {
     /// Adds a batch of row changes (encoded as on the link). Batches come before any blob.
     pub fn add_rows(&mut self, after: u64, last: u64, body: &[u8]) -> Result<()> {
         ensure!(
-            body.len() <= wire::MAX_BODY,
+            body.len() <= wire::MAX_BATCH,
             "a batch of {} bytes is larger than a stick takes",
             body.len()
         );
@@ -333,7 +333,7 @@ impl Verified {
     pub fn read_rows(&self, batch: &RowBatch) -> Result<Vec<u8>> {
         let name = self.path.display();
         ensure!(
-            batch.len <= wire::MAX_BODY as u64
+            batch.len <= wire::MAX_BATCH as u64
                 && batch.offset.saturating_add(batch.len) <= self.manifest.payload_len,
             "{name}: a row batch lies outside the payload"
         );
