@@ -176,6 +176,7 @@ impl HttpLink {
     fn pull_parts(&mut self, after: u64, max: usize, got: &mut Vec<Part>) -> Result<Page> {
         let mut asked = 0u32;
         loop {
+            asked += 1;
             let target = format!(
                 "{}?after={after}&max={max}&bytes={}&part={}",
                 wire::PULL,
@@ -187,6 +188,7 @@ impl HttpLink {
                 // A hub that predates parts answers with the whole page.
                 return wire::decode_page(&answer);
             };
+            ensure!(asked <= 2 * part.of + 2, "the hub's page never came whole");
             let belongs = got
                 .first()
                 .is_none_or(|f| f.digest == part.digest && f.of == part.of);
@@ -200,8 +202,6 @@ impl HttpLink {
                 got.clear();
                 continue;
             }
-            asked += 1;
-            ensure!(asked <= 2 * part.of + 2, "the hub's page never came whole");
             got.push(part);
             if got.len() == got[0].of as usize {
                 let body = parts::join(got);

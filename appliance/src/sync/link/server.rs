@@ -17,7 +17,7 @@ use crate::sync::engine::change;
 use crate::sync::engine::policy::{Policy, Rulebook};
 use crate::sync::engine::site::{Site, SiteConfig};
 use crate::sync::engine::store;
-use crate::sync::exchange::hub::Receipt;
+use crate::sync::exchange::hub::{Page, Receipt};
 use crate::sync::exchange::inbox;
 use crate::sync::exchange::parts::{self, Cuts, PartAnswer, PushPart};
 use crate::sync::exchange::wire::{self, RequestParts, Secret};
@@ -369,8 +369,7 @@ impl Worker {
     fn receive_part(&mut self, center: u32, body: &[u8]) -> Result<PartAnswer, Refusal> {
         let PushPart { last, part } =
             wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
-        let conn = self.site()?.conn();
-        let received = inbox::received(conn, center).map_err(|e| self.failed(e))?;
+        let received = inbox::received(self.site()?.conn(), center).map_err(|e| self.failed(e))?;
         if received >= last {
             let receipt =
                 inbox::receipt(self.site()?.conn(), center).map_err(|e| self.failed(e))?;
@@ -409,47 +408,44 @@ impl Worker {
         let max = (query_u64(query, "max")?.unwrap_or(500) as usize).clamp(1, PAGE_MAX_CHANGES);
         let bytes =
             (query_u64(query, "bytes")?.unwrap_or(64 << 10) as usize).clamp(1, PAGE_MAX_BYTES);
-        let part = query_u64(query, "part")?
-            .map(|p| u32::try_from(p).map_err(|_| refuse(400, "no such part")))
-            .transpose()?;
-        let key = (center, after, bytes);
-        let cut = match part.and_then(|_| self.cuts.get(key)) {
-            Some(cut) => cut,
-            None => {
-                let policy = self.policy();
-                let page = hub::page(self.site()?, &policy, center, after, max, bytes)
-                    .map_err(|e| self.failed(e))?;
-                // Asking for what follows `after` says everything up to it is applied there.
-                hub::note_pulled(self.site()?, center, after).map_err(|e| self.failed(e))?;
-                let batch = change::encode(&page.changes).map_err(|e| self.failed(e))?;
-                let body = wire::encode_page_batch(page.last, page.more, batch.clone())
-                    .map_err(|e| self.failed(e))?;
-                if part.is_none() || body.len() <= bytes.min(parts::MAX_PART) {
-                    let cut = parts::Cut::new(&body, body.len()).map_err(|e| self.failed(e))?;
-                    return self.answer_part(part, &(cut, body));
-                }
-                // Every part is cut from the same bytes, kept: `more` would change as the log grows.
-                let body =
-                    wire::encode_page_batch(page.last, true, batch).map_err(|e| self.failed(e))?;
-                let cut = parts::Cut::new(&body, bytes).map_err(|e| self.failed(e))?;
-                let cut = Arc::new((cut, body));
-                self.cuts.keep(key, cut.clone());
-                cut
-            }
+        let Some(index) = query_u64(query, "part")? else {
+            // An agent that predates parts takes the page whole.
+            let page = self.page(center, after, max, bytes)?;
+            return wire::encode_page(&page).map_err(|e| self.failed(e));
         };
-        self.answer_part(part, &cut)
+        let index = u32::try_from(index).map_err(|_| refuse(400, "no such part"))?;
+        let key = (center, after, bytes);
+        if let Some(cut) = self.cuts.get(key) {
+            return self.answer_part(index, &cut);
+        }
+        let page = self.page(center, after, max, bytes)?;
+        let batch = change::encode(&page.changes).map_err(|e| self.failed(e))?;
+        let body = wire::encode_page_batch(page.last, page.more, batch.clone())
+            .map_err(|e| self.failed(e))?;
+        if body.len() <= bytes.min(parts::MAX_PART) {
+            let cut = parts::Cut::new(&body, body.len()).map_err(|e| self.failed(e))?;
+            return self.answer_part(index, &(cut, body));
+        }
+        // Every part is cut from the same bytes, kept: `more` would change as the log grows.
+        let body = wire::encode_page_batch(page.last, true, batch).map_err(|e| self.failed(e))?;
+        let cut = parts::Cut::new(&body, bytes).map_err(|e| self.failed(e))?;
+        let cut = Arc::new((cut, body));
+        self.cuts.keep(key, cut.clone());
+        self.answer_part(index, &cut)
     }
 
-    /// The whole page (an agent that predates parts), or the part asked for.
-    fn answer_part(
-        &mut self,
-        part: Option<u32>,
-        cut: &(parts::Cut, Vec<u8>),
-    ) -> Result<Vec<u8>, Refusal> {
+    fn page(&mut self, center: u32, after: u64, max: usize, bytes: usize) -> Result<Page, Refusal> {
+        let policy = self.policy();
+        let page = hub::page(self.site()?, &policy, center, after, max, bytes)
+            .map_err(|e| self.failed(e))?;
+        // Asking for what follows `after` says everything up to it is applied there.
+        hub::note_pulled(self.site()?, center, after).map_err(|e| self.failed(e))?;
+        Ok(page)
+    }
+
+    /// Part `index` of a page.
+    fn answer_part(&mut self, index: u32, cut: &(parts::Cut, Vec<u8>)) -> Result<Vec<u8>, Refusal> {
         let (cut, body) = cut;
-        let Some(index) = part else {
-            return Ok(body.clone());
-        };
         let part = cut
             .part(body, index)
             .map_err(|e| refuse(400, format!("{e:#}")))?;
