@@ -315,7 +315,7 @@ fn memory(count: usize, seed: u64, t0: Instant) -> Result<(u64, f64)> {
             "image/png",
             &data,
         );
-        hashes.push(pool.add(&data)?);
+        hashes.push(files::add_blob(&pool, &data)?);
         rows.push(row);
     }
     files::insert_rows(&s.w.hub, &rows)?;

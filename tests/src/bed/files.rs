@@ -10,6 +10,7 @@ use mysql::prelude::Queryable;
 use serde::Deserialize;
 
 use crate::bed::{Node, PREFIX};
+use appliance::sync::files::chunk::Chunk;
 use appliance::sync::files::hash::ContentHash;
 use appliance::sync::files::pool::{Perms, Pool};
 
@@ -137,9 +138,22 @@ pub fn insert_rows(node: &Node, rows: &[FileRow]) -> Result<()> {
     Ok(())
 }
 
+/// Writes a whole blob straight into filedir, as Moodle's upload would.
+pub fn add_blob(pool: &Pool, data: &[u8]) -> Result<ContentHash> {
+    let hash = ContentHash::of(data);
+    let chunk = Chunk {
+        hash,
+        total: data.len() as u64,
+        offset: 0,
+        data: data.to_vec(),
+    };
+    pool.write(&chunk, "")?;
+    Ok(hash)
+}
+
 /// Adds a file at a site as Moodle's upload does: the blob into filedir, then its row.
 pub fn add_file(node: &Node, pool: &Pool, row: &FileRow, data: &[u8]) -> Result<ContentHash> {
-    let hash = pool.add(data)?;
+    let hash = add_blob(pool, data)?;
     ensure!(
         hash.hex() == row.contenthash,
         "the row's hash is not the data's"
@@ -203,7 +217,7 @@ impl Backup {
         for row in &self.rows {
             let hash = row.hash()?;
             if hash != appliance::sync::files::hash::EMPTY && !blobs.contains(&hash) {
-                pool.add(&self.blob(row)?)?;
+                add_blob(pool, &self.blob(row)?)?;
                 blobs.push(hash);
             }
         }

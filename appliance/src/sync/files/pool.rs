@@ -297,19 +297,6 @@ impl Pool {
         Ok(Some((total, data)))
     }
 
-    /// Writes a whole blob straight into filedir, as Moodle's upload would (test beds and benches).
-    pub fn add(&self, data: &[u8]) -> Result<ContentHash> {
-        let hash = ContentHash::of(data);
-        let chunk = Chunk {
-            hash,
-            total: data.len() as u64,
-            offset: 0,
-            data: data.to_vec(),
-        };
-        self.write(&chunk, "")?;
-        Ok(hash)
-    }
-
     pub fn filedir(&self) -> &Path {
         &self.filedir
     }
