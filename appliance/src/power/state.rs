@@ -186,13 +186,12 @@ impl Machine {
         let t = &self.thresholds;
         match self.is_low(r) {
             Some(why) => {
-                let low = self.low.get_or_insert(Low {
-                    first: now,
+                let first = self.low.as_ref().map_or(now, |l| l.first);
+                self.low = Some(Low {
+                    first,
                     last: now,
-                    why: why.clone(),
+                    why,
                 });
-                low.last = now;
-                low.why = why;
             }
             None => {
                 if mains_held

@@ -293,6 +293,21 @@ fn append(tx: &mut mysql::Transaction<'_>, changes: &[Change], data: &[Vec<u8>])
     })
 }
 
+/// How many of the logged changes of `sizes` (in log order) one batch or page takes: as many as fit in
+/// `max_bytes`, and at least one however large (a larger one travels in parts).
+pub fn fitting(sizes: impl IntoIterator<Item = usize>, max_bytes: usize) -> usize {
+    let mut bytes = 0;
+    let mut taken = 0;
+    for size in sizes {
+        if taken > 0 && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        taken += 1;
+    }
+    taken
+}
+
 /// Deletes log rows matching `filter` (a condition on `lseq`, `origin`, `seq` with `args`), a slice at
 /// a time so that no transaction grows large; returns how many went.
 pub fn prune_log(

@@ -79,13 +79,11 @@ fn outbox(site: &mut Site, after: u64, max: usize, max_bytes: usize) -> Result<V
             (origin, after, max as u64),
         )
         .context("cannot read the outbox")?;
-    let mut bytes = 0;
-    let within = rows.iter().take_while(|d| {
-        let first = bytes == 0;
-        bytes += d.len();
-        first || bytes <= max_bytes
-    });
-    within.map(|d| store::decode_logged(d)).collect()
+    let taken = store::fitting(rows.iter().map(Vec::len), max_bytes);
+    rows[..taken]
+        .iter()
+        .map(|d| store::decode_logged(d))
+        .collect()
 }
 
 /// Moves the acknowledged position to what the hub holds; `pushed` is where it was.

@@ -378,16 +378,10 @@ pub fn page(
             (after, center, max as u64 + 1),
         )
         .context("cannot read the hub's log")?;
+    let taken = store::fitting(rows.iter().take(max).map(|(_, data)| data.len()), max_bytes);
     let mut last = after;
-    let mut bytes = 0;
-    let mut taken = 0;
     let mut changes = Vec::new();
-    for (lseq, data) in rows.iter().take(max) {
-        if taken > 0 && bytes + data.len() > max_bytes {
-            break;
-        }
-        taken += 1;
-        bytes += data.len();
+    for (lseq, data) in &rows[..taken] {
         last = *lseq;
         let change = store::decode_logged(data)?;
         if relayed(policy.direction(&change.table)) {
