@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::config::{local, power};
 use crate::ini::{split_list, ConfigError, Document, Key, Schema, Section};
 
 pub const SCHEMA: Schema = &[
@@ -80,6 +81,15 @@ pub const SCHEMA: Schema = &[
             "SSH public keys allowed to log in as root, separated by ','",
         )],
     },
+    // The card's own settings: appliance.ini's sections of the same names (`appliance config-help`),
+    // laid over the image's defaults. A key left out keeps the image's value.
+    local::STATUS,
+    power::POWER,
+    power::NUT,
+    power::SYSFS,
+    power::X728,
+    power::WAVESHARE,
+    power::GPIO,
 ];
 
 /// A checked center configuration.
@@ -107,6 +117,9 @@ pub struct Center {
     /// `seed` or `install`: how first boot makes Moodle's database.
     pub moodle: String,
     pub ssh_authorized_keys: Vec<String>,
+    /// The appliance.ini settings this center gives its card (`[status]`, `[power]` and the power
+    /// sources' sections); `center apply` lays the card's local overrides over them.
+    pub settings: local::Layer,
 }
 
 impl Center {
@@ -216,7 +229,9 @@ impl Center {
                 format!("not an SSH public key: '{bad}'"),
             ));
         }
+        local::check(doc)?;
         Ok(Center {
+            settings: local::given(doc),
             id,
             name: doc.get("center", "name").to_owned(),
             timezone: doc.get("center", "timezone").to_owned(),
@@ -343,6 +358,34 @@ mod tests {
             ("dsm", "K", "https://hub")
         );
         assert_eq!(c.passphrase.as_deref(), Some("12345678"));
+    }
+
+    /// The card's settings in center.ini are checked as appliance.ini's: a bad UPS key names its line.
+    #[test]
+    fn ups_settings_are_checked_where_they_are_written() {
+        let c = parse(&format!(
+            "{GOOD}[power]\nsources = nut\n[nut]\ndriver = blazer_ser\nport = /dev/ttyUSB0\n"
+        ))
+        .unwrap();
+        assert_eq!(c.settings["power"]["sources"], "nut");
+        assert_eq!(c.settings["nut"]["port"], "/dev/ttyUSB0");
+        assert!(!c.settings["nut"].contains_key("ups"), "only what is given");
+        let e = parse(&format!("{GOOD}[power]\nsources = nut, solar\n")).unwrap_err();
+        assert_eq!(e.line, Some(11), "{e}");
+        assert!(
+            e.message.contains("'sources'") && e.message.contains("solar"),
+            "{e}"
+        );
+        let e = parse(&format!("{GOOD}[nut]\nupsname = x\n")).unwrap_err();
+        assert_eq!(e.line, Some(11), "{e}");
+        assert!(e.message.contains("invalid key 'upsname'"), "{e}");
+    }
+
+    /// center.ini holds every section the card's local overrides may: the same settings, two places.
+    #[test]
+    fn center_holds_the_local_sections() {
+        let names = |s: Schema| s.iter().map(|s| s.name).collect::<Vec<_>>();
+        assert!(names(SCHEMA).ends_with(&names(local::SCHEMA)));
     }
 
     #[test]

@@ -35,6 +35,15 @@ enum Command {
     },
     /// Print the documented settings of appliance.ini (an annotated example file).
     ConfigHelp,
+    /// This card's settings: the technician's local overrides on /data (kept across boots and
+    /// updates), laid over center.ini and the image's defaults.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+        /// The root filesystem (a test's temporary folder).
+        #[arg(long, default_value = "/", global = true)]
+        root: PathBuf,
+    },
     /// Read a password from standard input and print its hash for `[status] technician_password_hash`.
     HashPassword,
     /// The hub: the central side of sync, beside the university's Moodle.
@@ -78,6 +87,18 @@ enum HubAction {
         #[arg(long)]
         secret_out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print appliance.ini's settings, each with where its value came from (local, center.ini,
+    /// image, default).
+    Show,
+    /// Override a setting on this card (e.g. `power.low_charge_percent 30`) and render appliance.ini
+    /// again; restart the supervisor (or reboot) to use it.
+    Set { name: String, value: String },
+    /// Remove a local override: center.ini's value or the default applies again.
+    Unset { name: String },
 }
 
 #[derive(Subcommand)]
@@ -174,8 +195,30 @@ fn main() {
 }
 
 fn center_apply(root: &std::path::Path) -> Result<()> {
-    use appliance::commission::apply::{run, Outcome, CENTER_FILE};
-    match run(root)? {
+    report(appliance::commission::apply::run(root)?);
+    Ok(())
+}
+
+fn config_action(root: &std::path::Path, action: ConfigAction) -> Result<()> {
+    use appliance::commission::overrides;
+    let outcome = match action {
+        ConfigAction::Show => {
+            print!("{}", overrides::show(root)?);
+            return Ok(());
+        }
+        ConfigAction::Set { name, value } => overrides::set(root, &name, Some(&value))?,
+        ConfigAction::Unset { name } => overrides::set(root, &name, None)?,
+    };
+    report(outcome);
+    eprintln!(
+        "config: restart the supervisor to use it: systemctl restart kituo-supervisor.service"
+    );
+    Ok(())
+}
+
+fn report(outcome: appliance::commission::apply::Outcome) {
+    use appliance::commission::apply::{Outcome, CENTER_FILE};
+    match outcome {
         Outcome::NoFile => eprintln!("center: no /{CENTER_FILE}: nothing to apply"),
         Outcome::Invalid(error) => {
             eprintln!("center: ERROR: not applied, the card keeps its configuration: {error}")
@@ -187,7 +230,6 @@ fn center_apply(root: &std::path::Path) -> Result<()> {
             }
         }
     }
-    Ok(())
 }
 
 fn run() -> Result<()> {
@@ -200,6 +242,7 @@ fn run() -> Result<()> {
             let config = Config::load(&config)?;
             terminal::show(&config, json)
         }
+        Command::Config { action, root } => config_action(&root, action),
         Command::ConfigHelp => {
             print!("{}", appliance::ini::describe(appliance::config::SCHEMA));
             Ok(())

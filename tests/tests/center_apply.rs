@@ -302,3 +302,154 @@ fn image_center_keeps_the_image_secrets_and_a_given_sync_secret_wins() {
     }
     assert_eq!(card.values["sync_secret"], hex);
 }
+
+fn appliance(root: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(kituo_tests::appliance_binary())
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run appliance");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn hash(password: &str) -> String {
+    let out = Command::new(kituo_tests::appliance_binary())
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(password.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The card's own settings: center.ini's UPS, thresholds and technician password reach appliance.ini;
+/// the technician's local override (`appliance config set`) is checked with them, survives a changed
+/// center.ini and a boot without one, and `config show` says where every value came from.
+#[test]
+fn center_settings_and_local_overrides_are_layered() {
+    let dir = image();
+    let root = dir.path();
+    let technician = hash("field-tech-42");
+    let center = format!(
+        "{DSM}[power]\nsources = nut\nlow_charge_percent = 25\n[nut]\ndriver = blazer_ser\n\
+         port = /dev/ttyUSB0\n[status]\ntechnician_password_hash = {technician}\n"
+    );
+    std::fs::write(root.join(apply::CENTER_FILE), &center).unwrap();
+    apply(root);
+    let ini = read(root, APPLIANCE_INI);
+    for line in [
+        "sources = nut\n",
+        "low_charge_percent = 25\n",
+        "driver = blazer_ser\n",
+        "port = /dev/ttyUSB0\n",
+        "listen = 127.0.0.1:8080\n",
+    ] {
+        assert!(ini.contains(line), "{line} missing:\n{ini}");
+    }
+    let config = appliance::config::Config::load(&root.join(APPLIANCE_INI)).unwrap();
+    assert_eq!(
+        config.technician_password_hash.as_deref(),
+        Some(technician.as_str())
+    );
+    assert_eq!(config.power.sources, [appliance::config::SourceKind::Nut]);
+    // The center config is kept root-only on /data, for boots without one on the boot partition.
+    let kept = root.join(apply::KEPT_CENTER_FILE);
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), center);
+    assert_eq!(std::fs::metadata(&kept).unwrap().mode() & 0o777, 0o600);
+
+    let set = appliance(
+        root,
+        &["config", "set", "power.low_charge_percent", "35"],
+        "",
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(read(root, APPLIANCE_INI).contains("low_charge_percent = 35\n"));
+    let overrides = root.join(appliance::config::local::FILE);
+    let written = std::fs::read_to_string(&overrides).unwrap();
+
+    // Refused before anything is written: a clash with the other thresholds, a key the center does
+    // not own, a value that is not one.
+    for (name, value, says) in [
+        ("power.low_debounce_seconds", "90", "low_clear_seconds"),
+        ("status.listen", "0.0.0.0:80", "cannot be overridden"),
+        ("power.poll_seconds", "fast", "poll_seconds"),
+    ] {
+        let before = snapshot(root);
+        let out = appliance(root, &["config", "set", name, value], "");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} = {value} was accepted");
+        assert!(stderr.contains(says), "{name}: {stderr}");
+        assert_unchanged(root, &before, &[]);
+    }
+    assert_eq!(std::fs::read_to_string(&overrides).unwrap(), written);
+
+    // A changed center.ini applies its change and keeps the override.
+    let changed = center
+        .replace("low_charge_percent = 25", "low_charge_percent = 28")
+        .replace(
+            "passphrase = dar-passphrase\n",
+            "passphrase = dar-passphrase\nchannel = 11\n",
+        );
+    std::fs::write(root.join(apply::CENTER_FILE), &changed).unwrap();
+    apply(root);
+    assert!(read(root, HOSTAPD).contains("channel=11\n"));
+    let ini = read(root, APPLIANCE_INI);
+    assert!(ini.contains("low_charge_percent = 35\n"), "{ini}");
+    assert!(ini.contains("sources = nut\n"), "{ini}");
+    let before = snapshot(root);
+    assert!(
+        apply(root).stdout.is_empty(),
+        "the same files render the same"
+    );
+    assert_unchanged(root, &before, &[]);
+
+    let show = appliance(root, &["config", "show"], "");
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    let show = String::from_utf8(show.stdout).unwrap();
+    for line in [
+        "low_charge_percent = 35    ; local\n",
+        "sources = nut    ; center.ini\n",
+        "listen = 127.0.0.1:8080    ; image\n",
+        "grace_seconds = 0    ; default\n",
+    ] {
+        assert!(show.contains(line), "{line} missing:\n{show}");
+    }
+
+    // Without a center.ini on the boot partition the kept one is rendered: removing the override
+    // brings center.ini's value back.
+    std::fs::remove_file(root.join(apply::CENTER_FILE)).unwrap();
+    let unset = appliance(root, &["config", "unset", "power.low_charge_percent"], "");
+    assert!(
+        unset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unset.stderr)
+    );
+    let ini = read(root, APPLIANCE_INI);
+    assert!(ini.contains("low_charge_percent = 28\n"), "{ini}");
+    assert!(read(root, HOSTAPD).contains("channel=11\n"));
+}

@@ -12,10 +12,19 @@ use sha2::{Digest, Sha256};
 
 use crate::center::{Center, SCHEMA};
 use crate::commission::{context, render, secrets};
+use crate::config::{local, Config};
 use crate::ini::Document;
 
 /// Where the flash step writes the center config (the boot partition, mounted by fstab).
 pub const CENTER_FILE: &str = "boot/firmware/center.ini";
+/// The last center config applied, kept root-only on the data partition (the builder puts the built-for
+/// center's there): with no center.ini on the boot partition, the card renders again from it, so the
+/// local overrides apply to every card.
+pub const KEPT_CENTER_FILE: &str = "data/kituo/center.ini";
+/// The same, relative to the data partition's root (where the builder stages it).
+pub const KEPT_CENTER_ON_DATA: &str = "kituo/center.ini";
+/// appliance.ini, checked as the supervisor reads it before it is written.
+const APPLIANCE_INI: &str = "etc/kituo/appliance.ini";
 /// The card's own secrets, on the data partition (they survive root slot updates).
 pub const SECRETS_FILE: &str = "data/kituo/secrets.ini";
 /// The same, relative to the data partition's root (where the builder stages it).
@@ -59,19 +68,19 @@ pub enum Outcome {
 }
 
 /// The files a valid center config renders to, computed before anything is written.
-struct Plan {
+pub struct Plan {
     center: Center,
     secrets: secrets::File,
     files: Vec<(PathBuf, String)>,
     localtime: PathBuf,
 }
 
-/// Applies `<root>/boot/firmware/center.ini` to the root filesystem under `root` (`/` on a card).
+/// Applies `<root>/boot/firmware/center.ini` (or the kept copy of the last one) and the local overrides
+/// to the root filesystem under `root` (`/` on a card).
 pub fn run(root: &Path) -> Result<Outcome> {
-    let source = root.join(CENTER_FILE);
     let record_path = root.join(RECORD_FILE);
     let previous = Record::load(&record_path).unwrap_or_default();
-    if !source.exists() {
+    let Some(source) = source(root) else {
         // Nothing to apply; but an error about a file that is gone would stay on the page for ever.
         if previous.error.is_some() {
             save_record(
@@ -83,9 +92,14 @@ pub fn run(root: &Path) -> Result<Outcome> {
             )?;
         }
         return Ok(Outcome::NoFile);
-    }
-    let display = Path::new("/").join(CENTER_FILE).display().to_string();
-    let plan = match plan(root, &source) {
+    };
+    let display = Path::new("/")
+        .join(source.strip_prefix(root).unwrap_or(&source))
+        .display()
+        .to_string();
+    let planned =
+        local::load(&root.join(local::FILE)).and_then(|overrides| plan(root, &source, &overrides));
+    let plan = match planned {
         Ok(plan) => plan,
         Err(e) => {
             let error = format!("{e:#}");
@@ -98,6 +112,12 @@ pub fn run(root: &Path) -> Result<Outcome> {
             return Ok(Outcome::Invalid(error));
         }
     };
+    let kept = root.join(KEPT_CENTER_FILE);
+    let text =
+        std::fs::read(&source).with_context(|| format!("cannot read {}", source.display()))?;
+    if source != kept && std::fs::read(&kept).ok().as_deref() != Some(text.as_slice()) {
+        secrets::write_private(&kept, &text)?;
+    }
     let secrets_path = root.join(SECRETS_FILE);
     if secrets::File::load(&secrets_path)? != plan.secrets {
         plan.secrets.save(&secrets_path, SECRETS_HEADER)?;
@@ -111,9 +131,7 @@ pub fn run(root: &Path) -> Result<Outcome> {
     if set_localtime(root, &plan.localtime)? {
         changed.push("/etc/localtime".to_owned());
     }
-    let sha256 = hex::encode(Sha256::digest(
-        std::fs::read(&source).with_context(|| format!("cannot read {}", source.display()))?,
-    ));
+    let sha256 = hex::encode(Sha256::digest(&text));
     let same = previous.sha256.as_deref() == Some(sha256.as_str());
     let record = Record {
         center_id: Some(plan.center.id.clone()),
@@ -130,9 +148,20 @@ pub fn run(root: &Path) -> Result<Outcome> {
     Ok(Outcome::Applied(changed))
 }
 
-fn plan(root: &Path, source: &Path) -> Result<Plan> {
+/// The center config to apply: the boot partition's, else the one applied last.
+pub fn source(root: &Path) -> Option<PathBuf> {
+    [CENTER_FILE, KEPT_CENTER_FILE]
+        .iter()
+        .map(|f| root.join(f))
+        .find(|p| p.exists())
+}
+
+/// Renders the image's templates for the center config in `source`, with the local `overrides` laid
+/// over its settings; nothing is written.
+pub fn plan(root: &Path, source: &Path, overrides: &local::Layer) -> Result<Plan> {
     let doc = Document::load(source, SCHEMA)?;
-    let center = Center::from_document(&doc)?;
+    let mut center = Center::from_document(&doc)?;
+    center.settings = local::over(&center.settings, overrides);
     let zone = Path::new(ZONEINFO).join(&center.timezone);
     let known = !center.timezone.is_empty()
         && !center
@@ -160,7 +189,14 @@ fn plan(root: &Path, source: &Path) -> Result<Plan> {
     let env = render::environment();
     let mut files = Vec::new();
     for (template, rel) in render::templates(&root.join(render::TEMPLATES))? {
-        files.push((rel, render::render(&env, &template, &context)?));
+        let text = render::render(&env, &template, &context)?;
+        if rel == Path::new(APPLIANCE_INI) {
+            // The merged settings can clash where each layer alone was valid (a threshold from
+            // center.ini against one from the overrides): refuse them here, not in the supervisor.
+            Config::parse(&Path::new("/").join(&rel), &text)
+                .context("the settings of center.ini and the local overrides together")?;
+        }
+        files.push((rel, text));
     }
     anyhow::ensure!(
         !files.is_empty(),

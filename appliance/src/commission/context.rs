@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use crate::center::Center;
+use crate::config::local;
 
-/// The center half: `center`, `network`, `wifi`, `sync`, `access`, `secrets`.
+/// The center half: `center`, `network`, `wifi`, `sync`, `access`, `secrets`, and `settings`: every
+/// key of the card's own appliance.ini sections ([`local::SCHEMA`]), the center's value or the default.
 pub fn center_half(center: &Center, secrets: &BTreeMap<String, String>) -> Value {
     let secret = |name: &str| secrets.get(name).cloned().unwrap_or_default();
     // Values written in the center config win over generated ones: people need to know the
@@ -41,7 +43,9 @@ pub fn center_half(center: &Center, secrets: &BTreeMap<String, String>) -> Value
             "kituo_db_password": secret("kituo_db_password"),
             "moodle_admin_password": secret("moodle_admin_password"),
             "sync_secret": sync_secret,
+            "nut_password": secret("nut_password"),
         },
+        "settings": local::complete(&center.settings),
     })
 }
 
@@ -88,6 +92,10 @@ mod tests {
         let hex = "ab".repeat(32);
         let given = center_half(&center(&format!("secret = {hex}\n")), &secrets);
         assert_eq!(given["secrets"]["sync_secret"], hex.as_str());
+        assert_eq!(plain["settings"]["power"]["sources"], "");
+        let ups = center_half(&center("[power]\nsources = nut\n"), &secrets);
+        assert_eq!(ups["settings"]["power"]["sources"], "nut");
+        assert_eq!(ups["settings"]["nut"]["driver"], "usbhid-ups");
     }
 
     #[test]

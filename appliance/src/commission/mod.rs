@@ -6,8 +6,10 @@
 //! - [`context`]: the variables templates see: a center half and an image half
 //! - [`render`]: the template engine, the templates installed in the image, writing only what changed
 //! - [`apply`]: `appliance center apply`, the first-boot step, and its record for the status page
+//! - [`overrides`]: `appliance config set|unset|show`, the card's local overrides
 
 pub mod apply;
 pub mod context;
+pub mod overrides;
 pub mod render;
 pub mod secrets;

@@ -21,6 +21,8 @@ pub const NAMES: &[(&str, usize)] = &[
     ("wifi_passphrase", 20),
     // The center's sync secret with the hub: 32 random bytes as hex, the form `appliance` reads.
     ("sync_secret", 64),
+    // upsd's one user (upsd.users), for NUT's own tools; reading the UPS needs no login.
+    ("nut_password", 24),
 ];
 
 /// A fresh value for the secret `name`, of its usual length (`center new` uses it for the Wi-Fi passphrase).

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use appliance::center::Center;
+use appliance::commission::secrets::write_private;
 use appliance::commission::{apply, context, render};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -161,7 +162,7 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
         &layers,
         &image_context(&board, &layout, moodle.as_ref(), &build_id, epoch),
         &secrets,
-        &center,
+        (&center, &center_path),
         &root,
         &data,
     )?;
@@ -365,12 +366,13 @@ fn image_context(
 
 /// What first boot needs to configure the card for another center (`appliance center apply`): the
 /// root filesystem's templates, the image half of their context, and this center's secrets on the
-/// data partition (root only), which the card keeps when its center.ini names the same center.
+/// data partition (root only), which the card keeps when its center.ini names the same center, and that
+/// center's config, which the card renders from again when its boot partition has none.
 fn install_commissioning(
     layers: &[PathBuf],
     image_context: &Value,
     secrets: &Secrets,
-    center: &Center,
+    (center, center_path): (&Center, &Path),
     root: &Path,
     data: &Path,
 ) -> Result<()> {
@@ -382,6 +384,9 @@ fn install_commissioning(
     }
     std::fs::write(&path, serde_json::to_string_pretty(image_context)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
+    let text = std::fs::read(center_path)
+        .with_context(|| format!("cannot read {}", center_path.display()))?;
+    write_private(&data.join(apply::KEPT_CENTER_ON_DATA), &text)?;
     let mut card = secrets.file(Some(&center.id));
     card.take_from_config(center);
     card.save(
@@ -513,7 +518,20 @@ mod tests {
         std::fs::create_dir_all(data.join("kituo")).unwrap();
         let layers = overlay::layers(&repo.join("overlays"), &board);
         let image = image_context(&board, &layout, None, "build-id", 1);
-        install_commissioning(&layers, &image, &secrets, &center, &root, &data).unwrap();
+        let center_path = repo.join("board-configs/example-center.ini");
+        install_commissioning(
+            &layers,
+            &image,
+            &secrets,
+            (&center, &center_path),
+            &root,
+            &data,
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(data.join(apply::KEPT_CENTER_ON_DATA)).unwrap(),
+            std::fs::read(&center_path).unwrap()
+        );
 
         let card_path = data.join(apply::SECRETS_ON_DATA);
         let card = appliance::commission::secrets::File::load(&card_path).unwrap();
