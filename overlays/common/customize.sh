@@ -74,6 +74,12 @@ chmod 0640 /var/www/moodle/kituo-health.php
 chmod 0600 /etc/hostapd/kituo.conf
 ln -sfn ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf
 
+# --- UPS ------------------------------------------------------------------------------------
+# upsd.users holds this card's NUT password; NUT's daemons read their files as group nut.
+chown root:nut /etc/nut /etc/nut/nut.conf /etc/nut/ups.conf /etc/nut/upsd.conf /etc/nut/upsd.users
+chmod 0640 /etc/nut/nut.conf /etc/nut/ups.conf /etc/nut/upsd.conf /etc/nut/upsd.users
+enable_units nut-driver-enumerator.service nut-server.service
+
 # --- Services ----------------------------------------------------------------------------
 enable_units \
     systemd-networkd.service \

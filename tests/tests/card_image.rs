@@ -448,9 +448,15 @@ ip netns exec sta busybox nslookup kituo.kituo.lan 10.42.0.1 | grep -A1 '^Name:'
 ip netns exec sta busybox wget -q -O - http://10.42.0.1/
 "#
     );
-    let out = vm
-        .ssh(&script)
-        .unwrap_or_else(|e| panic!("access point check failed: {e}"));
+    let out = vm.ssh(&script).unwrap_or_else(|e| {
+        let why = vm
+            .ssh(
+                "journalctl -b -o cat -u kituo-supervisor.service | grep 'health:' | tail -5; \
+                 tail -5 /var/log/nginx/error.log; journalctl -b -o cat -u php8.4-fpm.service | tail -5",
+            )
+            .unwrap_or_default();
+        panic!("access point check failed: {e}\nthe card's logs:\n{why}")
+    });
     assert!(out.contains("state=ENABLED"), "hostapd is not up:\n{out}");
     assert!(
         out.contains(&format!("SSID: {ssid}")),

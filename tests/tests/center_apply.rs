@@ -181,6 +181,12 @@ fn valid_center_is_applied_once() {
     );
     assert!(ini.contains("hub_url = https://hub.dsm.example\n"), "{ini}");
     assert_eq!(read(root, "etc/timezone"), "Europe/Paris\n");
+    // No UPS named: an empty ups.conf, so NUT's units do not start (ConditionFileNotEmpty).
+    assert_eq!(read(root, "etc/nut/ups.conf"), "");
+    assert_eq!(
+        read(root, "etc/nut/nut.conf").lines().last(),
+        Some("MODE=none")
+    );
     assert_eq!(
         std::fs::read_link(root.join("etc/localtime")).unwrap(),
         Path::new("/usr/share/zoneinfo/Europe/Paris")
@@ -363,6 +369,26 @@ fn center_settings_and_local_overrides_are_layered() {
     ] {
         assert!(ini.contains(line), "{line} missing:\n{ini}");
     }
+    // NUT's files for that UPS: upsd on loopback, the card's own password.
+    let ups = read(root, "etc/nut/ups.conf");
+    assert!(
+        ups.contains("[ups]\n    driver = blazer_ser\n    port = /dev/ttyUSB0\n"),
+        "{ups}"
+    );
+    assert_eq!(
+        read(root, "etc/nut/nut.conf").lines().last(),
+        Some("MODE=standalone")
+    );
+    assert_eq!(
+        read(root, "etc/nut/upsd.conf").lines().last(),
+        Some("LISTEN 127.0.0.1 3493")
+    );
+    let card = secrets::File::load(&root.join(apply::SECRETS_FILE)).unwrap();
+    let users = read(root, "etc/nut/upsd.users");
+    assert!(
+        users.contains(&format!("password = {}\n", card.values["nut_password"])),
+        "{users}"
+    );
     let config = appliance::config::Config::load(&root.join(APPLIANCE_INI)).unwrap();
     assert_eq!(
         config.technician_password_hash.as_deref(),

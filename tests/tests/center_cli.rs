@@ -111,6 +111,63 @@ fn new_twice_gives_fresh_secrets_and_the_next_free_site() {
     assert!(!out.exists());
 }
 
+/// `--technician-password-prompt` stores the password's Argon2 hash in center.ini, never the password.
+#[test]
+fn technician_password_is_kept_as_its_hash_only() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("boards")).unwrap();
+    let run = |id: &str, password: &str| {
+        let mut child = Command::new(image_builder())
+            .args([
+                "center",
+                "new",
+                "--id",
+                id,
+                "--name",
+                "T",
+                "--hub-url",
+                "https://hub.example",
+            ])
+            .arg("--technician-password-prompt")
+            .arg("--out")
+            .arg(dir.path().join(format!("{id}.ini")))
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .arg("--board-configs")
+            .arg(dir.path().join("boards"))
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("run image-builder");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{password}\n").as_bytes()).unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let out = run("tech", "field-tech-42");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("tech.ini")).unwrap();
+    assert!(!text.contains("field-tech-42"), "{text}");
+    let center = Center::load(&dir.path().join("tech.ini")).unwrap();
+    let hash = &center.settings["status"]["technician_password_hash"];
+    assert!(
+        appliance::status::auth::verify(hash, "field-tech-42"),
+        "{hash}"
+    );
+    assert!(!appliance::status::auth::verify(hash, "field-tech-43"));
+
+    let out = run("short", "short");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 8"));
+    assert!(!dir.path().join("short.ini").exists(), "nothing written");
+}
+
 #[test]
 fn a_full_range_is_refused_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();

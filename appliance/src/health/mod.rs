@@ -35,6 +35,9 @@ pub struct Settings {
     pub partitions: Vec<PathBuf>,
     pub min_free_percent: u8,
     pub restart: Option<Cmd>,
+    /// Failed probes in a row before a restart: under load one probe can time out while the service
+    /// is fine, and restarting it then cuts off every user's request in flight.
+    pub failures_before_restart: u32,
     pub backoff: Duration,
     pub backoff_max: Duration,
     pub sys_root: PathBuf,
@@ -79,6 +82,9 @@ pub struct Report {
 
 #[derive(Default)]
 struct Backoff {
+    /// Failed probes since the last success.
+    failed_in_row: u32,
+    /// Restarts since the last success: the exponent of the pause.
     failures: u32,
     restarts: u32,
     next_try: Option<Instant>,
@@ -120,11 +126,15 @@ impl Health {
             let b = self.backoff.entry(svc.name.clone()).or_default();
             let (ok, mut detail) = match result {
                 Ok(d) => {
+                    b.failed_in_row = 0;
                     b.failures = 0;
                     b.next_try = None;
                     (true, d)
                 }
-                Err(e) => (false, format!("{e:#}")),
+                Err(e) => {
+                    b.failed_in_row += 1;
+                    (false, format!("{e:#}"))
+                }
             };
             // Restarting hostapd cannot help while its radio is missing (no Wi-Fi adapter, a board
             // without one): say so instead of restarting in a loop.
@@ -137,7 +147,8 @@ impl Health {
             if !ok && radio_missing {
                 detail = "no Wi-Fi radio: the access point's interface is absent".to_owned();
             }
-            if !ok && !radio_missing && may_restart && !svc.unit.is_empty() {
+            let dead = b.failed_in_row >= s.failures_before_restart;
+            if !ok && dead && !radio_missing && may_restart && !svc.unit.is_empty() {
                 if let Some(restart) = &s.restart {
                     if b.next_try.is_none_or(|t| Instant::now() >= t) {
                         let wait = s
@@ -223,6 +234,7 @@ mod tests {
             partitions: vec![PathBuf::from("/")],
             min_free_percent: 0,
             restart: Cmd::parse(&format!("{} restart", script.display())),
+            failures_before_restart: 3,
             backoff: Duration::from_millis(400),
             backoff_max: Duration::from_secs(60),
             sys_root: dir.path().into(),
@@ -239,6 +251,9 @@ mod tests {
         let r = h.check(false);
         assert!(!r.services[0].ok);
         assert_eq!(calls(), 0, "no restarts while shutting down");
+        let r = h.check(true);
+        assert!(!r.services[0].ok);
+        assert_eq!(calls(), 0, "two failed probes are not yet a dead service");
         let r = h.check(true);
         assert_eq!(calls(), 1);
         assert!(

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use appliance::center::Center;
 
-use crate::centers::{registry, render};
+use crate::centers::{password, registry, render};
 use crate::secrets::{self, Secrets};
 use crate::Paths;
 
@@ -55,6 +55,10 @@ pub struct NewArgs {
     /// folder and <state>/centers].
     #[arg(long)]
     pub dir: Vec<PathBuf>,
+    /// Ask for the technician password of the card's status page (twice, unechoed, at a terminal; one
+    /// line from a pipe) and store only its Argon2 hash, as [status] technician_password_hash.
+    #[arg(long)]
+    pub technician_password_prompt: bool,
     /// Where to write the config [default: ./<id>.ini]; an existing file is never overwritten.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -196,6 +200,11 @@ pub fn new(args: &NewArgs) -> Result<(PathBuf, Center)> {
     }
     if let Some(channel) = args.channel {
         values.push(("wifi", "channel", channel.to_string()));
+    }
+    if args.technician_password_prompt {
+        let password = password::ask("technician password for the status page")?;
+        let hash = appliance::status::auth::hash_password(&password)?;
+        values.push(("status", "technician_password_hash", hash));
     }
     let (text, center) = render::center_ini(&out, &values)
         .context("the given values do not make a valid center config")?;
