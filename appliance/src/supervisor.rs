@@ -209,7 +209,7 @@ impl PowerWatch {
                 self.gate.set_paused(true);
                 // Samples not yet written would be lost with the power.
                 self.history.persist();
-                let ctl = Arc::new(Control::default());
+                let ctl = Arc::new(Control::new(self.plan.console.clone()));
                 self.control = Some(ctl.clone());
                 let plan = self.plan.clone();
                 std::thread::spawn(move || {

@@ -121,7 +121,7 @@ fn run(idle_seconds: u64) -> Result<()> {
         format!(
             "[site]\ncenter_id = bench\ncenter_name = Bench Center\nsite_id = 2\n[status]\nlisten = 127.0.0.1:{port}\n\
              [power]\nsources = nut\nhistory_file = {}\n[nut]\naddress = {}\n\
-             [shutdown]\nstop_sync =\nstop_web = {}\nstart_web =\nstop_database = {}\ndatabase_pid_file = {}\npoweroff = {}\n\
+             [shutdown]\nconsole =\nstop_sync =\nstop_web = {}\nstart_web =\nstop_database = {}\ndatabase_pid_file = {}\npoweroff = {}\n\
              [health]\nweb_url =\nfpm_ping_url =\nhostapd_control =\nmariadb_socket = {}\nrestart_command =\npartitions = /\n",
             tmp.join("history.json").display(),
             nut.address(),

@@ -4,7 +4,12 @@
 //! outside what a center relies on: that first boot applied that center.ini, the web stack, the database
 //! settings the sync engine needs, the supervisor, first boot, SSH, and the Wi-Fi access point on a
 //! virtual radio, and Moodle: the stand-in release (tests/fixtures/moodle-standin, not Moodle) built in
-//! with `--moodle`, installed into MariaDB on first boot, its cron on a timer. A second boot changes nothing.
+//! with `--moodle`, installed into MariaDB on first boot, its cron on a timer. A second boot changes
+//! nothing. The card's UPS (NUT, named in center.ini) is watched, the technician's page works, a local
+//! override outlives reboots, and a power cut ends in a clean shutdown and a third boot with its data.
+
+#[path = "card_image/field.rs"]
+mod field;
 
 use std::process::Command;
 use std::time::Duration;
@@ -61,6 +66,7 @@ fn qemu_arm64_image_builds_boots_and_serves() {
     // from the compressed image with another center's config on its boot partition.
     let card_center = work.join("card-center.ini");
     CARD.write_ini(&card_center, &public_key).unwrap();
+    field::add_ups_and_password(&card_center);
     let disk = work.join("card.img");
     new_card(&disk).unwrap();
     flash_card(
@@ -69,6 +75,7 @@ fn qemu_arm64_image_builds_boots_and_serves() {
         &card_center,
     )
     .unwrap();
+    put_boot_file(&disk, field::UPS_FILE, field::ON_MAINS).unwrap();
 
     let mut vm = Vm::boot(&disk, &key, &work).expect("QEMU starts");
     let status = vm
@@ -88,6 +95,9 @@ fn qemu_arm64_image_builds_boots_and_serves() {
     check_first_boot_and_services(&vm);
     check_ssh_refuses_passwords(&vm);
     check_access_point(&vm);
+    field::check_ups(&vm, "on_mains");
+    field::check_technician_action(&vm, &work);
+    field::set_override(&vm);
     vm.shutdown().expect("clean power-off");
 
     // The second boot finds everything done: no first-boot step changes anything.
@@ -116,8 +126,18 @@ fn qemu_arm64_image_builds_boots_and_serves() {
         vm.ssh("cat /run/kituo-firstboot.actions")
             .unwrap_or_default()
     );
-    vm.shutdown()
-        .expect("clean power-off after the second boot");
+    field::check_settings(&vm);
+    field::check_ups(&vm, "on_mains");
+    field::cut_power(vm);
+
+    // The power is back (the UPS says so) and the card is switched on again.
+    put_boot_file(&disk, field::UPS_FILE, field::ON_MAINS).unwrap();
+    let mut vm = Vm::boot(&disk, &key, &work).expect("QEMU starts after the cut");
+    vm.wait_http("/api/status", Duration::from_secs(900))
+        .expect("the status endpoint answers after the cut");
+    assert_eq!(check_moodle(&vm), site, "Moodle's data after the cut");
+    field::check_after_the_cut(&vm);
+    vm.shutdown().expect("clean power-off after the cut");
 }
 
 /// First boot applied the card's center.ini: who the card is, its hub and its sync secret.

@@ -285,6 +285,22 @@ fn invalid_center_changes_nothing_and_is_recorded() {
     let rec = record(root);
     assert_eq!((rec.center_id.as_deref(), rec.error), (Some("dsm"), None));
     assert!(read(root, HOSTAPD).contains("ssid=Kituo-Dar\n"));
+
+    // A bad UPS key on a card that runs: refused naming its line and key, and the card keeps all it
+    // has (Wi-Fi, SSH, the kept center.ini), so it stays reachable to fix it.
+    let applied = snapshot(root);
+    let line = DSM.lines().count() + 2;
+    let bad_ups = format!("{DSM}[power]\nsources = nut, solar\n");
+    std::fs::write(root.join(apply::CENTER_FILE), bad_ups).unwrap();
+    apply(root);
+    let error = record(root).error.unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "center.ini:{line}: key 'sources' in section [power]"
+        )) && error.contains("solar"),
+        "{error}"
+    );
+    assert_unchanged(root, &applied, &[apply::RECORD_FILE, apply::CENTER_FILE]);
 }
 
 #[test]

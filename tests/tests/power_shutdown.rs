@@ -27,7 +27,8 @@ fn power_config(dir: &Path, nut: &Nut, db: &MariaDb, grace: u64) -> String {
         "{}[power]\nsources = nut\npoll_seconds = 1\ndebounce_seconds = 1\nlow_debounce_seconds = 1\nrestore_seconds = 1\n\
          history_file = {}\n[nut]\naddress = {}\nups = ups\ndead_seconds = 3\n\
          [shutdown]\ngrace_seconds = {grace}\nstop_sync = {}\nstart_sync =\nstop_web = {}\nstart_web = {}\n\
-         stop_database = {}\ndatabase_pid_file = {}\ndatabase_timeout_seconds = 30\npoweroff = {}\n",
+         stop_database = {}\ndatabase_pid_file = {}\ndatabase_timeout_seconds = 30\npoweroff = {}\n\
+         console = {}\n",
         base_config(dir, p),
         dir.join("history.json").display(),
         nut.address(),
@@ -37,6 +38,7 @@ fn power_config(dir: &Path, nut: &Nut, db: &MariaDb, grace: u64) -> String {
         db.stop_command(),
         db.pid_file.display(),
         poweroff.display(),
+        dir.join("console").display(),
     )
 }
 
@@ -149,6 +151,14 @@ fn low_battery_stops_mariadb_cleanly_then_powers_off() {
         history,
         ["on mains", "on battery", "low battery", "shutting down"]
     );
+    // The console (the kernel log on a card) shows each step, the database stopped before the power.
+    let console = std::fs::read_to_string(dir.join("console")).unwrap();
+    let at = |step: &str| {
+        console
+            .find(&format!("<4>kituo: shutdown: {step}: done"))
+            .unwrap_or_else(|| panic!("no '{step}' on the console:\n{console}"))
+    };
+    assert!(at("stop MariaDB") < at("power off"), "{console}");
     // The transitions are on disk already: a restart after the power cut shows them.
     let stored = std::fs::read_to_string(dir.join("history.json")).unwrap();
     assert!(stored.contains("shutting down"), "{stored}");

@@ -116,7 +116,7 @@ fn start(dir: &Path, with_password: bool) -> Supervisor {
     let p = port();
     let cfg = format!(
         "{}[power]\nsources = sysfs\npoll_seconds = 1\ndebounce_seconds = 1\n\
-         history_file = {}\n[sysfs]\nroot = {}\n[shutdown]\npoweroff =\nstop_web =\nstop_sync =\nstop_database =\n",
+         history_file = {}\n[sysfs]\nroot = {}\n[shutdown]\nconsole =\npoweroff =\nstop_web =\nstop_sync =\nstop_database =\n",
         base_config_with(dir, p, &format!("technician_password_hash = {hash}\n")),
         dir.join("history.json").display(),
         sysfs.display()

@@ -24,7 +24,7 @@ pub const KEPT_CENTER_FILE: &str = "data/kituo/center.ini";
 /// The same, relative to the data partition's root (where the builder stages it).
 pub const KEPT_CENTER_ON_DATA: &str = "kituo/center.ini";
 /// appliance.ini, checked as the supervisor reads it before it is written.
-const APPLIANCE_INI: &str = "etc/kituo/appliance.ini";
+pub const APPLIANCE_INI: &str = "etc/kituo/appliance.ini";
 /// The card's own secrets, on the data partition (they survive root slot updates).
 pub const SECRETS_FILE: &str = "data/kituo/secrets.ini";
 /// The same, relative to the data partition's root (where the builder stages it).

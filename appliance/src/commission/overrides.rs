@@ -69,7 +69,7 @@ fn split_name(name: &str) -> Result<(&str, &str)> {
 /// Every setting of appliance.ini under `root`, with where its value came from: `local` (the card's
 /// overrides), `center.ini`, `image` (the image's appliance.ini) or `default`.
 pub fn show(root: &Path) -> Result<String> {
-    let ini = root.join("etc/kituo/appliance.ini");
+    let ini = root.join(apply::APPLIANCE_INI);
     let doc = Document::load(&ini, config::SCHEMA)?;
     let overrides = local::load(&root.join(local::FILE))?;
     let center = match apply::source(root) {

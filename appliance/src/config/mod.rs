@@ -92,6 +92,11 @@ pub const SCHEMA: Schema = &[
             Key::optional("database_timeout_seconds", "60", "time limit for MariaDB to stop"),
             Key::optional("poweroff", "systemctl poweroff", "the last step"),
             Key::optional("poweroff_timeout_seconds", "60", "time limit of the poweroff command"),
+            Key::optional(
+                "console",
+                "/dev/kmsg",
+                "each step is also written here, so the console shows it; empty: the journal only",
+            ),
         ],
     },
     Section {
@@ -185,6 +190,7 @@ impl Config {
             database_timeout: secs(doc, "shutdown", "database_timeout_seconds", 1..=600)?,
             poweroff: cmd("poweroff"),
             poweroff_timeout: secs(doc, "shutdown", "poweroff_timeout_seconds", 1..=600)?,
+            console: path_or_none(doc, "shutdown", "console"),
         };
         let h = "health";
         let mut services = Vec::new();

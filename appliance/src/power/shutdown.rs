@@ -5,6 +5,7 @@
 //! undone (sync and web started again). Stopping the database is the point of no return: a half-stopped
 //! database is worse than a box that goes down and comes back.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -78,6 +79,9 @@ pub struct Plan {
     pub database_timeout: Duration,
     pub poweroff: Option<Cmd>,
     pub poweroff_timeout: Duration,
+    /// Where each step is also announced (the kernel log, so the card's console shows it): a technician
+    /// at the console sees why the card is going down and that the database stopped first.
+    pub console: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,9 +110,17 @@ struct Phase {
 pub struct Control {
     phase: Mutex<Phase>,
     steps: Mutex<Vec<StepRecord>>,
+    console: Option<PathBuf>,
 }
 
 impl Control {
+    pub fn new(console: Option<PathBuf>) -> Self {
+        Control {
+            console,
+            ..Control::default()
+        }
+    }
+
     /// Asks the sequence to stop and undo; false when it has already passed the point of no return.
     pub fn try_cancel(&self) -> bool {
         let Ok(mut p) = self.phase.lock() else {
@@ -148,7 +160,7 @@ impl Control {
             Ok(d) => (true, d.clone()),
             Err(e) => (false, format!("{e:#}")),
         };
-        eprintln!(
+        let line = format!(
             "shutdown: {step}: {} ({} ms){}",
             if ok { "done" } else { "FAILED" },
             started.elapsed().as_millis(),
@@ -158,6 +170,16 @@ impl Control {
                 format!(": {detail}")
             }
         );
+        eprintln!("{line}");
+        if let Some(console) = &self.console {
+            // Best effort: the journal has the line already. "<4>" is the kernel's warning level, which
+            // the console prints even at a quiet log level.
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(console)
+                .and_then(|mut f| f.write_all(format!("<4>kituo: {line}\n").as_bytes()));
+        }
         if let Ok(mut s) = self.steps.lock() {
             s.push(StepRecord {
                 step: step.to_owned(),
