@@ -160,8 +160,7 @@ pub fn schema_sql(config: &Path) -> Result<()> {
                 moodle.dirroot.display()
             )
         })?;
-    for table in schema.tables.values() {
-        let sql = appliance::sync::schema::create_table(table, &moodle.target.prefix);
+    for (_, sql) in appliance::sync::schema::ddl::create_tables(&schema, &moodle.target.prefix) {
         println!(
             "{};",
             sql.replacen("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)

@@ -80,8 +80,9 @@ chown root:nut /etc/nut /etc/nut/nut.conf /etc/nut/ups.conf /etc/nut/upsd.conf /
 chmod 0640 /etc/nut/nut.conf /etc/nut/ups.conf /etc/nut/upsd.conf /etc/nut/upsd.users
 enable_units nut-driver-enumerator.service nut-server.service
 # The supervisor decides when to shut down (debounced, MariaDB stopped first, cancelled while power
-# comes back in time): upsmon would be a second, cruder judge racing it.
-disable_if_present nut-monitor.service
+# comes back in time): upsmon would be a second, cruder judge racing it. Masked, since nut.target
+# pulls it in whether enabled or not.
+systemctl mask nut-monitor.service
 
 # --- Services ----------------------------------------------------------------------------
 enable_units \

@@ -6,6 +6,7 @@
 //! - [`testbed`]: real services on loopback (MariaDB with binlog, NUT's `upsd` with `dummy-ups`);
 //! - [`supervisor`]: `appliance supervise` as a process on a test config;
 //! - [`linkem`]: an emulated bad link (a TCP proxy that throttles, delays, stalls and cuts);
+//! - [`moodle`]: real Moodle (a release's code, Debian's PHP, sites installed by Moodle's installer);
 //! - [`bed`]: sync worlds (a hub and centers with the whole Moodle schema), the hub and agents as
 //!   processes, and Moodle's files;
 //! - [`workload`]: Moodle's own SQL for real actions (courses, forums, assignments, logs), and bulk
@@ -15,6 +16,7 @@ pub mod bed;
 pub mod card;
 pub use card::*;
 pub mod linkem;
+pub mod moodle;
 pub mod supervisor;
 pub use kituo_testbed as testbed;
 pub mod workload;

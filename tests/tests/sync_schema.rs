@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
-use appliance::sync::schema::{create_table, ddl, upgrade, Schema};
+use appliance::sync::schema::{create_tables, ddl, upgrade, Schema};
 use kituo_tests::testbed::MariaDb;
 use mysql::prelude::Queryable;
 
@@ -76,10 +76,9 @@ fn moodle_schema_loads_into_mariadb_and_upgrades_like_a_fresh_install() -> Resul
     let mut conn = mysql::Conn::new(db.opts())?;
 
     // 4.5.0 from scratch.
-    let create: Vec<String> = s450
-        .tables
-        .values()
-        .map(|t| create_table(t, PREFIX))
+    let create: Vec<String> = create_tables(&s450, PREFIX)
+        .into_iter()
+        .map(|(_, sql)| sql)
         .collect();
     run_all(&mut conn, "moodle_a", &create)?;
     let t = tables(&mut conn, "moodle_a")?;
@@ -88,7 +87,7 @@ fn moodle_schema_loads_into_mariadb_and_upgrades_like_a_fresh_install() -> Resul
         assert!(name.starts_with(PREFIX), "{name}");
         assert_eq!(
             (engine.as_str(), collation.as_str(), row_format.as_str()),
-            ("InnoDB", "utf8mb4_unicode_ci", "Dynamic"),
+            ("InnoDB", "utf8mb4_unicode_ci", "Compressed"),
             "{name}"
         );
     }
@@ -113,15 +112,12 @@ fn moodle_schema_loads_into_mariadb_and_upgrades_like_a_fresh_install() -> Resul
         .filter(|r| r.2 == 0 && r.1 != "PRIMARY")
         .map(|r| (r.0.clone(), r.1.clone()))
         .collect();
-    let want_unique: BTreeSet<(String, String)> = s450
-        .tables
-        .values()
-        .flat_map(|t| {
-            ddl::physical_indexes(t, PREFIX)
-                .into_iter()
+    let want_unique: BTreeSet<(String, String)> = ddl::install_indexes(&s450, PREFIX)
+        .into_iter()
+        .flat_map(|(table, ix)| {
+            ix.into_iter()
                 .filter(|i| i.unique)
-                .map(|i| (format!("{PREFIX}{}", t.name), i.name))
-                .collect::<Vec<_>>()
+                .map(move |i| (format!("{PREFIX}{table}"), i.name))
         })
         .collect();
     assert_eq!(db_unique, want_unique);
@@ -149,10 +145,9 @@ fn moodle_schema_loads_into_mariadb_and_upgrades_like_a_fresh_install() -> Resul
         conn.query_drop(sql)
             .with_context(|| format!("upgrade step failed:\n{sql}"))?;
     }
-    let fresh: Vec<String> = s455
-        .tables
-        .values()
-        .map(|t| create_table(t, PREFIX))
+    let fresh: Vec<String> = create_tables(&s455, PREFIX)
+        .into_iter()
+        .map(|(_, sql)| sql)
         .collect();
     run_all(&mut conn, "moodle_b", &fresh)?;
     let (ca, cb) = (

@@ -19,7 +19,7 @@ use appliance::sync::engine::policy::{Direction, Rulebook};
 use appliance::sync::engine::sql::Target;
 use appliance::sync::engine::store;
 use appliance::sync::exchange::agent;
-use appliance::sync::schema::{create_table, upgrade, Schema};
+use appliance::sync::schema::{create_tables, upgrade, Schema};
 use kituo_tests::bed::{schema_root, world, Direct, Node, World, DB, PREFIX};
 use mysql::prelude::Queryable;
 
@@ -153,7 +153,10 @@ impl Moodle {
         let new_dir = code_tree(&root.join("moodle-4.5.5plus"), "4.5.5plus", FIELDNOTES_V2)?;
         let old = Schema::load_moodle_dir(&old_dir)?;
         let new = Schema::load_moodle_dir(&new_dir)?;
-        let plugin = old.table("local_fieldnotes").context("plugin table")?;
+        let (_, plugin) = create_tables(&old, PREFIX)
+            .into_iter()
+            .find(|(name, _)| name == "local_fieldnotes")
+            .context("plugin table")?;
         let mut code = Vec::new();
         let mut books = Vec::new();
         for site in 0..=w.centers.len() {
@@ -161,7 +164,7 @@ impl Moodle {
             copy_tree(&old_dir, &dir)?;
             let n = node_mut(w, site);
             let mut c = n.sql()?;
-            c.query_drop(create_table(plugin, PREFIX))?;
+            c.query_drop(&plugin)?;
             c.query_drop(
                 "INSERT INTO mdl_config (id, name, value) VALUES
                      (9001, 'version', '2024100700.00'), (9002, 'allversionshash', 'a450')",

@@ -18,7 +18,7 @@ use appliance::sync::engine::sql::Target;
 use appliance::sync::exchange::agent::{self, Link};
 use appliance::sync::exchange::hub::{self, Page, Receipt};
 use appliance::sync::schema::rules::Rules;
-use appliance::sync::schema::{create_table, Schema};
+use appliance::sync::schema::{create_tables, Schema};
 use appliance::sync::verify::{
     self, Catalog, CatalogRequest, Reference, RowsReply, RowsRequest, SumsReply, SumsRequest,
 };
@@ -138,9 +138,9 @@ pub fn node(dir: &Path, id: u32, schema: &Schema) -> Result<Node> {
     let db = empty_database(&dir.join(format!("site{id}")), id)?;
     let mut c = mysql::Conn::new(db.opts())?;
     c.query_drop(format!("USE {DB}"))?;
-    for table in schema.tables.values() {
-        c.query_drop(create_table(table, PREFIX))
-            .with_context(|| format!("cannot create {}", table.name))?;
+    for (name, sql) in create_tables(schema, PREFIX) {
+        c.query_drop(sql)
+            .with_context(|| format!("cannot create {name}"))?;
     }
     for sql in SEED {
         c.query_drop(*sql).with_context(|| sql.to_string())?;

@@ -9,12 +9,14 @@
 //! - no FOREIGN KEY constraints, as in Moodle: keys of TYPE unique and foreign-unique become unique
 //!   indexes, TYPE foreign a plain index, after the table's own INDEXes; every index is named by Moodle's
 //!   rule (`mdl_` + 4 letters of each table-name part + `_` + 3 letters of each field, cut to 30
-//!   characters with the suffix `_ix` or `_uix`). Moodle de-duplicates those names across the whole
-//!   install; MariaDB's index names are per table, so we de-duplicate per table, which keeps a table's
-//!   names independent of the order tables are created in.
-//! - InnoDB, utf8mb4 with utf8mb4_unicode_ci, ROW_FORMAT=DYNAMIC.
+//!   characters with the suffix `_ix` or `_uix`), de-duplicated as Moodle does across the whole install
+//!   (a name given before gets a counter), so the tables are named in the installer's order
+//!   ([`Schema::order`]).
+//! - the indexes plugins' install steps add with SQL of their own ([`INSTALL_STEPS`]).
+//! - InnoDB, utf8mb4 with utf8mb4_unicode_ci, ROW_FORMAT=Compressed, as Moodle's installer chooses on
+//!   MariaDB with a file per table (the default, and the card's setting).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::sync::schema::{Field, FieldKind, KeyKind, Schema, Table};
 
@@ -27,7 +29,17 @@ pub struct PhysicalIndex {
     pub name: String,
     pub fields: Vec<String>,
     pub unique: bool,
+    pub fulltext: bool,
 }
+
+/// Indexes that plugins' `db/install.php` add on MySQL with SQL of their own: table, name (without the
+/// prefix), fields.
+pub const INSTALL_STEPS: &[(&str, &str, &[&str])] = &[(
+    // search/engine/simpledb/db/install.php: the simple search engine's FULLTEXT index.
+    "search_simpledb_index",
+    "search_simpledb_index_index",
+    &["title", "content", "description1", "description2"],
+)];
 
 /// The column type, e.g. `BIGINT(10)`.
 pub fn type_sql(field: &Field) -> String {
@@ -98,9 +110,28 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// Moodle's name for an index on `fields` of `table` (see the module comment), before de-duplication.
-pub fn object_name(prefix: &str, table: &str, fields: &[String], suffix: &str) -> String {
-    with_suffix(&name_base(prefix, table, fields), 1, suffix)
+/// Moodle's `getNameForObject`: the names given so far in one install, and the last counter of each
+/// name's base, which the next name with that base starts after.
+#[derive(Debug, Default)]
+pub struct Names {
+    used: HashSet<String>,
+    previous: HashMap<String, usize>,
+}
+
+impl Names {
+    /// The name of an index on `fields` of `table` (see the module comment).
+    pub fn give(&mut self, prefix: &str, table: &str, fields: &[String], suffix: &str) -> String {
+        let base = name_base(prefix, table, fields);
+        let mut counter = self.previous.get(&base).map_or(1, |c| c + 1);
+        let mut name = with_suffix(&base, counter, suffix);
+        while self.used.contains(&name) {
+            counter += 1;
+            name = with_suffix(&base, counter, suffix);
+        }
+        self.used.insert(name.clone());
+        self.previous.insert(base, counter);
+        name
+    }
 }
 
 fn name_base(prefix: &str, table: &str, fields: &[String]) -> String {
@@ -125,9 +156,30 @@ fn with_suffix(base: &str, counter: usize, suffix: &str) -> String {
     }
 }
 
-/// Every index the table has in the database, in creation order: its INDEXes, then one per unique,
-/// foreign-unique and foreign key (unless an index on the same fields and uniqueness is already there).
-pub fn physical_indexes(table: &Table, prefix: &str) -> Vec<PhysicalIndex> {
+/// Every index of every table as Moodle's installer makes them, by table name: the tables in install
+/// order, each with its INDEXes, then one per unique, foreign-unique and foreign key, then what install
+/// steps add.
+pub fn install_indexes(schema: &Schema, prefix: &str) -> BTreeMap<String, Vec<PhysicalIndex>> {
+    let mut names = Names::default();
+    let mut all = BTreeMap::new();
+    for table in schema.order.iter().filter_map(|n| schema.tables.get(n)) {
+        let mut indexes = physical_indexes(table, prefix, &mut names);
+        for (_, name, fields) in INSTALL_STEPS.iter().filter(|s| s.0 == table.name) {
+            indexes.push(PhysicalIndex {
+                name: format!("{prefix}{name}"),
+                fields: fields.iter().map(|f| f.to_string()).collect(),
+                unique: false,
+                fulltext: true,
+            });
+        }
+        all.insert(table.name.clone(), indexes);
+    }
+    all
+}
+
+/// One table's indexes from XMLDB, named by `names` (Moodle creates an index for each declaration,
+/// even one on the same fields as another).
+fn physical_indexes(table: &Table, prefix: &str, names: &mut Names) -> Vec<PhysicalIndex> {
     let wanted = table
         .indexes
         .iter()
@@ -137,38 +189,27 @@ pub fn physical_indexes(table: &Table, prefix: &str) -> Vec<PhysicalIndex> {
             KeyKind::Unique | KeyKind::ForeignUnique => Some((k.fields.clone(), true)),
             KeyKind::Foreign => Some((k.fields.clone(), false)),
         }));
-    let mut out: Vec<PhysicalIndex> = Vec::new();
-    let mut used = BTreeSet::new();
-    for (fields, unique) in wanted {
-        if out.iter().any(|i| i.fields == fields && i.unique == unique) {
-            continue;
-        }
-        let suffix = if unique { "uix" } else { "ix" };
-        let base = name_base(prefix, &table.name, &fields);
-        let mut counter = 1;
-        let mut name = with_suffix(&base, counter, suffix);
-        while used.contains(&name) {
-            counter += 1;
-            name = with_suffix(&base, counter, suffix);
-        }
-        used.insert(name.clone());
-        out.push(PhysicalIndex {
-            name,
-            fields,
-            unique,
-        });
-    }
-    out
+    wanted
+        .map(|(fields, unique)| {
+            let suffix = if unique { "uix" } else { "ix" };
+            PhysicalIndex {
+                name: names.give(prefix, &table.name, &fields, suffix),
+                fields,
+                unique,
+                fulltext: false,
+            }
+        })
+        .collect()
 }
 
 fn index_sql(index: &PhysicalIndex) -> String {
     let fields: Vec<String> = index.fields.iter().map(|f| format!("`{f}`")).collect();
-    format!(
-        "{}INDEX `{}` ({})",
-        if index.unique { "UNIQUE " } else { "" },
-        index.name,
-        fields.join(", ")
-    )
+    let kind = match (index.unique, index.fulltext) {
+        (_, true) => "FULLTEXT ",
+        (true, false) => "UNIQUE ",
+        (false, false) => "",
+    };
+    format!("{kind}INDEX `{}` ({})", index.name, fields.join(", "))
 }
 
 fn table_comment(table: &Table) -> String {
@@ -176,26 +217,32 @@ fn table_comment(table: &Table) -> String {
     quote(&table.comment.chars().take(60).collect::<String>())
 }
 
-/// One `CREATE TABLE` statement with its indexes inline (one round trip per table).
-pub fn create_table(table: &Table, prefix: &str) -> String {
+/// One `CREATE TABLE` statement with its indexes (from [`install_indexes`]) inline: one round trip per
+/// table.
+pub fn create_table(table: &Table, indexes: &[PhysicalIndex], prefix: &str) -> String {
     let mut parts: Vec<String> = table.fields.iter().map(column_sql).collect();
     let pk: Vec<String> = table.primary_key.iter().map(|f| format!("`{f}`")).collect();
     parts.push(format!("PRIMARY KEY ({})", pk.join(", ")));
-    parts.extend(physical_indexes(table, prefix).iter().map(index_sql));
+    parts.extend(indexes.iter().map(index_sql));
     format!(
-        "CREATE TABLE `{prefix}{}` (\n    {}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci ROW_FORMAT=DYNAMIC COMMENT={}",
+        "CREATE TABLE `{prefix}{}` (\n    {}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci ROW_FORMAT=Compressed COMMENT={}",
         table.name,
         parts.join(",\n    "),
         table_comment(table)
     )
 }
 
-/// `CREATE TABLE` for every table, in name order.
-pub fn create_schema(schema: &Schema, prefix: &str) -> Vec<String> {
+/// Every table's name and `CREATE TABLE`, in the installer's order.
+pub fn create_tables(schema: &Schema, prefix: &str) -> Vec<(String, String)> {
+    let indexes = install_indexes(schema, prefix);
     schema
-        .tables
-        .values()
-        .map(|t| create_table(t, prefix))
+        .order
+        .iter()
+        .filter_map(|name| {
+            let table = schema.tables.get(name)?;
+            let sql = create_table(table, indexes.get(name).map_or(&[], Vec::as_slice), prefix);
+            Some((name.clone(), sql))
+        })
         .collect()
 }
 
@@ -204,12 +251,16 @@ pub fn create_schema(schema: &Schema, prefix: &str) -> Vec<String> {
 /// columns, renamed and added indexes). Columns are added after their predecessor in `to`, so the column
 /// order matches a fresh install; reordering of columns that did not change is not done.
 pub fn upgrade(from: &Schema, to: &Schema, prefix: &str) -> Vec<String> {
+    let (old_ix, new_ix) = (install_indexes(from, prefix), install_indexes(to, prefix));
+    let of = |all: &BTreeMap<String, Vec<PhysicalIndex>>, name: &str| -> Vec<PhysicalIndex> {
+        all.get(name).cloned().unwrap_or_default()
+    };
     let mut out = Vec::new();
     for (name, new) in &to.tables {
         match from.tables.get(name) {
-            None => out.push(create_table(new, prefix)),
+            None => out.push(create_table(new, &of(&new_ix, name), prefix)),
             Some(old) => {
-                let clauses = alter_clauses(old, new, prefix);
+                let clauses = alter_clauses(old, new, &of(&old_ix, name), &of(&new_ix, name));
                 if !clauses.is_empty() {
                     out.push(format!(
                         "ALTER TABLE `{prefix}{name}`\n    {}",
@@ -225,10 +276,15 @@ pub fn upgrade(from: &Schema, to: &Schema, prefix: &str) -> Vec<String> {
     out
 }
 
-fn alter_clauses(old: &Table, new: &Table, prefix: &str) -> Vec<String> {
-    let old_ix = physical_indexes(old, prefix);
-    let new_ix = physical_indexes(new, prefix);
-    let same = |a: &PhysicalIndex, b: &PhysicalIndex| a.fields == b.fields && a.unique == b.unique;
+fn alter_clauses(
+    old: &Table,
+    new: &Table,
+    old_ix: &[PhysicalIndex],
+    new_ix: &[PhysicalIndex],
+) -> Vec<String> {
+    let same = |a: &PhysicalIndex, b: &PhysicalIndex| {
+        a.fields == b.fields && a.unique == b.unique && a.fulltext == b.fulltext
+    };
     let mut clauses = Vec::new();
     for ix in old_ix.iter().filter(|o| !new_ix.iter().any(|n| same(o, n))) {
         clauses.push(format!("DROP INDEX `{}`", ix.name));
@@ -257,7 +313,7 @@ fn alter_clauses(old: &Table, new: &Table, prefix: &str) -> Vec<String> {
         let pk: Vec<String> = new.primary_key.iter().map(|f| format!("`{f}`")).collect();
         clauses.push(format!("ADD PRIMARY KEY ({})", pk.join(", ")));
     }
-    for n in &new_ix {
+    for n in new_ix {
         match old_ix.iter().find(|o| same(o, n)) {
             Some(o) if o.name != n.name => {
                 clauses.push(format!("RENAME INDEX `{}` TO `{}`", o.name, n.name))
@@ -274,6 +330,7 @@ fn alter_clauses(old: &Table, new: &Table, prefix: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::path::Path;
 
     use super::*;
@@ -358,13 +415,14 @@ mod tests {
     fn forum_posts_table_and_index_names() {
         let s = moodle_450();
         let t = s.table("forum_posts").expect("forum_posts");
-        let ix = physical_indexes(t, "mdl_");
+        let all = install_indexes(&s, "mdl_");
+        let ix = &all["forum_posts"];
         let names: Vec<&str> = ix.iter().map(|i| i.name.as_str()).collect();
         // Moodle's own names on a MySQL install: INDEXes first, then the foreign keys.
         assert!(names.contains(&"mdl_forupost_use_ix"), "{names:?}");
         assert!(names.contains(&"mdl_forupost_dis_ix"), "{names:?}");
         assert!(names.contains(&"mdl_forupost_par_ix"), "{names:?}");
-        let sql = create_table(t, "mdl_");
+        let sql = create_table(t, ix, "mdl_");
         assert!(
             sql.starts_with(
                 "CREATE TABLE `mdl_forum_posts` (\n    `id` BIGINT(10) NOT NULL AUTO_INCREMENT,"
@@ -377,9 +435,9 @@ mod tests {
         );
         assert!(sql.contains("`wordcount` BIGINT(20),"), "{sql}");
         assert!(sql.contains("PRIMARY KEY (`id`)"), "{sql}");
-        assert!(sql.ends_with("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci ROW_FORMAT=DYNAMIC COMMENT='All posts are stored in this table'"), "{sql}");
+        assert!(sql.ends_with("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci ROW_FORMAT=Compressed COMMENT='All posts are stored in this table'"), "{sql}");
         assert!(!sql.contains("FOREIGN KEY"), "{sql}");
-        let gg = physical_indexes(s.table("grade_grades").expect("grade_grades"), "mdl_");
+        let gg = &all["grade_grades"];
         assert!(
             gg.iter()
                 .any(|i| i.name == "mdl_gradgrad_useite_uix" && i.unique),
@@ -388,17 +446,30 @@ mod tests {
     }
 
     #[test]
-    fn every_index_name_is_short_and_unique_per_table() {
+    fn index_names_are_short_and_unique_across_the_install() {
         let s = moodle_450();
-        let mut total = 0;
-        for t in s.tables.values() {
-            let ix = physical_indexes(t, "mdl_");
-            let names: BTreeSet<&str> = ix.iter().map(|i| i.name.as_str()).collect();
-            assert_eq!(names.len(), ix.len(), "{}: {ix:?}", t.name);
-            assert!(names.iter().all(|n| n.len() <= 30), "{names:?}");
-            total += ix.len();
+        let all = install_indexes(&s, "mdl_");
+        let mut names = BTreeSet::new();
+        for ix in all.values().flatten() {
+            assert!(names.insert(ix.name.as_str()), "{} twice", ix.name);
+            assert!(ix.name.len() <= 30 || ix.fulltext, "{}", ix.name);
         }
-        assert!(total > 1000, "{total} indexes");
+        assert!(names.len() > 1000, "{} indexes", names.len());
+        // Two tables whose names abbreviate alike: the later one's index takes a counter.
+        assert!(names.contains("mdl_feedcomp_fee_ix") && names.contains("mdl_feedcomp_fee2_ix"));
+    }
+
+    #[test]
+    fn names_count_on_from_the_last_counter_of_their_base() {
+        let mut n = Names::default();
+        let f = |s: &str| vec![s.to_owned()];
+        assert_eq!(n.give("mdl_", "a_b", &f("course"), "ix"), "mdl_ab_cou_ix");
+        assert_eq!(n.give("mdl_", "a_b", &f("course"), "ix"), "mdl_ab_cou2_ix");
+        // The same base with another suffix starts after the base's counter too, as in Moodle.
+        assert_eq!(
+            n.give("mdl_", "a_b", &f("course"), "uix"),
+            "mdl_ab_cou3_uix"
+        );
     }
 
     #[test]

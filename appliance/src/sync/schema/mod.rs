@@ -6,6 +6,7 @@
 //! XMLDB, so the rules are derived from it instead of being written table by table.
 
 pub mod ddl;
+pub mod plugins;
 pub mod rules;
 pub mod xmldb;
 
@@ -18,8 +19,11 @@ use anyhow::{bail, Context, Result};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Schema {
     pub tables: BTreeMap<String, Table>,
-    /// The `install.xml` files read, relative to the Moodle directory, sorted.
+    /// The `install.xml` files read, relative to the Moodle directory, in the order Moodle's installer
+    /// reads them (see [`plugins`]; sorted by path for a folder of XMLDB files only).
     pub files: Vec<PathBuf>,
+    /// Table names in the order the installer creates them: the files' order, then each file's.
+    pub order: Vec<String>,
 }
 
 /// One XMLDB table.
@@ -35,7 +39,7 @@ pub struct Table {
     pub primary_key: Vec<String>,
     /// From KEY TYPE="unique"/"foreign-unique" and INDEX UNIQUE="true", in file order (keys first).
     pub unique_keys: Vec<Vec<String>>,
-    /// The INDEX elements only; keys become indexes in [`ddl::physical_indexes`].
+    /// The INDEX elements only; keys become indexes in [`ddl::install_indexes`].
     pub indexes: Vec<Index>,
     /// KEY TYPE="foreign" and "foreign-unique".
     pub foreign_keys: Vec<ForeignKey>,
@@ -132,16 +136,23 @@ impl Table {
 impl Schema {
     /// Reads every `db/install.xml` below a Moodle directory (the source tree or an installed copy).
     pub fn load_moodle_dir(dir: &Path) -> Result<Schema> {
-        let mut files = Vec::new();
-        find_install_files(dir, dir, &mut files)
-            .with_context(|| format!("cannot list the XMLDB files under {}", dir.display()))?;
+        let files = match plugins::install_files(dir)? {
+            Some(files) => files,
+            None => {
+                let mut files = Vec::new();
+                find_install_files(dir, dir, &mut files).with_context(|| {
+                    format!("cannot list the XMLDB files under {}", dir.display())
+                })?;
+                files.sort();
+                files
+            }
+        };
         if files.is_empty() {
             bail!(
                 "no db/install.xml below {}: is this a Moodle directory?",
                 dir.display()
             );
         }
-        files.sort();
         let mut schema = Schema::default();
         for rel in files {
             let path = dir.join(&rel);
@@ -165,6 +176,7 @@ impl Schema {
                 );
             }
             table.file = rel.clone();
+            self.order.push(table.name.clone());
             self.tables.insert(table.name.clone(), table);
         }
         self.files.push(rel);
@@ -177,7 +189,8 @@ impl Schema {
 }
 
 /// Collects `…/db/install.xml` paths relative to `root`. Symlinked folders are not followed (no loops), and
-/// folders that never hold plugins (VCS data, JavaScript dependencies) are skipped to keep the walk short.
+/// folders that never hold plugins (VCS data, JavaScript dependencies, tests with their fixtures) are
+/// skipped.
 fn find_install_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
@@ -189,7 +202,7 @@ fn find_install_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result
         let name = entry.file_name();
         let path = entry.path();
         if kind.is_dir() {
-            if name == ".git" || name == "node_modules" {
+            if name == ".git" || name == "node_modules" || name == "tests" {
                 continue;
             }
             find_install_files(root, &path, out)?;
@@ -204,7 +217,7 @@ fn find_install_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result
     Ok(())
 }
 
-pub use ddl::{create_table, upgrade};
+pub use ddl::{create_tables, upgrade};
 
 #[cfg(test)]
 pub(crate) mod tests {
