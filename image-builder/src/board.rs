@@ -74,7 +74,7 @@ pub const SCHEMA: Schema = &[
         free_keys: false,
         keys: &[
             Key::optional("boot_mib", "128", "FAT boot partition"),
-            Key::optional("root_mib", "1152", "each root slot (A in the image, B made on first boot)"),
+            Key::optional("root_mib", "2048", "each root slot (A in the image, B made on first boot)"),
             Key::optional("data_mib", "128", "data partition in the image; grown to fill the card on first boot"),
         ],
     },

@@ -175,6 +175,8 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
     let packages = manifest::installed_packages(&root, &lock)?;
     step.finish();
 
+    check_room(&board, &root, &data)?;
+
     let step = progress.step("disk image");
     let image = args.out.join(format!("{name}.img"));
     write_disk_image(work.path(), &layout, &seed, epoch, &image)?;
@@ -228,6 +230,24 @@ pub fn run(args: &Args, progress: &Progress) -> Result<Outputs> {
         serde_json::to_string_pretty(&manifest)? + "\n",
     )?;
     Ok(Outputs { image, manifest })
+}
+
+/// Before any image is written: the staged trees fit their partitions. A root slot left less than a
+/// fifth free is said aloud, as root slot B gets the next release at the same size.
+fn check_room(board: &Board, root: &Path, data: &Path) -> Result<()> {
+    let in_board = || format!("board {}", board.file.display());
+    let need = disk::room::check(root, board.root_mib, "root file system", "root_mib")
+        .with_context(in_board)?;
+    disk::room::check(data, board.data_mib, "data partition", "data_mib").with_context(in_board)?;
+    if need * 5 > board.root_mib * 4 {
+        eprintln!(
+            "warning: the root file system takes {need} of root_mib = {} MiB: little room for the next \
+             release in the same slot ({})",
+            board.root_mib,
+            board.file.display()
+        );
+    }
+    Ok(())
 }
 
 /// The three file systems from the staged trees in `work` (root/, boot/, data/), placed into `image`.

@@ -5,6 +5,7 @@
 mod extents;
 mod fat;
 pub mod mbr;
+pub mod room;
 
 pub use extents::{copy_sparse, data_extents};
 
