@@ -61,9 +61,9 @@ impl CardCenter {
     }
 }
 
-/// The size of the card files the tests flash: larger than any image, so first boot has room to grow
-/// /data and make root slot B.
-pub const CARD_SIZE: u64 = 6 << 30;
+/// The size of the card files the tests flash, an 8 GB card: with two 2 GiB root slots, first boot
+/// still has room to grow /data past 3 GiB and make root slot B.
+pub const CARD_SIZE: u64 = 8 << 30;
 
 /// Makes `card` a fresh, empty card file of CARD_SIZE bytes (sparse: it costs only what is written).
 pub fn new_card(card: &Path) -> Result<()> {
