@@ -90,6 +90,8 @@ pub struct SyncStatus {
     pub backlog_bytes: u64,
     /// The most recent error, cleared on success.
     pub last_error: Option<String>,
+    /// The hub's clock minus this card's, in milliseconds, once measured since the card booted.
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// What file sync is doing now.
@@ -225,6 +227,7 @@ impl Shared {
 /// feed.set_sync(SyncStatus {
 ///     link: LinkState::Up, last_success: Some(1_790_000_000), backlog_changes: 12,
 ///     backlog_oldest: None, backlog_files: 0, backlog_bytes: 0, last_error: None,
+///     clock_offset_ms: None,
 /// });
 /// assert!(!feed.take_sync_now_request());
 /// ```

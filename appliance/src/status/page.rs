@@ -416,6 +416,7 @@ fn sync(o: &mut String, s: &Snapshot, now: u64) {
         );
     }
     row(o, "Waiting to send", &backlog);
+    row(o, "Card clock", &clock(y.clock_offset_ms));
     if let Some(e) = &y.last_error {
         row(
             o,
@@ -430,6 +431,23 @@ fn sync(o: &mut String, s: &Snapshot, now: u64) {
         stick(o, b, now);
     }
     o.push_str("</table></section>");
+}
+
+/// How far the card's clock is from the hub's: sync stamps changes in the hub's time either way, but
+/// Moodle shows the card's.
+fn clock(offset_ms: Option<i64>) -> String {
+    let Some(ms) = offset_ms else {
+        return "<span class=\"dim\">not checked against the hub since boot</span>".into();
+    };
+    let secs = ms.unsigned_abs() / 1000;
+    match (secs, ms > 0) {
+        (0..=2, _) => "<span class=\"ok\">right</span>".into(),
+        (_, true) => format!("<span class=\"warn\">{} behind the hub</span>", span(secs)),
+        (_, false) => format!(
+            "<span class=\"warn\">{} ahead of the hub</span>",
+            span(secs)
+        ),
+    }
 }
 
 /// One line of stick history.
@@ -604,6 +622,7 @@ mod tests {
             backlog_files: 0,
             backlog_bytes: 0,
             last_error: Some("hub unreachable: <timeout>".into()),
+            clock_offset_ms: Some(3_600_000),
         });
         feed.set_files(FileSyncStatus {
             state: FileSyncState::Moving,
@@ -656,6 +675,7 @@ mod tests {
             "2 h 0 min ago",
             "1234 changes, oldest 2 h 1 min ago; 3 files (5 MB)",
             "hub unreachable: &lt;timeout&gt;",
+            "Card clock</td><td><span class=\"warn\">60 min behind the hub",
             "Running from slot</td><td>B",
             "0.2.0",
             "No UPS configured",

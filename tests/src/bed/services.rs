@@ -59,12 +59,22 @@ impl Proc {
     /// Starts `exe args`, its stderr appended to `log` (a killed process's log stays readable after
     /// its restart).
     fn spawn(exe: &Path, args: &[&str], log: PathBuf) -> Result<Proc> {
+        Self::spawn_with_env(exe, args, log, &[])
+    }
+
+    fn spawn_with_env(
+        exe: &Path,
+        args: &[&str],
+        log: PathBuf,
+        env: &[(String, String)],
+    ) -> Result<Proc> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
         let child = Command::new(exe)
             .args(args)
+            .envs(env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -248,30 +258,42 @@ pub struct AgentService {
     pub proc: Proc,
     config: PathBuf,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl AgentService {
     pub fn start(exe: &Path, config: &Path, log: PathBuf) -> Result<AgentService> {
-        let proc = Self::spawn(exe, config, &log)?;
+        Self::start_with_env(exe, config, log, Vec::new())
+    }
+
+    /// Starts the agent with `env` added to its environment (e.g. a clock moved by libfaketime).
+    pub fn start_with_env(
+        exe: &Path,
+        config: &Path,
+        log: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Result<AgentService> {
         Ok(AgentService {
-            proc,
+            proc: Self::spawn(exe, config, &log, &env)?,
             config: config.to_owned(),
             log,
+            env,
         })
     }
 
-    fn spawn(exe: &Path, config: &Path, log: &Path) -> Result<Proc> {
-        Proc::spawn(
+    fn spawn(exe: &Path, config: &Path, log: &Path, env: &[(String, String)]) -> Result<Proc> {
+        Proc::spawn_with_env(
             exe,
             &["sync", "run", "--config", &config.to_string_lossy()],
             log.to_owned(),
+            env,
         )
     }
 
     /// SIGKILL and start again.
     pub fn restart(&mut self, exe: &Path) -> Result<()> {
         self.proc.kill();
-        self.proc = Self::spawn(exe, &self.config, &self.log)?;
+        self.proc = Self::spawn(exe, &self.config, &self.log, &self.env)?;
         Ok(())
     }
 

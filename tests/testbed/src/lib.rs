@@ -159,6 +159,18 @@ impl Drop for Nut {
     }
 }
 
+/// The environment that runs a program with its clock moved by `offset` (libfaketime's relative form,
+/// e.g. `-1h`, `+365d`) and its monotonic clocks left alone: a board that booted with a wrong time.
+pub fn faked_clock(offset: &str) -> Result<Vec<(String, String)>> {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    require(lib, "libfaketime")?;
+    Ok(vec![
+        ("LD_PRELOAD".into(), lib.into()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ])
+}
+
 /// A private MariaDB server on a socket (no TCP), with its own datadir and error log.
 pub struct MariaDb {
     pub dir: PathBuf,
@@ -167,6 +179,8 @@ pub struct MariaDb {
     pub error_log: PathBuf,
     /// Server options beyond the fixed ones, e.g. `--log-bin` (see [`MariaDb::sync_site_args`]).
     extra_args: Vec<String>,
+    /// Variables set for the server at its next start (e.g. libfaketime's, see [`faked_clock`]).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -227,6 +241,7 @@ impl MariaDb {
             pid_file: dir.join("mysqld.pid"),
             error_log: dir.join("error.log"),
             extra_args: extra_args.to_vec(),
+            env: Vec::new(),
             child: None,
         };
         db.spawn()?;
@@ -250,6 +265,7 @@ impl MariaDb {
                 "--max-allowed-packet=64M",
             ])
             .args(&self.extra_args)
+            .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -264,6 +280,22 @@ impl MariaDb {
             );
         }
         Ok(())
+    }
+
+    /// Stops the server cleanly and starts it again with `env` added to its environment.
+    pub fn restart_with_env(&mut self, env: Vec<(String, String)>) -> Result<()> {
+        let out = Command::new("sh")
+            .args(["-c", &self.stop_command()])
+            .output()
+            .context("cannot run mariadb-admin")?;
+        if !out.status.success() || !self.wait_exit(Duration::from_secs(60)) {
+            bail!(
+                "MariaDB did not stop: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.env = env;
+        self.spawn()
     }
 
     /// Starts the server again after it was stopped.

@@ -1,8 +1,9 @@
 //! The engine: one site's Moodle database and its bookkeeping, the same code at a center and at the hub.
 //!
 //! - [`capture`]: committed row changes read from MariaDB's row binlog.
-//! - [`record`]: captured transactions turned into logged changes, stamped by the [`clock`] and
-//!   numbered, with the row clocks [`merge`] needs.
+//! - [`record`]: captured transactions turned into logged changes, stamped by the [`clock`] at their
+//!   commit (in the hub's time: [`skew`]) and numbered, with the row clocks [`merge`] needs; [`follow`]
+//!   records continuously beside Moodle.
 //! - [`apply`]: changes from elsewhere merged into this site's rows; [`replay`] what waited for a
 //!   Moodle upgrade.
 //! - [`store`]: the `kituo_sync` database (log, state, watermarks, row clocks, tombstones).
@@ -13,10 +14,12 @@ pub mod apply;
 pub mod capture;
 pub mod change;
 pub mod clock;
+pub mod follow;
 pub mod merge;
 pub mod policy;
 pub mod record;
 pub mod replay;
 pub mod site;
+pub mod skew;
 pub mod sql;
 pub mod store;

@@ -10,9 +10,10 @@ use mysql::prelude::Queryable;
 
 use crate::sync::engine::capture::{BinlogPos, CapturedTxn, RowChange};
 use crate::sync::engine::change::{changed_columns, Change, Op, RowKind, Value};
-use crate::sync::engine::clock::{Hlc, Stamp};
+use crate::sync::engine::clock::{commit_millis, wall_millis, Hlc, Stamp};
 use crate::sync::engine::merge::RowClock;
 use crate::sync::engine::policy::{Direction, Policy, Role};
+use crate::sync::engine::skew;
 use crate::sync::engine::sql::{quote, Target, ID};
 use crate::sync::engine::store;
 use crate::sync::engine::store::{read_clock, write_clock};
@@ -68,7 +69,10 @@ impl<'p> Recorder<'p> {
         let mut next_seq = store::get_u64(tx, NEXT_SEQ)?.max(1);
         let mut logged = Vec::new();
         let mut merged = MergedAway::read(tx)?;
+        let offset = skew::current_offset(tx)?;
+        let now = wall_millis();
         for txn in txns {
+            let written = commit_millis(txn.timestamp, now, offset);
             for row in &txn.rows {
                 let Some(mut change) = self.change_of(row, &mut done)? else {
                     continue;
@@ -77,7 +81,7 @@ impl<'p> Recorder<'p> {
                 let change = Change {
                     origin: self.site,
                     seq: next_seq,
-                    hlc: hlc.tick(),
+                    hlc: hlc.tick_at(written),
                     ..change
                 };
                 next_seq += 1;

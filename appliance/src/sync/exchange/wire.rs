@@ -24,12 +24,18 @@ pub const VERIFY_SUMS: &str = "/sync/v1/verify/sums";
 pub const VERIFY_ROWS: &str = "/sync/v1/verify/rows";
 /// `sync seed`: the rows of what never syncs but a joining center needs (MessagePack requests).
 pub const SEED_COPY: &str = "/sync/v1/seed/copy";
+/// An empty authenticated answer: its signed clock header is what a center reads before it stamps
+/// anything after a boot (see `engine::skew`).
+pub const CLOCK: &str = "/sync/v1/clock";
 /// Unauthenticated liveness, for nginx and load balancers.
 pub const HEALTH: &str = "/sync/v1/health";
 
 pub const SITE_HEADER: &str = "X-Kituo-Site";
 pub const NONCE_HEADER: &str = "X-Kituo-Nonce";
 pub const AUTH_HEADER: &str = "X-Kituo-Auth";
+/// The hub's clock in an answer, `<unix milliseconds> <MAC>`: apart from the answer's own MAC, so that
+/// a center built before it ignores it (see `engine::skew`).
+pub const CLOCK_HEADER: &str = "X-Kituo-Clock";
 
 /// Largest compressed request or response body either side reads.
 pub const MAX_BODY: usize = 16 << 20;
@@ -171,6 +177,32 @@ pub fn verify_response_digest(
         .is_ok()
 }
 
+fn clock_mac(secret: &Secret, request_auth: &str, millis: u64) -> Hmac<Sha256> {
+    let mut mac = secret.mac();
+    mac.update(format!("kituo-clock-v1\n{request_auth}\n{millis}\n").as_bytes());
+    mac
+}
+
+/// The hub's clock for the answer to the request signed `request_auth`.
+pub fn sign_clock(secret: &Secret, request_auth: &str, millis: u64) -> String {
+    let mac = clock_mac(secret, request_auth, millis)
+        .finalize()
+        .into_bytes();
+    format!("{millis} {}", hex::encode(mac))
+}
+
+/// The hub's clock from a [`CLOCK_HEADER`], if it is there and its MAC holds: a clock from anyone
+/// else would let the link move this center's stamps.
+pub fn verify_clock(secret: &Secret, request_auth: &str, header: &str) -> Option<u64> {
+    let (millis, tag) = header.split_once(' ')?;
+    let millis: u64 = millis.parse().ok()?;
+    let tag = hex::decode(tag).ok()?;
+    clock_mac(secret, request_auth, millis)
+        .verify_slice(&tag)
+        .is_ok()
+        .then_some(millis)
+}
+
 /// A fresh nonce per request: 16 random bytes in hex.
 pub fn nonce() -> Result<String> {
     let mut bytes = [0u8; 16];
@@ -267,6 +299,17 @@ mod tests {
             &answer
         ));
         assert!(!verify_response(&secret, &auth, 200, b"pagE", &answer));
+
+        let clock = sign_clock(&secret, &auth, 1_700_000_000_123);
+        assert_eq!(
+            verify_clock(&secret, &auth, &clock),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(verify_clock(&other, &auth, &clock), None);
+        assert_eq!(verify_clock(&secret, "another request", &clock), None);
+        let moved = clock.replacen("1700000000123", "1700000000124", 1);
+        assert_eq!(verify_clock(&secret, &auth, &moved), None);
+        assert_eq!(verify_clock(&secret, &auth, "garbage"), None);
     }
 
     #[test]

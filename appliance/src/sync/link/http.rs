@@ -11,6 +11,7 @@ use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use crate::sync::engine::change::Change;
+use crate::sync::engine::skew::{self, Skew};
 use crate::sync::exchange::agent::Link;
 use crate::sync::exchange::hub::{Page, Receipt};
 use crate::sync::exchange::parts::{self, Cut, Part, PartAnswer, PushPart};
@@ -51,6 +52,8 @@ pub struct HttpLink {
     traffic: Traffic,
     /// The parts of a page that came before a cut, and the position it follows.
     pulling: Option<(u64, Vec<Part>)>,
+    /// The most certain reading of the hub's clock so far.
+    skew: Option<Skew>,
 }
 
 impl HttpLink {
@@ -68,11 +71,17 @@ impl HttpLink {
             opts,
             traffic: Traffic::default(),
             pulling: None,
+            skew: None,
         })
     }
 
     pub fn traffic(&self) -> Traffic {
         self.traffic
+    }
+
+    /// The most certain reading of the hub's clock this link has made, if any answer carried one.
+    pub fn skew(&self) -> Option<&Skew> {
+        self.skew.as_ref()
     }
 
     /// One authenticated exchange; the answer's body once its MAC checks out.
@@ -121,6 +130,7 @@ impl HttpLink {
             .set(wire::SITE_HEADER, &self.opts.site.to_string())
             .set(wire::NONCE_HEADER, &nonce)
             .set(wire::AUTH_HEADER, &auth);
+        let sent = skew::boot_millis()?;
         let response = match request.send_bytes(body) {
             Ok(r) => r,
             Err(ureq::Error::Status(code, r)) => {
@@ -134,11 +144,28 @@ impl HttpLink {
             Err(e) => return Err(e).with_context(|| format!("cannot reach the hub at {url}")),
         };
         let status = response.status();
+        self.read_clock(&response, &auth, sent)?;
         let mac = response.header(wire::AUTH_HEADER).unwrap_or("").to_owned();
         let digest = self.read_body(response.into_reader(), sink)?;
         if !wire::verify_response_digest(&self.opts.secret, &auth, status, &digest, &mac) {
             bail!("the hub's answer failed authentication (wrong secret, or something on the link altered it)");
         }
+        Ok(())
+    }
+
+    /// Keeps the hub's clock from an answer whose round trip began at `sent`, when it is more certain
+    /// than the reading kept.
+    fn read_clock(&mut self, response: &ureq::Response, auth: &str, sent: u64) -> Result<()> {
+        let answered = skew::boot_millis()?;
+        let header = response.header(wire::CLOCK_HEADER).unwrap_or("");
+        let Some(hub) = wire::verify_clock(&self.opts.secret, auth, header) else {
+            return Ok(());
+        };
+        let sample = Skew::sample(hub, sent, answered)?;
+        self.skew = Some(match self.skew.take() {
+            Some(kept) => kept.better(sample),
+            None => sample,
+        });
         Ok(())
     }
 

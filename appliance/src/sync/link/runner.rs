@@ -16,11 +16,13 @@ use rand::Rng;
 use crate::power::BulkSyncGate;
 use crate::status::{Feed, LinkState, StickRecord, SyncStatus};
 use crate::sync::engine::clock;
+use crate::sync::engine::follow::{follow, Gate, Pass};
 use crate::sync::engine::policy::{Role, Rulebook};
 use crate::sync::engine::site::{Site, SiteConfig};
+use crate::sync::engine::skew::{self, Skew};
 use crate::sync::engine::store;
 use crate::sync::exchange::agent::{self, Outgoing};
-use crate::sync::exchange::wire::Secret;
+use crate::sync::exchange::wire::{self, Secret};
 use crate::sync::files::mover::Mover;
 use crate::sync::link::http::{HttpLink, LinkOptions, Traffic};
 use crate::sync::link::settings::AgentSettings;
@@ -110,6 +112,10 @@ impl Runner {
 
     /// Runs for as long as the process does.
     pub fn run(&mut self) -> ! {
+        if let Err(e) = self.follow() {
+            // Exchanges still capture first: only the stamps of a late capture suffer.
+            eprintln!("sync: cannot record changes continuously: {e:#}");
+        }
         loop {
             if self.held() {
                 self.pause(Duration::from_secs(1));
@@ -144,6 +150,26 @@ impl Runner {
                 }
             }
         }
+    }
+
+    /// Records this center's changes continuously, on a thread of its own, whatever the link does;
+    /// waits while the appliance shuts down and until Moodle's database is made.
+    fn follow(&self) -> Result<()> {
+        let (cfg, rules) = (self.site_cfg.clone(), self.settings.moodle.rulebook()?);
+        let (hold, every) = (self.controls.hold.clone(), self.settings.capture_every);
+        let ready_file = self.settings.moodle.ready_file.clone();
+        let gate = move || {
+            let made = ready_file.as_ref().is_none_or(|f| f.exists());
+            match hold.load(Ordering::Relaxed) || !made {
+                true => Gate::Wait,
+                false => Gate::Capture,
+            }
+        };
+        std::thread::Builder::new()
+            .name("sync-capture".into())
+            .spawn(move || follow(cfg, rules, every, "sync", gate, CenterPass))
+            .context("cannot start the capture thread")?;
+        Ok(())
     }
 
     fn held(&self) -> bool {
@@ -196,6 +222,9 @@ impl Runner {
                 self.rules.version()
             );
         }
+        if self.link.skew().is_none() {
+            self.read_hub_clock(site)?;
+        }
         site.capture(self.rules.policy())?;
         let mut moved = self.push_all(site)?;
         loop {
@@ -210,10 +239,38 @@ impl Runner {
             }
         }
         agent::prune_outbox(site)?;
+        self.keep_skew(site)?;
         let backlog = agent::backlog(site)?;
         self.status.backlog_changes = backlog.changes;
         self.status.backlog_oldest = backlog.oldest_hlc.map(|h| clock::millis_of(h) / 1000);
         Ok(moved)
+    }
+
+    /// Reads the hub's clock before the first capture of this process, so that what waited in the
+    /// binlog is stamped in the hub's time (a hub that cannot answer would not take the push either).
+    fn read_hub_clock(&mut self, site: &mut Site) -> Result<()> {
+        self.link
+            .call("GET", wire::CLOCK, &[])
+            .context("cannot read the hub's clock")?;
+        self.keep_skew(site)
+    }
+
+    /// Stores the link's reading of the hub's clock when it is new or more certain, for every process
+    /// that records this site's changes, and shows the offset.
+    fn keep_skew(&mut self, site: &mut Site) -> Result<()> {
+        let Some(read) = self.link.skew() else {
+            return Ok(());
+        };
+        let kept = Skew::read(site.conn())?;
+        let best = match kept.clone() {
+            Some(kept) => kept.better(read.clone()),
+            None => read.clone(),
+        };
+        if kept.as_ref() != Some(&best) {
+            best.write(site.conn())?;
+        }
+        self.status.clock_offset_ms = best.offset_ms();
+        Ok(())
     }
 
     /// Sends the outbox until the hub holds it all, reading and encoding each batch while the one
@@ -364,6 +421,29 @@ impl Runner {
     }
 }
 
+/// How long after a boot a center's follower waits for the hub's clock before it stamps by its own:
+/// well inside the binlog's 14 days, so a link down for days loses nothing.
+const CLOCK_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// A center's follower captures once a seed is done (until then the database is the hub's copy being
+/// written, and the seed numbers this site's changes) and once this boot has read the hub's clock: a
+/// card without RTC may have booted a year ahead, and a change stamped by that clock would win every
+/// clash for a year. Commit times wait in the binlog, so a late capture stamps them as well.
+struct CenterPass;
+
+impl Pass for CenterPass {
+    fn ready(&mut self, site: &mut Site) -> Result<bool> {
+        let state = store::get(site.conn(), seed::SEED_STATE)?;
+        if state.is_some_and(|s| s != "done") {
+            return Ok(false);
+        }
+        let read = Skew::read(site.conn())?
+            .and_then(|s| s.offset_ms())
+            .is_some();
+        Ok(read || skew::boot_millis()? > CLOCK_WAIT.as_millis() as u64)
+    }
+}
+
 /// The status before the first exchange.
 fn not_started(last_error: Option<String>) -> SyncStatus {
     SyncStatus {
@@ -374,6 +454,7 @@ fn not_started(last_error: Option<String>) -> SyncStatus {
         backlog_files: 0,
         backlog_bytes: 0,
         last_error,
+        clock_offset_ms: None,
     }
 }
 

@@ -14,6 +14,8 @@ use anyhow::{anyhow, Context, Result};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::sync::engine::change;
+use crate::sync::engine::clock::wall_millis;
+use crate::sync::engine::follow::{follow, Gate, Pass};
 use crate::sync::engine::policy::{Policy, Rulebook};
 use crate::sync::engine::site::{Site, SiteConfig};
 use crate::sync::engine::store;
@@ -130,27 +132,43 @@ impl Drop for HubServer {
 
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Records the hub's own Moodle changes for the centers, continually, so pulls need not wait for it;
-/// now and then drops the log every center has pulled.
+/// Records the hub's own Moodle changes for the centers, continually, so pulls need not wait for it.
 fn capture_loop(
     cfg: SiteConfig,
-    mut rules: Rulebook,
+    rules: Rulebook,
     shared: &SharedPolicy,
     every: Duration,
     stop: &AtomicBool,
 ) {
-    let mut site: Option<Site> = None;
-    let mut last_prune = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let done = match site.as_mut() {
-            Some(s) => capture_pass(s, &mut rules, shared, &mut last_prune),
-            None => Site::open(cfg.clone()).map(|s| site = Some(s)),
-        };
-        if let Err(e) = done {
-            eprintln!("hub: capture: {e:#}");
-            site = None;
+    let gate = || match stop.load(Ordering::Relaxed) {
+        true => Gate::Stop,
+        false => Gate::Capture,
+    };
+    let pass = HubPass {
+        shared,
+        last_prune: Instant::now(),
+    };
+    follow(cfg, rules, every, "hub", gate, pass);
+}
+
+/// Hands the workers new rules after a Moodle upgrade; now and then drops the log every center has
+/// pulled.
+struct HubPass<'a> {
+    shared: &'a SharedPolicy,
+    last_prune: Instant,
+}
+
+impl Pass for HubPass<'_> {
+    fn then(&mut self, site: &mut Site, rules: &Rulebook, upgraded: bool) -> Result<()> {
+        if upgraded {
+            *self.shared.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(rules.policy().clone());
         }
-        sleep_unless(stop, every);
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.last_prune = Instant::now();
+            hub::prune(site)?;
+        }
+        Ok(())
     }
 }
 
@@ -180,39 +198,6 @@ fn inbox_loop(cfg: SiteConfig, shared: &SharedPolicy, woken: &Receiver<()>, stop
             Err(RecvTimeoutError::Disconnected) => break,
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
         }
-    }
-}
-
-/// Derives the rules again after a Moodle upgrade (and hands them to the workers), records the hub's
-/// own changes, and now and then prunes the log.
-fn capture_pass(
-    site: &mut Site,
-    rules: &mut Rulebook,
-    shared: &SharedPolicy,
-    last_prune: &mut Instant,
-) -> Result<()> {
-    if rules.refresh(site.conn())? {
-        eprintln!(
-            "hub: Moodle was upgraded ({}): rules derived again",
-            rules.version()
-        );
-        *shared.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules.policy().clone());
-    }
-    site.capture(rules.policy())?;
-    if last_prune.elapsed() >= PRUNE_EVERY {
-        *last_prune = Instant::now();
-        hub::prune(site)?;
-    }
-    Ok(())
-}
-
-fn sleep_unless(stop: &AtomicBool, total: Duration) {
-    let step = Duration::from_millis(50);
-    let mut left = total;
-    while !stop.load(Ordering::Relaxed) && !left.is_zero() {
-        let nap = left.min(step);
-        std::thread::sleep(nap);
-        left -= nap;
     }
 }
 
@@ -471,6 +456,7 @@ impl Worker {
                 wire::encode(&answer).map_err(|e| self.failed(e))
             }
             (Method::Get, wire::PULL) => self.serve_page(center, query),
+            (Method::Get, wire::CLOCK) => Ok(Vec::new()),
             (Method::Post, wire::VERIFY_CATALOG) => {
                 let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
                 self.settle(center)?;
@@ -610,9 +596,12 @@ fn signed(
     body: Vec<u8>,
 ) -> Response<std::io::Cursor<Vec<u8>>> {
     let mac = wire::sign_response(secret, request_auth, status, &body);
+    let clock = wire::sign_clock(secret, request_auth, wall_millis());
     let mut response = Response::from_data(body).with_status_code(status);
-    if let Ok(h) = Header::from_bytes(wire::AUTH_HEADER.as_bytes(), mac.as_bytes()) {
-        response.add_header(h);
+    for (name, value) in [(wire::AUTH_HEADER, mac), (wire::CLOCK_HEADER, clock)] {
+        if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(h);
+        }
     }
     response
 }

@@ -75,6 +75,11 @@ pub const SYNC_SECTION: Section = Section {
              the public web's roots",
         ),
         Key::optional("interval_seconds", "30", "pause between exchanges when nothing is waiting, 1 to 3600"),
+        Key::optional(
+            "capture_ms",
+            "500",
+            "how often the center records its Moodle's new changes, link or no link, 100 to 60000",
+        ),
         Key::optional("batch_changes", "500", "most changes in one request, 10 to 10000"),
         Key::optional(
             "batch_kib",
@@ -219,6 +224,8 @@ pub struct AgentSettings {
     pub secret_file: PathBuf,
     pub ca_file: Option<PathBuf>,
     pub interval: Duration,
+    /// How often local changes are recorded (continuously, beside the exchanges).
+    pub capture_every: Duration,
     pub batch_changes: usize,
     pub batch_bytes: usize,
     /// Bytes per second; `None`: no cap.
@@ -251,6 +258,7 @@ impl AgentSettings {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
             interval: secs("interval_seconds", 1..=3600)?,
+            capture_every: Duration::from_millis(doc.int_in(s, "capture_ms", 100..=60_000)?),
             batch_changes: doc.int_in(s, "batch_changes", 10..=10_000)? as usize,
             batch_bytes: doc.int_in(s, "batch_kib", 4..=16_384)? as usize * 1024,
             rate_limit: (kbit > 0).then_some(kbit * 1000 / 8),
