@@ -119,13 +119,18 @@ fn measure(o: &Options, case: &Case) -> Result<Measured> {
     opts.interval_seconds = case.interval_seconds;
     let config = center_config(center, &dir, &opts, &password, "")?;
     let text = std::fs::read_to_string(&config)?;
-    let text = text.replace("[sync]\n", &format!("[sync]\ncapture_ms = {}\n", case.capture_ms));
+    let text = text.replace(
+        "[sync]\n",
+        &format!("[sync]\ncapture_ms = {}\n", case.capture_ms),
+    );
     std::fs::write(&config, text)?;
     let mut agent = AgentService::start(exe, &config, dir.join("agent.log"))?;
     // The first exchange reads the hub's clock; the follower captures only after it.
-    let first = post(&mut moodle(center.db.opts())?, 3, "before the probes")?;
+    let first = bed::reply(center, 3, "before the probes", 1000)? as i64;
     let seen = wait_for(Duration::from_secs(60), || {
-        captured_after(center, first - 1).ok().filter(|v| !v.is_empty())
+        captured_after(center, first - 1)
+            .ok()
+            .filter(|v| !v.is_empty())
     });
     seen.context("the agent never captured; see agent.log")?;
 
@@ -136,7 +141,7 @@ fn measure(o: &Options, case: &Case) -> Result<Measured> {
         std::thread::spawn(move || -> Result<()> {
             let mut conn = moodle(opts)?;
             while !stop.load(Ordering::Relaxed) {
-                post(&mut conn, 4, "load")?;
+                bed::reply_on(&mut conn, 4, "load", 2000)?;
                 written.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
@@ -150,8 +155,11 @@ fn measure(o: &Options, case: &Case) -> Result<Measured> {
             let mut conn = moodle(opts)?;
             while !stop.load(Ordering::Relaxed) {
                 let at = Instant::now();
-                let id = post(&mut conn, 3, "probe")?;
-                probes.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(id, at);
+                let id = bed::reply_on(&mut conn, 3, "probe", 3000)? as i64;
+                probes
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .insert(id, at);
                 std::thread::sleep(every.saturating_sub(at.elapsed()));
             }
             Ok(())
@@ -184,11 +192,18 @@ fn measure(o: &Options, case: &Case) -> Result<Measured> {
         std::thread::sleep(Duration::from_millis(2));
     }
     stop.store(true, Ordering::Relaxed);
-    prober.join().map_err(|_| anyhow::anyhow!("the prober panicked"))??;
+    prober
+        .join()
+        .map_err(|_| anyhow::anyhow!("the prober panicked"))??;
     if let Some(w) = writer {
-        w.join().map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+        w.join()
+            .map_err(|_| anyhow::anyhow!("the writer panicked"))??;
     }
-    anyhow::ensure!(agent.is_running(), "the agent died:\n{}", agent.proc.log_text());
+    anyhow::ensure!(
+        agent.is_running(),
+        "the agent died:\n{}",
+        agent.proc.log_text()
+    );
     anyhow::ensure!(!lags.is_empty(), "no probe was captured");
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Measured {
@@ -211,25 +226,4 @@ fn moodle(opts: mysql::Opts) -> Result<mysql::Conn> {
     let mut c = mysql::Conn::new(opts).context("cannot connect to the center")?;
     c.query_drop(format!("USE {}", bed::DB))?;
     Ok(c)
-}
-
-/// A reply as Moodle writes it (the post and its log row, one transaction); its id.
-fn post(c: &mut mysql::Conn, user: u32, text: &str) -> Result<i64> {
-    let mut tx = c.start_transaction(mysql::TxOpts::default())?;
-    tx.exec_drop(
-        "INSERT INTO mdl_forum_posts (discussion, parent, userid, created, modified, subject, message)
-         VALUES (1, 1, ?, UNIX_TIMESTAMP(), UNIX_TIMESTAMP(), 'Re: Photosynthesis', ?)",
-        (user, text),
-    )?;
-    let id = tx.last_insert_id().context("no post id")? as i64;
-    tx.exec_drop(
-        "INSERT INTO mdl_logstore_standard_log (eventname, component, action, target, objecttable,
-             objectid, crud, edulevel, contextid, contextlevel, contextinstanceid, userid, courseid,
-             anonymous, timecreated, origin)
-         VALUES ('\\\\mod_forum\\\\event\\\\post_created', 'mod_forum', 'created', 'post',
-                 'forum_posts', ?, 'c', 2, 30, 70, 5, ?, 2, 0, UNIX_TIMESTAMP(), 'web')",
-        (id, user),
-    )?;
-    tx.commit()?;
-    Ok(id)
 }

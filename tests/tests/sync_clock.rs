@@ -3,10 +3,10 @@
 //! changes must still be stamped in the hub's time, so that of two edits of one post the later one
 //! wins at every site, whichever site made it and however late its agent captured it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use appliance::sync::engine::clock::{millis_of, Stamp};
+use appliance::sync::engine::clock::{millis_of, wall_millis, Stamp};
 use appliance::sync::engine::{record, store};
 use kituo_tests::bed::services::{
     center_config, engine_account, AgentOptions, AgentService, HubService,
@@ -19,13 +19,6 @@ use mysql::prelude::Queryable;
 const CLOCKS: &[(&str, i64)] = &[("-1h", -3600), ("+365d", 365 * 86400)];
 /// More than the binlog's one-second resolution, so that "later" is later at every site.
 const APART: Duration = Duration::from_millis(1500);
-
-fn real_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn edit(node: &Node, text: &str) -> Result<()> {
     node.sql()?.exec_drop(
@@ -71,7 +64,7 @@ fn the_later_edit_wins_when_a_cards_clock_is_an_hour_behind_or_a_year_ahead() ->
             .sql()?
             .query_first("SELECT UNIX_TIMESTAMP()")?
             .unwrap_or(0);
-        let off = now - (real_millis() / 1000) as i64 - secs;
+        let off = now - (wall_millis() / 1000) as i64 - secs;
         ensure!(
             off.abs() < 60,
             "center {}'s MariaDB is not {offset} ({off} s off)",
@@ -91,7 +84,7 @@ fn the_later_edit_wins_when_a_cards_clock_is_an_hour_behind_or_a_year_ahead() ->
         agent.proc.kill();
         edit(&w.hub, &format!("hub, before {name}"))?;
         std::thread::sleep(APART);
-        let made = real_millis();
+        let made = wall_millis();
         let later = format!("{name}, after the hub");
         edit(center, &later)?;
         std::thread::sleep(APART);
@@ -138,7 +131,7 @@ fn the_later_edit_wins_when_a_cards_clock_is_an_hour_behind_or_a_year_ahead() ->
     }
 
     // Nothing was ever stamped by the clock a year ahead: it would win every clash for a year.
-    let ahead = real_millis() + 60_000;
+    let ahead = wall_millis() + 60_000;
     for node in std::iter::once(&w.hub).chain(&w.centers) {
         let last = clock_of(node)?;
         ensure!(last > 0, "site {} stamped nothing", node.id);

@@ -187,7 +187,11 @@ pub fn reply(node: &Node, user: u32, text: &str, now: u64) -> Result<u64> {
 }
 
 fn reply_once(node: &Node, user: u32, text: &str, now: u64) -> Result<u64> {
-    let mut c = node.sql()?;
+    reply_on(&mut node.sql()?, user, text, now)
+}
+
+/// [`reply`] on a connection of the caller's (one with Moodle's database selected), once.
+pub fn reply_on(c: &mut mysql::Conn, user: u32, text: &str, now: u64) -> Result<u64> {
     let mut tx = c.start_transaction(mysql::TxOpts::default())?;
     tx.exec_drop(
         "INSERT INTO mdl_forum_posts (discussion, parent, userid, created, modified, subject, message,
