@@ -37,6 +37,36 @@ fn thesis_forum_case_both_replies_survive_and_the_discussion_converges() -> Resu
     Ok(())
 }
 
+/// Moodle writes a discussion's `timemodified` and `usermodified` together; merged column by column,
+/// the real-Moodle trial ended with "user A made the last change at user B's time".
+#[test]
+fn the_discussions_last_modified_pair_after_replies_at_three_sites_is_the_last_replys() -> Result<()>
+{
+    let mut w = world("kituo-sync-group", 2)?;
+    // The link is down; a reply at each site, a second apart, the last by user 2: the discussion's
+    // usermodified there stays what the seed had (2), so only timemodified changes its value.
+    reply(&w.hub, 4, "At the hub.", 1200)?;
+    w.hub.site.capture(&w.policy)?;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    reply(&w.centers[1], 3, "At center 3.", 1500)?;
+    w.centers[1].site.capture(&w.policy)?;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    reply(&w.centers[0], 2, "At center 2.", 2000)?;
+    w.centers[0].site.capture(&w.policy)?;
+    w.sync_all()?;
+    let discussions = w.assert_same_everywhere("forum_discussions")?;
+    let pair: Vec<(String, String)> = w.hub.sql()?.query(
+        "SELECT CAST(timemodified AS CHAR), CAST(usermodified AS CHAR) FROM mdl_forum_discussions",
+    )?;
+    assert_eq!(
+        pair,
+        [("2000".to_string(), "2".to_string())],
+        "the last reply's time and user, together: {discussions:?}"
+    );
+    assert_eq!(w.assert_same_everywhere("forum_posts")?.len(), 4);
+    Ok(())
+}
+
 #[test]
 fn concurrent_edits_merge_by_column_and_delete_wins() -> Result<()> {
     let mut w = world("kituo-sync-merge", 2)?;

@@ -359,7 +359,7 @@ impl<'p> Applier<'p> {
     ) -> Result<Outcome> {
         let key = (table.to_owned(), id);
         let clock = pre.clocks.get(&key).cloned().unwrap_or_default();
-        let (mut won, next) = winning_columns(&clock, stamp, cols);
+        let (mut won, next) = winning_columns(&clock, stamp, cols, self.policy.groups(table));
         won.remove(ID);
         if won.is_empty() {
             return Ok(Outcome::Superseded);
@@ -429,7 +429,8 @@ impl<'p> Applier<'p> {
         }
         let outcome = self.insert(tx, table, id, stamp, row.clone(), pre, catch_up)?;
         if outcome == Outcome::Applied {
-            let (_, clock) = winning_columns(&RowClock::born(grave.born), stamp, &row);
+            let born = RowClock::born(grave.born);
+            let (_, clock) = winning_columns(&born, stamp, &row, self.policy.groups(table));
             pre.clocks.insert(key, clock);
         }
         Ok(outcome)
@@ -546,7 +547,12 @@ impl<'p> Applier<'p> {
                 let (merged, clock) = if hub_owned {
                     (row.clone(), incoming_clock)
                 } else {
-                    merge_rows((&row, &incoming_clock), (&old, &existing_clock), &[ID])
+                    merge_rows(
+                        (&row, &incoming_clock),
+                        (&old, &existing_clock),
+                        &[ID],
+                        self.policy.groups(table),
+                    )
                 };
                 self.insert_row(tx, table, &merged)
                     .context("cannot insert the row that won a clash")?;

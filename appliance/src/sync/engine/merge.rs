@@ -3,6 +3,8 @@
 //!
 //! - A column takes the value of the write with the greatest [`Stamp`] (clock, then site id).
 //! - Only columns a site changed carry its stamp, so concurrent edits of different columns both survive.
+//! - Columns Moodle writes together (a group: `timemodified` with `usermodified`) are compared as one:
+//!   the group's stamp is the greatest of its columns', and a write wins all of them or none.
 //! - Delete beats any update (the tombstone), whatever the clocks say.
 //! - Two rows created at two sites with the same unique key: the earlier-born row keeps its id, the other
 //!   id becomes an alias of it, and the later row's edits merge into it column by column.
@@ -46,16 +48,33 @@ impl RowClock {
 }
 
 /// The columns of an incoming update that win against the row's clock, and the row's clock afterwards.
-pub fn winning_columns(clock: &RowClock, stamp: Stamp, cols: &Row) -> (Row, RowClock) {
+pub fn winning_columns(
+    clock: &RowClock,
+    stamp: Stamp,
+    cols: &Row,
+    groups: &[Vec<String>],
+) -> (Row, RowClock) {
     let mut next = clock.clone();
     let mut won = Row::new();
     for (name, value) in cols {
-        if stamp > clock.column(name) {
+        if stamp > standing(clock, name, groups) {
             won.insert(name.clone(), value.clone());
             next.cols.insert(name.clone(), stamp);
         }
     }
     (won, next)
+}
+
+/// The stamp a write to `column` must beat: the column's own, or its group's greatest.
+fn standing(clock: &RowClock, column: &str, groups: &[Vec<String>]) -> Stamp {
+    match groups.iter().find(|g| g.iter().any(|c| c == column)) {
+        Some(group) => group
+            .iter()
+            .map(|c| clock.column(c))
+            .max()
+            .unwrap_or(clock.born),
+        None => clock.column(column),
+    }
 }
 
 /// Which of two rows that share a unique key keeps its id.
@@ -80,14 +99,15 @@ pub fn merge_rows(
     winner: (&Row, &RowClock),
     loser: (&Row, &RowClock),
     skip: &[&str],
+    groups: &[Vec<String>],
 ) -> (Row, RowClock) {
     let (mut row, mut clock) = (winner.0.clone(), winner.1.clone());
     for (name, value) in loser.0 {
         if skip.contains(&name.as_str()) {
             continue;
         }
-        let theirs = loser.1.column(name);
-        if theirs > clock.column(name) {
+        let theirs = standing(loser.1, name, groups);
+        if theirs > standing(winner.1, name, groups) {
             row.insert(name.clone(), value.clone());
             clock.cols.insert(name.clone(), theirs);
         }
@@ -110,13 +130,13 @@ mod tests {
     #[test]
     fn later_stamp_wins_a_column_and_ties_go_to_the_higher_site() {
         let clock = RowClock::born(Stamp::new(10, 2));
-        let (won, next) = winning_columns(&clock, Stamp::new(20, 3), &row(&[("a", 1)]));
+        let (won, next) = winning_columns(&clock, Stamp::new(20, 3), &row(&[("a", 1)]), &[]);
         assert_eq!(won, row(&[("a", 1)]));
         assert_eq!(next.column("a"), Stamp::new(20, 3));
         // Same clock value from a lower site: loses.
-        let (won, _) = winning_columns(&next, Stamp::new(20, 2), &row(&[("a", 9)]));
+        let (won, _) = winning_columns(&next, Stamp::new(20, 2), &row(&[("a", 9)]), &[]);
         assert!(won.is_empty());
-        let (won, _) = winning_columns(&next, Stamp::new(20, 4), &row(&[("a", 9)]));
+        let (won, _) = winning_columns(&next, Stamp::new(20, 4), &row(&[("a", 9)]), &[]);
         assert_eq!(won, row(&[("a", 9)]));
     }
 
@@ -125,12 +145,44 @@ mod tests {
         let base = RowClock::born(Stamp::new(1, 1));
         let a = (Stamp::new(5, 2), row(&[("subject", 1)]));
         let b = (Stamp::new(4, 3), row(&[("message", 2)]));
-        let (wa, ca) = winning_columns(&base, a.0, &a.1);
-        let (wb, cab) = winning_columns(&ca, b.0, &b.1);
-        let (wb2, cb) = winning_columns(&base, b.0, &b.1);
-        let (wa2, cba) = winning_columns(&cb, a.0, &a.1);
+        let (wa, ca) = winning_columns(&base, a.0, &a.1, &[]);
+        let (wb, cab) = winning_columns(&ca, b.0, &b.1, &[]);
+        let (wb2, cb) = winning_columns(&base, b.0, &b.1, &[]);
+        let (wa2, cba) = winning_columns(&cb, a.0, &a.1, &[]);
         assert_eq!((wa, wb), (wa2, wb2));
         assert_eq!(cab, cba);
+    }
+
+    /// The trial's discussion: site 2 replied (user 5 at 300), then site 3 replied as the same user
+    /// 7 at 200 by its wall clock but later by stamp; site 2's usermodified must not survive alone.
+    #[test]
+    fn a_group_wins_or_loses_as_one_in_any_order() {
+        let groups = vec![vec!["timemodified".to_string(), "usermodified".to_string()]];
+        let base = RowClock::born(Stamp::new(1, 1));
+        let a = (
+            Stamp::new(5, 2),
+            row(&[("timemodified", 300), ("usermodified", 5)]),
+        );
+        // Site 3's usermodified did not change its value, but the group travels whole.
+        let b = (
+            Stamp::new(6, 3),
+            row(&[("timemodified", 400), ("usermodified", 7)]),
+        );
+        let (_, ca) = winning_columns(&base, a.0, &a.1, &groups);
+        let (wb, cab) = winning_columns(&ca, b.0, &b.1, &groups);
+        assert_eq!(wb, b.1);
+        let (_, cb) = winning_columns(&base, b.0, &b.1, &groups);
+        let (wa, cba) = winning_columns(&cb, a.0, &a.1, &groups);
+        assert!(wa.is_empty(), "{wa:?}");
+        assert_eq!(cab, cba);
+        // A sender that sent one column of the group loses it to a newer write of another.
+        let old = (Stamp::new(5, 9), row(&[("usermodified", 8)]));
+        let mut clock = base.clone();
+        clock.cols.insert("timemodified".into(), Stamp::new(6, 3));
+        let (won, _) = winning_columns(&clock, old.0, &old.1, &groups);
+        assert!(won.is_empty(), "{won:?}");
+        let (won, _) = winning_columns(&clock, old.0, &old.1, &[]);
+        assert_eq!(won, old.1);
     }
 
     #[test]
@@ -160,7 +212,7 @@ mod tests {
             row(&[("id", 12), ("finalgrade", 70), ("feedback", 2)]),
             RowClock::born(Stamp::new(7, 3)),
         );
-        let (merged, clock) = merge_rows((&w.0, &w.1), (&l.0, &l.1), &["id"]);
+        let (merged, clock) = merge_rows((&w.0, &w.1), (&l.0, &l.1), &["id"], &[]);
         assert_eq!(
             merged,
             row(&[("id", 11), ("finalgrade", 70), ("feedback", 1)])

@@ -95,6 +95,13 @@ impl Policy {
         self.outgoing.get(table).cloned().unwrap_or_default()
     }
 
+    /// Columns of `table` that Moodle writes together and that win or lose a merge as one.
+    pub fn groups(&self, table: &str) -> &[Vec<String>] {
+        self.rules
+            .get(table)
+            .map_or(&[], |rule| rule.column_groups.as_slice())
+    }
+
     /// (table, column) pairs that hold ids of `table`.
     pub fn referenced_by(&self, table: &str) -> Vec<(String, String)> {
         self.rules

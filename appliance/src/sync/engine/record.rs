@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use mysql::prelude::Queryable;
 
 use crate::sync::engine::capture::{BinlogPos, CapturedTxn, RowChange};
-use crate::sync::engine::change::{changed_columns, Change, Op, RowKind, Value};
+use crate::sync::engine::change::{changed_columns, Change, Op, Row, RowKind, Value};
 use crate::sync::engine::clock::{commit_millis, wall_millis, Hlc, Stamp};
 use crate::sync::engine::merge::RowClock;
 use crate::sync::engine::policy::{Direction, Policy, Role};
@@ -134,11 +134,12 @@ impl<'p> Recorder<'p> {
             (RowKind::Insert, _, Some(after)) => Op::Insert(after.clone()),
             (RowKind::Delete, _, _) => Op::Delete,
             (RowKind::Update, Some(before), Some(after)) => {
-                let cols = changed_columns(before, after);
+                let mut cols = changed_columns(before, after);
                 if cols.is_empty() {
                     done.unchanged += 1;
                     return Ok(None);
                 }
+                with_groups(&mut cols, after, self.policy.groups(table));
                 Op::Update(cols)
             }
             _ => anyhow::bail!(
@@ -207,6 +208,22 @@ impl<'p> Recorder<'p> {
                     .unwrap_or_else(|| RowClock::born(Stamp::ORIGIN));
                 clock.cols.extend(cols.keys().map(|c| (c.clone(), stamp)));
                 write_clock(tx, &change.table, change.id, &clock)
+            }
+        }
+    }
+}
+
+/// Widens an update to the whole of every column group it touches: a reply that leaves
+/// `usermodified` as it was still wrote it together with `timemodified`, and the two must win or lose
+/// as one at every site.
+fn with_groups(cols: &mut Row, after: &Row, groups: &[Vec<String>]) {
+    for group in groups {
+        if !group.iter().any(|c| cols.contains_key(c)) {
+            continue;
+        }
+        for column in group {
+            if let Some(value) = after.get(column) {
+                cols.entry(column.clone()).or_insert_with(|| value.clone());
             }
         }
     }

@@ -335,7 +335,7 @@ fn restore(
         Op::Delete => store::bury(tx, table, id, stamp)?,
         Op::Insert(row) | Op::Update(row) if direction == Direction::Both => {
             let clock = read_clock(tx, table, id)?.unwrap_or_default();
-            let (_, next) = winning_columns(&clock, stamp, row);
+            let (_, next) = winning_columns(&clock, stamp, row, policy.groups(table));
             write_clock(tx, table, id, &next)?;
         }
         Op::Insert(_) | Op::Update(_) => {}

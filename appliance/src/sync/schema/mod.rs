@@ -6,7 +6,9 @@
 //! XMLDB, so the rules are derived from it instead of being written table by table.
 
 pub mod ddl;
+pub mod groups;
 pub mod plugins;
+pub mod references;
 pub mod rules;
 pub mod xmldb;
 

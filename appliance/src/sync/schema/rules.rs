@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::ini::{ConfigError, Document, Section};
+use crate::sync::schema::groups::{self, Listed as ListedGroups};
+use crate::sync::schema::references::{self, Listed as ListedReference};
 use crate::sync::schema::Schema;
 
 /// The built-in rule lists.
@@ -126,6 +128,10 @@ pub struct RuleFile {
     site_local: BTreeMap<String, LocalRows>,
     /// `[seed]`: per-site tables a joining center copies once from the hub.
     seed: Vec<Entry>,
+    /// `[groups]`: columns written together, by table.
+    groups: BTreeMap<String, ListedGroups>,
+    /// `[references]`: by `table.column` or `*.column`.
+    references: BTreeMap<String, ListedReference>,
 }
 
 const SECTIONS: &[Section] = &[
@@ -177,6 +183,18 @@ const SECTIONS: &[Section] = &[
         free_keys: true,
         help: "per-site tables a joining center copies once from the hub",
     },
+    Section {
+        name: "groups",
+        keys: &[],
+        free_keys: true,
+        help: "table = columns written together (groups split by ';'), or none: reason",
+    },
+    Section {
+        name: "references",
+        keys: &[],
+        free_keys: true,
+        help: "table.column or *.column = the table whose ids it holds, or none: reason",
+    },
 ];
 
 impl RuleFile {
@@ -206,6 +224,8 @@ impl RuleFile {
             protect: BTreeMap::new(),
             site_local: BTreeMap::new(),
             seed: Vec::new(),
+            groups: BTreeMap::new(),
+            references: BTreeMap::new(),
         };
         for (key, value, line) in doc.free_entries("defaults") {
             if key != "direction" {
@@ -293,6 +313,63 @@ impl RuleFile {
             };
             file.site_local.insert(table.to_owned(), rows);
         }
+        for (key, value, _) in doc.free_entries("groups") {
+            if !is_table_name(&key) {
+                return Err(doc.error("groups", &key, "expected a table name (no patterns)"));
+            }
+            let Some((columns, _reason)) = split_reason(&value) else {
+                return Err(doc.error("groups", &key, "say why after the columns: 'a b: reason'"));
+            };
+            let listed = if columns == "none" {
+                ListedGroups::None
+            } else {
+                let groups: Vec<Vec<String>> = columns
+                    .split(';')
+                    .map(|g| g.split_whitespace().map(str::to_owned).collect())
+                    .collect();
+                if groups
+                    .iter()
+                    .any(|g: &Vec<String>| g.len() < 2 || !g.iter().all(|c| is_table_name(c)))
+                {
+                    return Err(doc.error(
+                        "groups",
+                        &key,
+                        "expected groups of two or more column names split by ';', or none",
+                    ));
+                }
+                ListedGroups::Add(groups)
+            };
+            file.groups.insert(key, listed);
+        }
+        for (key, value, line) in doc.free_entries("references") {
+            let valid = key
+                .split_once('.')
+                .is_some_and(|(t, c)| (t == "*" || is_table_name(t)) && is_table_name(c));
+            if !valid {
+                return Err(doc.error(
+                    "references",
+                    &key,
+                    "expected table.column or *.column (like files.itemid)",
+                ));
+            }
+            let target = split_reason(&value).filter(|(t, _)| is_table_name(t));
+            let Some((target, reason)) = target else {
+                return Err(doc.error(
+                    "references",
+                    &key,
+                    "expected 'table: reason' or 'none: reason'",
+                ));
+            };
+            let listed = ListedReference {
+                target: (target != "none").then(|| target.to_owned()),
+                reason: reason.to_owned(),
+                source: Source {
+                    file: path.to_owned(),
+                    line,
+                },
+            };
+            file.references.insert(key, listed);
+        }
         let lists = Direction::ALL
             .into_iter()
             .map(|d| (d.name(), d, false))
@@ -357,6 +434,13 @@ impl RuleFile {
     }
 }
 
+/// `head: reason` with both parts present.
+fn split_reason(value: &str) -> Option<(&str, &str)> {
+    let (head, reason) = value.split_once(':')?;
+    let (head, reason) = (head.trim(), reason.trim());
+    (!head.is_empty() && !reason.is_empty()).then_some((head, reason))
+}
+
 fn find_entry<'e>(entries: &'e [Entry], table: &str) -> Option<&'e Entry> {
     entries
         .iter()
@@ -400,6 +484,8 @@ pub struct TableRule {
     pub unique_keys: Vec<Vec<String>>,
     /// Columns of other tables that hold this table's ids: what to remap when rows merge.
     pub referenced_by: Vec<Reference>,
+    /// Columns Moodle writes together, which win or lose a merge as one ([`groups`]).
+    pub column_groups: Vec<Vec<String>>,
     pub protect: Option<Protection>,
 }
 
@@ -452,26 +538,21 @@ impl Rules {
     }
 
     pub fn derive(schema: &Schema, builtin: RuleFile, overrides: Option<RuleFile>) -> Rules {
-        let mut referenced_by: BTreeMap<&str, Vec<Reference>> = BTreeMap::new();
-        for table in schema.tables.values() {
-            for fk in &table.foreign_keys {
-                for (column, ref_column) in fk.fields.iter().zip(&fk.ref_fields) {
-                    referenced_by
-                        .entry(fk.ref_table.as_str())
-                        .or_default()
-                        .push(Reference {
-                            table: table.name.clone(),
-                            column: column.clone(),
-                            ref_column: ref_column.clone(),
-                        });
-                }
-            }
-        }
         let mut rules = Rules {
             tables: BTreeMap::new(),
             builtin,
             overrides,
         };
+        let mut referenced_by: BTreeMap<String, Vec<Reference>> = BTreeMap::new();
+        for v in rules.references(schema) {
+            if let Some(target) = v.target {
+                referenced_by.entry(target).or_default().push(Reference {
+                    table: v.table,
+                    column: v.column,
+                    ref_column: "id".into(),
+                });
+            }
+        }
         for table in schema.tables.values() {
             let pk = table.single_int_primary_key();
             let mut rule = rules.by_lists(&table.name, pk);
@@ -481,15 +562,34 @@ impl Rules {
                 .filter(|k| **k != table.primary_key)
                 .cloned()
                 .collect();
-            let mut refs = referenced_by
-                .remove(table.name.as_str())
-                .unwrap_or_default();
+            let mut refs = referenced_by.remove(&table.name).unwrap_or_default();
             refs.sort();
             refs.dedup();
             rule.referenced_by = refs;
+            rule.column_groups = groups::of(table, rules.listed_groups(&table.name));
             rules.tables.insert(table.name.clone(), rule);
         }
         rules
+    }
+
+    /// Every integer column of `schema` and whether it is followed as a reference, with why.
+    pub fn references(&self, schema: &Schema) -> Vec<references::Verdict> {
+        references::classify(schema, |table, column| {
+            self.files().find_map(|f| {
+                f.references
+                    .get(&format!("{table}.{column}"))
+                    .or_else(|| f.references.get(&format!("*.{column}")))
+            })
+        })
+    }
+
+    fn listed_groups(&self, table: &str) -> Option<&ListedGroups> {
+        self.files().find_map(|f| f.groups.get(table))
+    }
+
+    /// The override file first, then the built-in one.
+    fn files(&self) -> impl Iterator<Item = &RuleFile> {
+        self.overrides.iter().chain([&self.builtin])
     }
 
     pub fn get(&self, table: &str) -> Option<&TableRule> {
@@ -558,6 +658,7 @@ impl Rules {
             primary_key: pk.map(str::to_owned),
             unique_keys: Vec::new(),
             referenced_by: Vec::new(),
+            column_groups: Vec::new(),
             protect,
         };
         if pk.is_none() {

@@ -1,5 +1,6 @@
 //! The rule lists and files, against the real Moodle 4.5 schema.
 
+use crate::sync::schema::references;
 use crate::sync::schema::rules::*;
 use crate::sync::schema::tests::moodle_450;
 
@@ -131,9 +132,13 @@ fn keys_references_and_protection() {
         .map(|r| (r.table.as_str(), r.column.as_str()))
         .collect();
     assert!(refs.contains(&("forum_posts", "parent")), "{refs:?}");
-    // Only declared foreign keys count: forum_read.postid has none in 4.5, forum_queue.postid has.
+    // Declared (forum_queue.postid) and listed (forum_read.postid, undeclared in 4.5) both count.
     assert!(refs.contains(&("forum_queue", "postid")), "{refs:?}");
-    assert!(!refs.contains(&("forum_read", "postid")), "{refs:?}");
+    assert!(refs.contains(&("forum_read", "postid")), "{refs:?}");
+    assert!(
+        refs.contains(&("forum_discussions", "firstpost")),
+        "{refs:?}"
+    );
     let user = rules.get("user").expect("user");
     assert_eq!(user.protect, Some(Protection::SiteAdmins));
     let ra = rules.get("role_assignments").expect("role_assignments");
@@ -186,7 +191,7 @@ fn override_file_wins() {
 #[test]
 fn bad_override_names_file_line_and_key() {
     let cases = [
-        ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [site_local], [both], [hub_to_centers], [centers_to_hub], [never], [seed]"),
+        ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [site_local], [both], [hub_to_centers], [centers_to_hub], [never], [seed], [groups], [references]"),
         ("[never]\nsessions = x\n\nCache-* = y\n", "/etc/kituo/sync-overrides.ini:4: key 'Cache-*' in section [never]: expected a table name, or a prefix ending in '*' (like cache_*)"),
         ("[never]\nsessions =\n", "/etc/kituo/sync-overrides.ini:2: key 'sessions' in section [never]: say why after '=': the reason is kept with the rule"),
         ("[both]\nsessions = a\n[never]\nsessions = b\n", "/etc/kituo/sync-overrides.ini:4: key 'sessions' in section [never]: 'sessions' is already in [both] on line 2"),
@@ -292,4 +297,116 @@ fn site_local_rows_and_their_override() {
     assert!(policy.is_site_local("config", &row("version")));
     assert!(!policy.is_site_local("config", &row("siteadmins")));
     assert!(!policy.is_site_local("config_plugins", &row("mycenter_only")));
+}
+
+/// Walks every integer column of Moodle 4.5 and prints how each is treated (`cargo test -p appliance
+/// every_integer_column -- --nocapture` shows the listing).
+#[test]
+fn every_integer_column_of_450_is_a_reference_or_says_why_not() {
+    let schema = moodle_450();
+    let rules = rules_with(None);
+    let verdicts = rules.references(&schema);
+    for v in &verdicts {
+        let target = v.target.as_deref().unwrap_or("-");
+        println!("{}.{} -> {target}: {}", v.table, v.column, v.why);
+    }
+    let unexplained: Vec<String> = verdicts
+        .iter()
+        .filter(|v| v.why == references::UNEXPLAINED)
+        .map(|v| format!("{}.{}", v.table, v.column))
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "id columns nothing explains: {unexplained:?}"
+    );
+    let missing = references::missing_targets(&schema, &verdicts);
+    assert!(missing.is_empty(), "listed tables 4.5 lacks: {missing:?}");
+    let followed = verdicts.iter().filter(|v| v.target.is_some()).count();
+    println!("{} integer columns, {followed} followed", verdicts.len());
+    assert!(
+        verdicts.len() > 2500 && followed > 850,
+        "{followed}/{}",
+        verdicts.len()
+    );
+    let verdict = |t: &str, c: &str| {
+        verdicts
+            .iter()
+            .find(|v| v.table == t && v.column == c)
+            .unwrap_or_else(|| panic!("{t}.{c} not listed"))
+    };
+    // The orphan the real-Moodle trial found: forum_posts.userid has an index, no key.
+    for (table, column, target) in [
+        ("forum_posts", "userid", "user"),
+        ("forum_discussions", "usermodified", "user"),
+        ("message", "useridfrom", "user"),
+        ("user_lastaccess", "courseid", "course"),
+        ("forum", "course", "course"),
+        ("course", "category", "course_categories"),
+        ("forum_read", "postid", "forum_posts"),
+        ("grade_grades", "itemid", "grade_items"),
+    ] {
+        let v = verdict(table, column);
+        assert_eq!(
+            v.target.as_deref(),
+            Some(target),
+            "{table}.{column}: {}",
+            v.why
+        );
+    }
+    for (table, column) in [
+        ("files", "itemid"),
+        ("course_modules", "instance"),
+        ("rating", "rating"),
+        ("forum_posts", "created"),
+    ] {
+        let v = verdict(table, column);
+        assert_eq!(v.target, None, "{table}.{column}: {}", v.why);
+    }
+    // grade_grades.itemid is a declared key: the *.itemid entry does not override XMLDB.
+    assert!(verdict("grade_grades", "itemid")
+        .why
+        .starts_with("XMLDB key"));
+}
+
+#[test]
+fn groups_and_references_entries_are_checked() {
+    for (text, key) in [
+        (
+            "[references]\nforum_posts.userid = user\n",
+            "forum_posts.userid",
+        ),
+        ("[references]\nforumposts = user: why\n", "forumposts"),
+        (
+            "[groups]\nforum_discussions = timemodified: why\n",
+            "forum_discussions",
+        ),
+        ("[groups]\nforum_discussions = a b\n", "forum_discussions"),
+    ] {
+        let err = RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text)
+            .expect_err(text)
+            .to_string();
+        assert!(
+            err.contains("sync-overrides.ini:2") && err.contains(key),
+            "{err}"
+        );
+    }
+    let rules = rules_with(Some(
+        "[groups]\nforum_discussions = none: written apart here\n\
+         [references]\nforum_posts.userid = none: a test\n",
+    ));
+    assert!(rules
+        .get("forum_discussions")
+        .unwrap()
+        .column_groups
+        .is_empty());
+    let user = rules.get("user").unwrap();
+    assert!(!user
+        .referenced_by
+        .iter()
+        .any(|r| r.table == "forum_posts" && r.column == "userid"));
+    let rules = rules_with(None);
+    assert_eq!(
+        rules.get("forum_discussions").unwrap().column_groups,
+        [vec!["timemodified".to_string(), "usermodified".to_string()]]
+    );
 }
