@@ -7,6 +7,7 @@
 
 pub mod ddl;
 pub mod groups;
+pub mod identity;
 pub mod plugins;
 pub mod references;
 pub mod rules;

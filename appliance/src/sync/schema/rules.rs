@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::ini::{ConfigError, Document, Section};
 use crate::sync::schema::groups::{self, Listed as ListedGroups};
+use crate::sync::schema::identity::{self, Identity, SameFact};
 use crate::sync::schema::references::{self, Listed as ListedReference};
 use crate::sync::schema::Schema;
 
@@ -132,6 +133,10 @@ pub struct RuleFile {
     groups: BTreeMap<String, ListedGroups>,
     /// `[references]`: by `table.column` or `*.column`.
     references: BTreeMap<String, ListedReference>,
+    /// `[identities]`.
+    identities: Vec<Identity>,
+    /// `[same_facts]`, by table.
+    same_facts: BTreeMap<String, SameFact>,
 }
 
 const SECTIONS: &[Section] = &[
@@ -195,6 +200,18 @@ const SECTIONS: &[Section] = &[
         free_keys: true,
         help: "table.column or *.column = the table whose ids it holds, or none: reason",
     },
+    Section {
+        name: "identities",
+        keys: &[],
+        free_keys: true,
+        help: "table.column = scope columns (or -): reason: a name two rows may not share",
+    },
+    Section {
+        name: "same_facts",
+        keys: &[],
+        free_keys: true,
+        help: "table = reason: its unique keys say the same fact twice",
+    },
 ];
 
 impl RuleFile {
@@ -226,7 +243,12 @@ impl RuleFile {
             seed: Vec::new(),
             groups: BTreeMap::new(),
             references: BTreeMap::new(),
+            identities: Vec::new(),
+            same_facts: BTreeMap::new(),
         };
+        let (identities, same_facts) = identity::parse(&doc, path)?;
+        file.identities = identities;
+        file.same_facts = same_facts.into_iter().collect();
         for (key, value, line) in doc.free_entries("defaults") {
             if key != "direction" {
                 return Err(at(
@@ -486,6 +508,10 @@ pub struct TableRule {
     pub referenced_by: Vec<Reference>,
     /// Columns Moodle writes together, which win or lose a merge as one ([`groups`]).
     pub column_groups: Vec<Vec<String>>,
+    /// Names two rows may not share ([`identity`]): a clash keeps both rows.
+    pub identities: Vec<Identity>,
+    /// Why the table's other unique keys merge a clash, if a list says.
+    pub same_fact: Option<SameFact>,
     pub protect: Option<Protection>,
 }
 
@@ -567,6 +593,16 @@ impl Rules {
             refs.dedup();
             rule.referenced_by = refs;
             rule.column_groups = groups::of(table, rules.listed_groups(&table.name));
+            let has = |c: &str| table.fields.iter().any(|f| f.name == c);
+            rule.identities = rules
+                .identities(&table.name)
+                .into_iter()
+                .filter(|i| i.key().into_iter().all(has))
+                .collect();
+            rule.same_fact = rules
+                .files()
+                .find_map(|f| f.same_facts.get(&table.name))
+                .cloned();
             rules.tables.insert(table.name.clone(), rule);
         }
         rules
@@ -581,6 +617,20 @@ impl Rules {
                     .or_else(|| f.references.get(&format!("*.{column}")))
             })
         })
+    }
+
+    /// The identities listed for `table`: an override file's entry for a column replaces the
+    /// built-in one.
+    fn identities(&self, table: &str) -> Vec<Identity> {
+        let mut out: Vec<Identity> = Vec::new();
+        for file in self.overrides.iter().chain([&self.builtin]) {
+            for i in file.identities.iter().filter(|i| i.table == table) {
+                if !out.iter().any(|o| o.column == i.column) {
+                    out.push(i.clone());
+                }
+            }
+        }
+        out
     }
 
     fn listed_groups(&self, table: &str) -> Option<&ListedGroups> {
@@ -659,6 +709,8 @@ impl Rules {
             unique_keys: Vec::new(),
             referenced_by: Vec::new(),
             column_groups: Vec::new(),
+            identities: Vec::new(),
+            same_fact: None,
             protect,
         };
         if pk.is_none() {

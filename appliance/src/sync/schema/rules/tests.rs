@@ -191,7 +191,7 @@ fn override_file_wins() {
 #[test]
 fn bad_override_names_file_line_and_key() {
     let cases = [
-        ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [site_local], [both], [hub_to_centers], [centers_to_hub], [never], [seed], [groups], [references]"),
+        ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [site_local], [both], [hub_to_centers], [centers_to_hub], [never], [seed], [groups], [references], [identities], [same_facts]"),
         ("[never]\nsessions = x\n\nCache-* = y\n", "/etc/kituo/sync-overrides.ini:4: key 'Cache-*' in section [never]: expected a table name, or a prefix ending in '*' (like cache_*)"),
         ("[never]\nsessions =\n", "/etc/kituo/sync-overrides.ini:2: key 'sessions' in section [never]: say why after '=': the reason is kept with the rule"),
         ("[both]\nsessions = a\n[never]\nsessions = b\n", "/etc/kituo/sync-overrides.ini:4: key 'sessions' in section [never]: 'sessions' is already in [both] on line 2"),
@@ -409,4 +409,40 @@ fn groups_and_references_entries_are_checked() {
         rules.get("forum_discussions").unwrap().column_groups,
         [vec!["timemodified".to_string(), "usermodified".to_string()]]
     );
+}
+
+/// A clash on a unique key either keeps both rows (an identity) or merges them (the same fact): for
+/// every table that syncs both ways, each unique key of Moodle 4.5 is one or the other, by a list.
+#[test]
+fn every_unique_key_of_a_two_way_table_is_an_identity_or_the_same_fact() {
+    let rules = rules_with(None);
+    let mut unlisted = Vec::new();
+    for rule in rules.tables.values() {
+        if rule.direction != Direction::Both {
+            continue;
+        }
+        for key in &rule.unique_keys {
+            let identity = rule.identities.iter().any(|i| i.is_key(key));
+            if !identity && rule.same_fact.is_none() {
+                unlisted.push(format!("{}({})", rule.table, key.join(",")));
+            }
+        }
+    }
+    assert!(
+        unlisted.is_empty(),
+        "unique keys no list explains: {unlisted:?}"
+    );
+    let user = rules.get("user").unwrap();
+    let username = user.identities.iter().find(|i| i.column == "username");
+    assert_eq!(
+        username.map(|i| i.scope.clone()),
+        Some(vec!["mnethostid".to_string()])
+    );
+    assert!(user.same_fact.is_none(), "two accounts are two people");
+    let groups = rules.get("groups").unwrap();
+    assert!(groups
+        .identities
+        .iter()
+        .any(|i| i.column == "name" && i.scope == ["courseid"]));
+    assert!(rules.get("grade_grades").unwrap().same_fact.is_some());
 }
