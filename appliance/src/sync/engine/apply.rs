@@ -25,6 +25,7 @@ use crate::sync::engine::sql::{
 use crate::sync::engine::store::{self, read_clock, read_clocks_of};
 
 mod held;
+mod identity;
 mod parked;
 
 use held::{Held, HeldWriteFailed};
@@ -39,6 +40,8 @@ pub enum Outcome {
     Buried,
     /// Another row had the same unique key; the two were merged.
     Merged,
+    /// Another row had the same name (an identity); both were kept, the later-born renamed.
+    Renamed,
     /// An update for a row this site never had.
     Orphan,
     /// The table does not exist here yet (the sender's Moodle is newer); kept to apply after upgrade.
@@ -61,6 +64,8 @@ struct TableShape {
 pub struct Applier<'p> {
     policy: &'p Policy,
     target: Target,
+    /// This site's number: the suffix of its own rows renamed to give way to the hub's.
+    site: u32,
     /// Shapes read so far; `None` for a table this site does not have.
     catalog: HashMap<String, Option<TableShape>>,
     /// Tables with parked values: a newer write to such a column makes its parked value obsolete.
@@ -81,10 +86,11 @@ struct Prefetched {
 }
 
 impl<'p> Applier<'p> {
-    pub fn new(policy: &'p Policy, target: Target) -> Applier<'p> {
+    pub fn new(policy: &'p Policy, target: Target, site: u32) -> Applier<'p> {
         Applier {
             policy,
             target,
+            site,
             catalog: HashMap::new(),
             parked: None,
             holding: false,
@@ -364,7 +370,22 @@ impl<'p> Applier<'p> {
         if won.is_empty() {
             return Ok(Outcome::Superseded);
         }
-        let won = self.park_unknown(tx, table, id, stamp, won)?;
+        let mut won = self.park_unknown(tx, table, id, stamp, won)?;
+        let mut outcome = Outcome::Applied;
+        if self.names_anything(table, &won) {
+            self.write_held(tx)?;
+            let mut row = read_row(tx, &self.target, table, id)?.context("the row vanished")?;
+            row.extend(won.clone());
+            let (settled, clashed) = self.settle_names(tx, table, id, clock.born, row, pre)?;
+            for identity in self.policy.identities(table) {
+                if let Some(name) = settled.get(&identity.column) {
+                    won.insert(identity.column.clone(), name.clone());
+                }
+            }
+            if clashed {
+                outcome = Outcome::Renamed;
+            }
+        }
         if self.has_parked(tx, table)? {
             for column in won.keys() {
                 store::unpark_older(tx, table, id, column, stamp)?;
@@ -373,7 +394,7 @@ impl<'p> Applier<'p> {
         self.write_columns(tx, table, id, &won)?;
         pre.clocks.insert(key.clone(), next);
         pre.dirty.insert(key);
-        Ok(Outcome::Applied)
+        Ok(outcome)
     }
 
     fn write_columns(
@@ -449,8 +470,10 @@ impl<'p> Applier<'p> {
     ) -> Result<Outcome> {
         let key = (table.to_owned(), id);
         let row = self.park_unknown(tx, table, id, stamp, row)?;
-        // Without a unique key besides the id, the insert cannot clash: it can wait to go with others.
-        if self.holding && self.shape(tx, table)?.is_some_and(|s| s.uniques.is_empty()) {
+        // Without a unique key besides the id, or a name, the insert cannot clash: it can wait to go
+        // with others.
+        let named = !self.policy.identities(table).is_empty();
+        if self.holding && !named && self.shape(tx, table)?.is_some_and(|s| s.uniques.is_empty()) {
             self.held.insert(table, id, row);
             pre.present.insert(key.clone());
             pre.clocks.insert(key.clone(), RowClock::born(stamp));
@@ -460,12 +483,20 @@ impl<'p> Applier<'p> {
         }
         // Written first, so that a duplicate below is this row's own.
         self.write_held(tx)?;
+        let (row, clashed) = match named {
+            true => self.settle_names(tx, table, id, stamp, row, pre)?,
+            false => (row, false),
+        };
         match self.insert_row(tx, table, &row) {
             Ok(()) => {
                 pre.present.insert(key.clone());
                 pre.clocks.insert(key.clone(), RowClock::born(stamp));
                 pre.dirty.insert(key);
-                Ok(Outcome::Applied)
+                Ok(if clashed {
+                    Outcome::Renamed
+                } else {
+                    Outcome::Applied
+                })
             }
             Err(e) if is_duplicate(&e) => {
                 // The clashing row may be a local insert not yet recorded: record it first, so its

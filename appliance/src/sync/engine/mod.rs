@@ -5,7 +5,7 @@
 //!   commit (in the hub's time: [`skew`]) and numbered, with the row clocks [`merge`] needs; [`follow`]
 //!   records continuously beside Moodle.
 //! - [`apply`]: changes from elsewhere merged into this site's rows; [`replay`] what waited for a
-//!   Moodle upgrade.
+//!   Moodle upgrade; [`clash`]: the names two people or things shared, and how they were told apart.
 //! - [`store`]: the `kituo_sync` database (log, state, watermarks, row clocks, tombstones).
 //! - [`policy`]: the rules as the engine asks them; [`site`]: the engine over one database;
 //!   [`change`]: rows and values as they travel; [`sql`]: names and values as MariaDB takes them.
@@ -13,6 +13,7 @@
 pub mod apply;
 pub mod capture;
 pub mod change;
+pub mod clash;
 pub mod clock;
 pub mod follow;
 pub mod merge;

@@ -9,6 +9,7 @@ use mysql::prelude::Queryable;
 
 use crate::sync::engine::change::{Row, Value};
 use crate::sync::engine::sql::Target;
+use crate::sync::schema::identity::Identity;
 pub use crate::sync::schema::rules::Direction;
 use crate::sync::schema::rules::{Protection, Rules};
 use crate::sync::schema::Schema;
@@ -100,6 +101,13 @@ impl Policy {
         self.rules
             .get(table)
             .map_or(&[], |rule| rule.column_groups.as_slice())
+    }
+
+    /// The names rows of `table` may not share ([`crate::sync::schema::identity`]).
+    pub fn identities(&self, table: &str) -> &[Identity] {
+        self.rules
+            .get(table)
+            .map_or(&[], |rule| rule.identities.as_slice())
     }
 
     /// (table, column) pairs that hold ids of `table`.

@@ -43,6 +43,7 @@ pub fn replay(
     tx: &mut Transaction<'_>,
     policy: &Policy,
     target: &Target,
+    site: u32,
     catch_up: &mut dyn FnMut(&mut Transaction<'_>) -> Result<()>,
 ) -> Result<Replayed> {
     let mut done = Replayed::default();
@@ -51,7 +52,7 @@ pub fn replay(
     if deferred_tables.is_empty() && parked_tables.is_empty() {
         return Ok(done);
     }
-    let mut applier = Applier::new(policy, target.clone());
+    let mut applier = Applier::new(policy, target.clone(), site);
     let mut ready = Vec::new();
     for table in deferred_tables {
         if applier.columns_now(tx, &table)?.is_some() {

@@ -114,7 +114,7 @@ impl Site {
             let mut tx = self.begin()?;
             store::lock_log(&mut tx)?;
             let mut catch = |tx: &mut Transaction<'_>| catch_up(&cfg, policy, tx).map(|_| ());
-            let done = replay::replay(&mut tx, policy, &cfg.target, &mut catch)?;
+            let done = replay::replay(&mut tx, policy, &cfg.target, cfg.site, &mut catch)?;
             tx.commit().context("cannot commit the replay")?;
             Ok(done)
         })
@@ -161,8 +161,8 @@ impl Site {
             }
             let mut catch = |tx: &mut Transaction<'_>| catch_up(&cfg, policy, tx).map(|_| ());
             // What waited for a schema change goes first: this batch may carry newer changes to it.
-            replay::replay(&mut tx, policy, &cfg.target, &mut catch)?;
-            let mut applier = Applier::new(policy, cfg.target.clone());
+            replay::replay(&mut tx, policy, &cfg.target, cfg.site, &mut catch)?;
+            let mut applier = Applier::new(policy, cfg.target.clone(), cfg.site);
             let tally = applier.apply(&mut tx, &allowed, &mut catch)?;
             mark_applied(&mut tx, &fresh)?;
             finish(&mut tx, &allowed, &refused)?;

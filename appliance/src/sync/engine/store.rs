@@ -147,6 +147,8 @@ const TABLES: &[&str] = &[
         data LONGBLOB NOT NULL,
         PRIMARY KEY (site, idx)
     ) ENGINE=InnoDB",
+    // Names two rows shared, and how sync told them apart (see `clash`).
+    crate::sync::engine::clash::TABLE,
     // Hub only: centers' batches stored as they came, until applied (see `inbox`).
     "CREATE TABLE IF NOT EXISTS kituo_sync.inbox (
         origin INT UNSIGNED NOT NULL,

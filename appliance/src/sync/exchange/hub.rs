@@ -31,6 +31,7 @@ use crate::sync::engine::site::Site;
 use crate::sync::engine::sql::{read_row, Target, ID};
 use crate::sync::engine::store;
 use crate::sync::engine::store::{read_clock, write_clock};
+use crate::sync::exchange::notify;
 use crate::sync::schema::rules::Protection;
 
 /// Moodle's context level of the whole site.
@@ -92,6 +93,7 @@ pub fn accept(
         |tx, change| refusal(tx, policy, &target, &mut guard, change),
         |tx, applied, refused| {
             store::append_all(tx, applied)?;
+            notify::tell(tx, policy, &target, hub)?;
             for (change, reason) in refused {
                 reject(tx, change, reason)?;
                 restore(tx, policy, &target, hub, change)?;
@@ -345,7 +347,7 @@ fn restore(
 }
 
 /// A stamp of the hub's clock after `seen` and after everything the hub stamped or saw.
-fn tick_after(tx: &mut Transaction<'_>, seen: u64) -> Result<u64> {
+pub(super) fn tick_after(tx: &mut Transaction<'_>, seen: u64) -> Result<u64> {
     let last = store::get_u64(tx, HLC)?
         .max(store::get_u64(tx, HLC_SEEN)?)
         .max(seen);
@@ -355,7 +357,7 @@ fn tick_after(tx: &mut Transaction<'_>, seen: u64) -> Result<u64> {
 }
 
 /// The hub's next own sequence number, shared with what capture records (under the log lock).
-fn next_seq(tx: &mut Transaction<'_>) -> Result<u64> {
+pub(super) fn next_seq(tx: &mut Transaction<'_>) -> Result<u64> {
     let seq = store::get_u64(tx, NEXT_SEQ)?.max(1);
     store::set(tx, NEXT_SEQ, &(seq + 1).to_string())?;
     Ok(seq)

@@ -7,10 +7,12 @@
 //! - [`centers`]: the hub's registry of centers and their secrets.
 //! - [`inbox`]: the hub's store of received batches, applied in order by one applier.
 //! - [`parts`]: a batch or page too large for one request, sent in parts.
+//! - [`notify`]: the hub's notifications to the people whose names clashed.
 
 pub mod agent;
 pub mod centers;
 pub mod hub;
 pub mod inbox;
+pub mod notify;
 pub mod parts;
 pub mod wire;
