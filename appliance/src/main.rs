@@ -166,6 +166,16 @@ enum SyncAction {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// List the names sync found given to two people or things (two accounts with one login name,
+    /// two groups with one name in a course) and how it told them apart, newest first.
+    Clashes {
+        /// At the hub.
+        #[arg(long)]
+        hub: bool,
+        /// Default /etc/kituo/appliance.ini, or /etc/kituo/hub.ini with --hub.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Verify, then apply, the sticks in a folder (every volume is checked before anything is
     /// applied; importing twice changes nothing).
     Import {
@@ -311,6 +321,10 @@ fn run() -> Result<()> {
                     None => sync_cmd::export_center(&config.unwrap_or_else(appliance_ini), &to),
                 }
             }
+            SyncAction::Clashes { hub, config } => match hub {
+                true => sync_cmd::clashes_hub(&config.unwrap_or_else(hub_ini)),
+                false => sync_cmd::clashes_center(&config.unwrap_or_else(appliance_ini)),
+            },
             SyncAction::Import { dir, hub, config } => {
                 if hub {
                     sync_cmd::import_hub(&config.unwrap_or_else(hub_ini), &dir)

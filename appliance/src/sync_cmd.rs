@@ -318,3 +318,31 @@ pub fn import_hub(config: &Path, dir: &Path) -> Result<()> {
     let done = stick::import::at_hub(&mut site, rules.policy(), pool.as_ref(), dir)?;
     print_imported(dir, &done)
 }
+
+/// `appliance sync clashes` at a center.
+pub fn clashes_center(config: &Path) -> Result<()> {
+    let (site_id, s) = center_settings(config)?;
+    let mut site = Site::open(s.moodle.site_config(site_id, Role::Center)?)?;
+    print_clashes(&mut site)
+}
+
+/// `appliance sync clashes --hub`.
+pub fn clashes_hub(config: &Path) -> Result<()> {
+    let settings = HubSettings::load(config)?;
+    let mut site = Site::open(settings.moodle.site_config(settings.site_id, Role::Hub)?)?;
+    print_clashes(&mut site)
+}
+
+fn print_clashes(site: &mut Site) -> Result<()> {
+    let clashes = appliance::sync::engine::clash::recent(site.conn(), 1000)?;
+    if clashes.is_empty() {
+        println!("no name was given to two people or things");
+    }
+    for c in clashes {
+        println!(
+            "{}: {}.{} '{}': row {} kept it, row {} (made at site {}) is now '{}'",
+            c.at, c.table, c.column, c.old, c.kept, c.renamed, c.site, c.new
+        );
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@
 //! `center_id`, `source`, `sha256`, `changed` files, `error` naming file, line and key; null without one), `uptime_seconds` (of the supervisor), `generated_at` (unix seconds), `power`
 //! (state, reading, sources, bulk_sync_paused, shutdown_steps), `health` (services, disks, temperature,
 //! throttling, clock, load, memory, uptime; null before the first check), `sync`, `files` and `update`
-//! (null until their work reports; `sticks`: recent USB/DVD sticks, newest first; `sync.backlog_files`/`backlog_bytes` are `files.send_pending`/`send_bytes`), `history` (recent power transitions, newest last), `chart` (24 h of samples).
+//! (null until their work reports; `sticks`: recent USB/DVD sticks, newest first; `clashes`: recent names two people or things were given, and what the later-born is called now; `sync.backlog_files`/`backlog_bytes` are `files.send_pending`/`send_bytes`), `history` (recent power transitions, newest last), `chart` (24 h of samples).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +14,9 @@ use serde::Serialize;
 use crate::commission::apply::Record;
 use crate::health::Report;
 use crate::history::{Event, Sample};
-use crate::status::{FileSyncStatus, Live, PowerView, StickRecord, SyncStatus, UpdateStatus};
+use crate::status::{
+    Clash, FileSyncStatus, Live, PowerView, StickRecord, SyncStatus, UpdateStatus,
+};
 
 /// Recent transitions included in the document.
 pub const RECENT_EVENTS: usize = 20;
@@ -37,6 +39,8 @@ pub struct Snapshot {
     pub files: Option<FileSyncStatus>,
     /// Recent sneakernet sticks, newest first.
     pub sticks: Vec<StickRecord>,
+    /// Recent names sync found given to two people or things, newest first.
+    pub clashes: Vec<Clash>,
     pub update: Option<UpdateStatus>,
     pub history: Vec<Event>,
     pub chart: Vec<Sample>,
@@ -75,6 +79,7 @@ pub fn snapshot(id: &Identity, live: &Live, uptime_seconds: u64) -> Snapshot {
         }),
         files: live.files.clone(),
         sticks: live.sticks.clone(),
+        clashes: live.clashes.clone(),
         update: live.update.clone(),
         history: live.events[skip..].to_vec(),
         chart: live.samples.clone(),

@@ -21,6 +21,7 @@ use crate::history::{Event, Sample};
 use crate::power::shutdown::StepRecord;
 use crate::power::state::PowerState;
 use crate::power::Reading;
+pub use crate::sync::engine::clash::Clash;
 
 pub use server::serve;
 
@@ -179,6 +180,8 @@ pub struct Live {
     pub files: Option<FileSyncStatus>,
     /// Recent sticks, newest first.
     pub sticks: Vec<StickRecord>,
+    /// Recent names two people or things shared, newest first.
+    pub clashes: Vec<Clash>,
     pub update: Option<UpdateStatus>,
 }
 
@@ -245,6 +248,9 @@ impl Feed {
     }
     pub fn set_sticks(&self, recent: Vec<StickRecord>) {
         self.shared.write().sticks = recent;
+    }
+    pub fn set_clashes(&self, recent: Vec<Clash>) {
+        self.shared.write().clashes = recent;
     }
     pub fn set_update(&self, status: UpdateStatus) {
         self.shared.write().update = Some(status);

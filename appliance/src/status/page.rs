@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use crate::power::state::PowerState;
 use crate::status::api::Snapshot;
-use crate::status::{FileSyncState, FileSyncStatus, LinkState, StickRecord};
+use crate::status::{Clash, FileSyncState, FileSyncStatus, LinkState, StickRecord};
 
 /// What the viewer may do.
 pub enum Access<'a> {
@@ -430,6 +430,9 @@ fn sync(o: &mut String, s: &Snapshot, now: u64) {
     for b in s.sticks.iter().take(5) {
         stick(o, b, now);
     }
+    for c in s.clashes.iter().take(5) {
+        clash(o, c, now);
+    }
     o.push_str("</table></section>");
 }
 
@@ -466,6 +469,24 @@ fn stick(o: &mut String, b: &StickRecord, now: u64) {
             esc(&ago(now, b.at)),
             bytes(b.bytes),
             esc(&b.result)
+        ),
+    );
+}
+
+/// A name two sites gave to two people or things: a technician may need to tell the person.
+fn clash(o: &mut String, c: &Clash, now: u64) {
+    row(
+        o,
+        "Name clash",
+        &format!(
+            "{}: two {} rows named &lsquo;{}&rsquo;; the one made at site {} (id {}) is now \
+             <span class=\"warn\">&lsquo;{}&rsquo;</span>",
+            esc(&ago(now, c.at)),
+            esc(&c.table),
+            esc(&c.old),
+            c.site,
+            c.renamed,
+            esc(&c.new)
         ),
     );
 }
@@ -652,6 +673,16 @@ mod tests {
             ok: false,
             result: "applied 40 changes; volume 2 of 3 is missing".into(),
         }]);
+        feed.set_clashes(vec![Clash {
+            table: "user".into(),
+            column: "username".into(),
+            kept: 70,
+            renamed: 131,
+            old: "zawadi".into(),
+            new: "zawadi-3".into(),
+            site: 3,
+            at: now - 120,
+        }]);
         feed.set_update(UpdateStatus {
             active_slot: "B".into(),
             pending: Some("0.2.0".into()),
@@ -683,6 +714,7 @@ mod tests {
             "Last file error</td><td><span class=\"bad\">the hub answered 503",
             "Stick in</td><td>10 min ago, from hub, 3 MB: <span class=\"bad\">applied 40 changes; volume 2 of 3 is missing",
             "center.ini was not applied",
+            "Name clash</td><td>2 min ago: two user rows named &lsquo;zawadi&rsquo;; the one made at site 3 (id 131) is now <span class=\"warn\">&lsquo;zawadi-3&rsquo;",
             "/boot/firmware/center.ini:9: key &#39;site_id&#39; in section [sync]: &lt;99&gt;",
         ] {
             assert!(html.contains(text), "missing {text}: {html}");

@@ -83,9 +83,11 @@ pub fn mark_told(conn: &mut impl Queryable, id: u64) -> Result<()> {
 
 const COLUMNS: &str = "tbl, col, kept, renamed, old, new, site, UNIX_TIMESTAMP(at)";
 
+/// A row of [`COLUMNS`].
+type Stored = (String, String, i64, i64, String, String, u32, u64);
+
 fn read(conn: &mut impl Queryable, sql: &str) -> Result<Vec<Clash>> {
-    let rows: Vec<(String, String, i64, i64, String, String, u32, u64)> =
-        conn.query(sql).context("cannot read the name clashes")?;
+    let rows: Vec<Stored> = conn.query(sql).context("cannot read the name clashes")?;
     Ok(rows
         .into_iter()
         .map(|(table, column, kept, renamed, old, new, site, at)| Clash {

@@ -14,13 +14,13 @@ use anyhow::{Context, Result};
 use rand::Rng;
 
 use crate::power::BulkSyncGate;
-use crate::status::{Feed, LinkState, StickRecord, SyncStatus};
-use crate::sync::engine::clock;
+use crate::status::{Clash, Feed, LinkState, StickRecord, SyncStatus};
 use crate::sync::engine::follow::{follow, Gate, Pass};
 use crate::sync::engine::policy::{Role, Rulebook};
 use crate::sync::engine::site::{Site, SiteConfig};
 use crate::sync::engine::skew::{self, Skew};
 use crate::sync::engine::store;
+use crate::sync::engine::{clash, clock};
 use crate::sync::exchange::agent::{self, Outgoing};
 use crate::sync::exchange::wire::{self, Secret};
 use crate::sync::files::mover::Mover;
@@ -71,6 +71,8 @@ pub struct Runner {
     files: Option<Mover>,
     /// The stick history last shown.
     sticks: Vec<StickRecord>,
+    /// The name clashes last shown.
+    clashes: Vec<Clash>,
     /// The batch whose push failed, and the position it follows.
     unsent: Option<(u64, Outgoing)>,
 }
@@ -102,6 +104,7 @@ impl Runner {
             failures: 0,
             hub_stuck: None,
             sticks: Vec::new(),
+            clashes: Vec::new(),
             unsent: None,
         })
     }
@@ -189,7 +192,7 @@ impl Runner {
             Some(site) => site,
             None => Site::open(self.site_cfg.clone())?,
         };
-        self.publish_sticks(&mut site);
+        self.publish_history(&mut site);
         let moved = self.exchange_with(&mut site);
         // Kept even after an error: `failed` drops it if the database was the trouble.
         self.site = Some(site);
@@ -381,8 +384,8 @@ impl Runner {
     }
 
     /// Shows the sticks exported and imported here (by `appliance sync export|import`, another
-    /// process: the history is in the database), when it changed.
-    fn publish_sticks(&mut self, site: &mut Site) {
+    /// process: the history is in the database) and the name clashes settled here, when they changed.
+    fn publish_history(&mut self, site: &mut Site) {
         let Some(feed) = &self.controls.feed else {
             return;
         };
@@ -390,6 +393,14 @@ impl Runner {
             Ok(recent) if recent != self.sticks => {
                 feed.set_sticks(recent.clone());
                 self.sticks = recent;
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("sync: {e:#}"),
+        }
+        match clash::recent(site.conn(), STICKS_SHOWN) {
+            Ok(recent) if recent != self.clashes => {
+                feed.set_clashes(recent.clone());
+                self.clashes = recent;
             }
             Ok(_) => {}
             Err(e) => eprintln!("sync: {e:#}"),

@@ -12,6 +12,7 @@
 //! identities in its code, not in an index (`course.shortname`, a group's name): those are checked by
 //! the engine itself.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::ini::{ConfigError, Document};
@@ -56,11 +57,15 @@ pub struct SameFact {
     pub source: Source,
 }
 
+/// `[identities]` and `[same_facts]` of one rule file.
+#[derive(Debug, Clone, Default)]
+pub struct Lists {
+    pub identities: Vec<Identity>,
+    pub same_facts: BTreeMap<String, SameFact>,
+}
+
 /// Reads `[identities]` and `[same_facts]` of a rule file.
-pub fn parse(
-    doc: &Document,
-    path: &Path,
-) -> Result<(Vec<Identity>, Vec<(String, SameFact)>), ConfigError> {
+pub fn parse(doc: &Document, path: &Path) -> Result<Lists, ConfigError> {
     let name_ok = |s: &str| {
         !s.is_empty()
             && s.bytes()
@@ -110,7 +115,7 @@ pub fn parse(
             },
         });
     }
-    let mut same = Vec::new();
+    let mut same_facts = BTreeMap::new();
     for (key, value, line) in doc.free_entries("same_facts") {
         if !name_ok(&key) {
             return Err(doc.error("same_facts", &key, "expected a table name (no patterns)"));
@@ -122,13 +127,14 @@ pub fn parse(
             file: path.to_owned(),
             line,
         };
-        same.push((
-            key,
-            SameFact {
-                reason: value,
-                source,
-            },
-        ));
+        let fact = SameFact {
+            reason: value,
+            source,
+        };
+        same_facts.insert(key, fact);
     }
-    Ok((identities, same))
+    Ok(Lists {
+        identities,
+        same_facts,
+    })
 }

@@ -133,10 +133,8 @@ pub struct RuleFile {
     groups: BTreeMap<String, ListedGroups>,
     /// `[references]`: by `table.column` or `*.column`.
     references: BTreeMap<String, ListedReference>,
-    /// `[identities]`.
-    identities: Vec<Identity>,
-    /// `[same_facts]`, by table.
-    same_facts: BTreeMap<String, SameFact>,
+    /// `[identities]` and `[same_facts]`.
+    names: identity::Lists,
 }
 
 const SECTIONS: &[Section] = &[
@@ -243,12 +241,8 @@ impl RuleFile {
             seed: Vec::new(),
             groups: BTreeMap::new(),
             references: BTreeMap::new(),
-            identities: Vec::new(),
-            same_facts: BTreeMap::new(),
+            names: identity::parse(&doc, path)?,
         };
-        let (identities, same_facts) = identity::parse(&doc, path)?;
-        file.identities = identities;
-        file.same_facts = same_facts.into_iter().collect();
         for (key, value, line) in doc.free_entries("defaults") {
             if key != "direction" {
                 return Err(at(
@@ -601,7 +595,7 @@ impl Rules {
                 .collect();
             rule.same_fact = rules
                 .files()
-                .find_map(|f| f.same_facts.get(&table.name))
+                .find_map(|f| f.names.same_facts.get(&table.name))
                 .cloned();
             rules.tables.insert(table.name.clone(), rule);
         }
@@ -624,7 +618,7 @@ impl Rules {
     fn identities(&self, table: &str) -> Vec<Identity> {
         let mut out: Vec<Identity> = Vec::new();
         for file in self.overrides.iter().chain([&self.builtin]) {
-            for i in file.identities.iter().filter(|i| i.table == table) {
+            for i in file.names.identities.iter().filter(|i| i.table == table) {
                 if !out.iter().any(|o| o.column == i.column) {
                     out.push(i.clone());
                 }
