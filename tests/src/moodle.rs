@@ -163,11 +163,32 @@ impl<'a> Site<'a> {
             .args(["-d", "max_input_vars=5000"])
             .arg(self.dirroot.join(script))
             .args(args)
+            .env("KITUO_MOODLE_DIRROOT", &self.dirroot)
             .env("KITUO_MOODLE_DB", &self.database)
             .env("KITUO_MOODLE_SOCKET", &self.db.socket)
             .env("KITUO_MOODLE_DATA", &self.dataroot)
             .output()
             .with_context(|| format!("cannot run php {script}"))
+    }
+
+    /// Does what a person does in Moodle, through Moodle's PHP API
+    /// (`tests/fixtures/moodle-cli/actions.php ACTION ARGS`); returns what it printed, as JSON.
+    pub fn act(&self, action: &str, args: &[&str]) -> Result<serde_json::Value> {
+        let script = crate::workspace().join("tests/fixtures/moodle-cli/actions.php");
+        let script = script.to_string_lossy();
+        let out = self.php(&script, &[&[action], args].concat())?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "{action} {args:?} at {} failed ({}):\n{}{}",
+                self.database,
+                out.status,
+                tail(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_str(said.trim())
+            .with_context(|| format!("{action} {args:?} printed no JSON: {}", tail(&out.stdout)))
     }
 
     /// Moodle's own installer, as central IT installs the hub.

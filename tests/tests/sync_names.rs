@@ -157,3 +157,34 @@ fn renaming_a_user_to_a_name_another_site_just_gave_keeps_both() -> Result<()> {
     assert_eq!(names[1].1, "asha-1");
     Ok(())
 }
+
+/// Courses are the hub's (hub_to_centers): a course a center made for itself gives way when the hub
+/// makes one with the same short name, and is renamed with the center's number there.
+#[test]
+fn a_centers_own_course_gives_its_short_name_to_the_hubs() -> Result<()> {
+    let mut w = world("kituo-sync-names-course", 1)?;
+    w.centers[0].sql()?.query_drop(
+        "INSERT INTO mdl_course (category, fullname, shortname, summary) VALUES (1, 'Local chemistry', 'CHEM', '')",
+    )?;
+    w.centers[0].site.capture(&w.policy)?;
+    w.hub.sql()?.query_drop(
+        "INSERT INTO mdl_course (category, fullname, shortname, summary) VALUES (1, 'Chemistry', 'CHEM', '')",
+    )?;
+    w.sync_all()?;
+    let at_center: Vec<(String, String)> = w.centers[0].sql()?.query(
+        "SELECT fullname, shortname FROM mdl_course WHERE shortname LIKE 'CHEM%' ORDER BY shortname",
+    )?;
+    assert_eq!(
+        at_center,
+        [
+            ("Chemistry".to_string(), "CHEM".to_string()),
+            ("Local chemistry".to_string(), "CHEM-2".to_string())
+        ]
+    );
+    let at_hub: Vec<String> = w
+        .hub
+        .sql()?
+        .query("SELECT shortname FROM mdl_course WHERE shortname LIKE 'CHEM%'")?;
+    assert_eq!(at_hub, ["CHEM"], "the center's own course stays there");
+    Ok(())
+}

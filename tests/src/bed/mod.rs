@@ -166,7 +166,8 @@ fn empty_database(dir: &Path, id: u32) -> Result<MariaDb> {
     Ok(db)
 }
 
-fn open_site(id: u32, db: &MariaDb) -> Result<Site> {
+/// The engine over `db`, as site `id` (the hub is 1).
+pub fn open_site(id: u32, db: &MariaDb) -> Result<Site> {
     let role = if id == HUB { Role::Hub } else { Role::Center };
     Site::open(SiteConfig {
         site: id,

@@ -193,12 +193,19 @@ impl<'p> Applier<'p> {
         changes: &[Change],
         pre: &mut Prefetched,
     ) -> Result<()> {
+        // Most tables never had a row merged away: their ids need no alias lookup.
+        let aliased: Vec<String> = tx
+            .query("SELECT DISTINCT tbl FROM kituo_sync.alias")
+            .context("cannot read the aliased tables")?;
         let mut ids: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
         for c in changes {
             ids.entry(&c.table).or_default().insert(c.id);
         }
         for (table, ids) in ids {
-            let aliases = read_aliases(tx, table, &ids)?;
+            let aliases = match aliased.iter().any(|t| t == table) {
+                true => read_aliases(tx, table, &ids)?,
+                false => HashMap::new(),
+            };
             let mut wanted: BTreeSet<i64> = ids.clone();
             wanted.extend(aliases.values());
             for (loser, winner) in aliases {
@@ -223,16 +230,13 @@ impl<'p> Applier<'p> {
         // A column may name a row that lost a clash in an earlier batch (the row and the rows that
         // point at it can arrive in different pages): its alias must be known to remap it.
         let mut refs: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
-        let mut outgoing: HashMap<&str, Vec<(String, String)>> = HashMap::new();
         for c in changes {
             let row = match &c.op {
                 Op::Insert(row) | Op::Update(row) => row,
                 Op::Delete => continue,
             };
-            let columns = outgoing
-                .entry(&c.table)
-                .or_insert_with(|| self.policy.references(&c.table));
-            for (column, ref_table) in columns.iter() {
+            let columns = self.policy.references(&c.table);
+            for (column, ref_table) in columns.iter().filter(|(_, t)| aliased.contains(t)) {
                 if let Some(Value::Int(v)) = row.get(column) {
                     refs.entry(ref_table.clone()).or_default().insert(*v);
                 }
@@ -535,12 +539,15 @@ impl<'p> Applier<'p> {
     /// Replaces ids that lost a clash by their winners in columns that reference other tables.
     fn remap_references(&self, table: &str, row: &Row, pre: &Prefetched) -> Row {
         let mut row = row.clone();
+        if pre.aliases.is_empty() {
+            return row;
+        }
         for (column, ref_table) in self.policy.references(table) {
-            let Some(Value::Int(v)) = row.get(&column).cloned() else {
+            let Some(Value::Int(v)) = row.get(column).cloned() else {
                 continue;
             };
             if let Some(winner) = pre.aliases.get(&(ref_table.clone(), v)) {
-                row.insert(column, Value::Int(*winner));
+                row.insert(column.clone(), Value::Int(*winner));
             }
         }
         row

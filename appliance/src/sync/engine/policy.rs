@@ -92,8 +92,8 @@ impl Policy {
     }
 
     /// (column, referenced table) pairs of `table`.
-    pub fn references(&self, table: &str) -> Vec<(String, String)> {
-        self.outgoing.get(table).cloned().unwrap_or_default()
+    pub fn references(&self, table: &str) -> &[(String, String)] {
+        self.outgoing.get(table).map_or(&[], Vec::as_slice)
     }
 
     /// Columns of `table` that Moodle writes together and that win or lose a merge as one.

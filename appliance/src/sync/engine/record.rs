@@ -173,10 +173,10 @@ impl<'p> Recorder<'p> {
             return Ok(());
         };
         for (column, ref_table) in self.policy.references(&change.table) {
-            let Some(Value::Int(loser)) = row.get(&column).cloned() else {
+            let Some(Value::Int(loser)) = row.get(column).cloned() else {
                 continue;
             };
-            let Some(winner) = merged.winner(tx, &ref_table, loser)? else {
+            let Some(winner) = merged.winner(tx, ref_table, loser)? else {
                 continue;
             };
             row.insert(column.clone(), Value::Int(winner));

@@ -1,0 +1,114 @@
+//! The real-Moodle trial's worst case, on real Moodle 4.5.0: while the link is cut, someone signs up as
+//! `zawadi` at the hub and someone else as `zawadi` at a center, and each replies in a discussion.
+//! Merged, the hub's Zawadi could no longer log in and the discussion page failed at both sites
+//! ("Exporter class is missing required related data: author"). Now both accounts survive, the
+//! later-born as `zawadi-2`; each logs in with their own password at both sites, the discussion shows
+//! each reply with its author, and the renamed Zawadi has one notification saying so.
+//!
+//! The actions go through Moodle's PHP API (`tests/fixtures/moodle-cli/actions.php`); sync is the
+//! engine in-process over the hub's and the center's own MariaDB servers.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use appliance::sync::engine::policy::Policy;
+use appliance::sync::exchange::agent;
+use appliance::sync::schema::rules::Rules;
+use appliance::sync::schema::{ddl, Schema};
+use appliance::sync::seed;
+use kituo_tests::bed::{bare_node, open_site, Direct, DB, INCREMENT, PREFIX};
+use kituo_tests::moodle;
+use kituo_tests::testbed::MariaDb;
+use mysql::prelude::Queryable;
+use serde_json::{json, Value};
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn two_people_given_one_login_name_at_the_hub_and_a_center_both_log_in_and_post() -> Result<()> {
+    moodle::ensure_php()?;
+    let dirroot = moodle::code("4.5.0")?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let schema = Schema::load_moodle_dir(&dirroot)?;
+    let policy = Policy::new(Rules::load(&schema, None)?);
+
+    // The hub: Moodle's installer and a course, before the engine starts (as on the hub's machine).
+    let hub_db = MariaDb::start_with(&dir.join("hub"), &MariaDb::sync_site_args(1, INCREMENT, 1))?;
+    let hub = moodle::Site::new(&hub_db, DB, &dirroot, &dir.join("hubdata"))?;
+    hub.install("Hub")?;
+    let course = hub.act("course", &[])?;
+    let (course_id, first_post) = (text(&course["course"]), text(&course["firstpost"]));
+    let mut hub_site = open_site(1, &hub_db)?;
+
+    // The center: Moodle's tables, then the hub's rows by `sync seed`.
+    let mut center = bare_node(&dir.join("center"), 2)?;
+    let mut conn = center.sql()?;
+    for (_, sql) in ddl::create_tables(&schema, PREFIX) {
+        conn.query_drop(sql)?;
+    }
+    let mut link = Direct {
+        hub: &mut hub_site,
+        policy: &policy,
+        center: 2,
+    };
+    seed::seed(&mut center.site, &policy, &mut link, None)?;
+    let at_center = moodle::Site::new(&center.db, DB, &dirroot, &dir.join("centerdata"))?;
+
+    // The link is cut: Zawadi Hub signs up at the hub and replies; a second later, another Zawadi
+    // signs up at the center and replies there.
+    let first = text(&hub.act("signup", &["zawadi", "Hub-pass-1", "Hub", &course_id])?);
+    hub.act("reply", &[&first, &first_post, "by the hub's Zawadi"])?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let later = text(&at_center.act("signup", &["zawadi", "Center-pass-2", "Center", &course_id])?);
+    at_center.act("reply", &[&later, &first_post, "by the center's Zawadi"])?;
+    ensure!(first != later, "ids come from each site's share");
+
+    // The link is back.
+    for _ in 0..3 {
+        let mut link = Direct {
+            hub: &mut hub_site,
+            policy: &policy,
+            center: 2,
+        };
+        agent::sync_once(&mut center.site, &policy, &mut link, 500)?;
+    }
+
+    let (first, later): (i64, i64) = (first.parse()?, later.parse()?);
+    for site in [&hub, &at_center] {
+        let at = &site.database;
+        let login = |user: &str, pass: &str| site.act("login", &[user, pass]);
+        assert_eq!(login("zawadi", "Hub-pass-1")?, json!(first), "{at}");
+        assert_eq!(login("zawadi-2", "Center-pass-2")?, json!(later), "{at}");
+        assert_eq!(login("zawadi", "Center-pass-2")?, json!(false), "{at}");
+        let shown = site.act("discussion", &[&text(&course["discussion"])])?;
+        let shown: Vec<(String, String)> = serde_json::from_value(shown)?;
+        for reply in [
+            ("Zawadi Hub", "by the hub's Zawadi"),
+            ("Zawadi Center", "by the center's Zawadi"),
+        ] {
+            assert!(
+                shown
+                    .iter()
+                    .any(|(a, m)| a == reply.0 && m.contains(reply.1)),
+                "{at}: {reply:?} not in {shown:?}"
+            );
+        }
+        assert_eq!(site.act("unread", &[&later.to_string()])?, json!(1), "{at}");
+    }
+    let told = hub.sql("SELECT useridto, subject FROM mdl_notifications ORDER BY id")?;
+    ensure!(
+        told.contains(&format!("{later}\tYour login name is now zawadi-2")),
+        "{told}"
+    );
+    ensure!(
+        told == at_center.sql("SELECT useridto, subject FROM mdl_notifications ORDER BY id")?,
+        "the center holds the hub's notifications, once"
+    );
+    Ok(())
+}
