@@ -15,6 +15,7 @@
 //! | submit the assignment | `assign_submission`, `assignsubmission_onlinetext`, three log rows |
 //! | grade a student | `assign_grades`, `assignfeedback_comments`, `grade_grades` and `grade_grades_history` for the activity and the course total, two log rows |
 //! | enrol a student | `user_enrolments`, `role_assignments`, two log rows |
+//! | sign up (a login name from a small pool: two sites may give one to two people) | `user`, a log row |
 //!
 //! Each action is one transaction. Moodle itself autocommits most of these statements one by one and
 //! writes its log rows when the request ends; the rows are the same, and a whole transaction is what
@@ -60,6 +61,7 @@ mod course;
 mod event;
 mod forum;
 mod moodle;
+mod signup;
 mod text;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,10 +88,11 @@ pub enum Kind {
     Submit,
     Grade,
     Enrol,
+    SignUp,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::LogIn,
         Kind::ViewPage,
         Kind::StartDiscussion,
@@ -99,6 +102,7 @@ impl Kind {
         Kind::Submit,
         Kind::Grade,
         Kind::Enrol,
+        Kind::SignUp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +116,7 @@ impl Kind {
             Kind::Submit => "submit",
             Kind::Grade => "grade",
             Kind::Enrol => "enrol",
+            Kind::SignUp => "sign up",
         }
     }
 }
@@ -128,6 +133,7 @@ pub const WEIGHTS: &[(Kind, u32)] = &[
     (Kind::Submit, 6),
     (Kind::Grade, 8),
     (Kind::Enrol, 2),
+    (Kind::SignUp, 3),
 ];
 
 /// One action as it ran.

@@ -177,6 +177,14 @@ fn moodle_actions_at_every_site_converge_with_every_post_once() -> Result<()> {
     for table in TWO_WAY_TABLES {
         same_everywhere(&w.hub, &w.centers, table)?;
     }
+    // Centers 2 and 3 run one seed: they signed up the same login names, for two people each time.
+    let clashes = appliance::sync::engine::clash::recent(&mut w.hub.sql()?, 100)?;
+    ensure!(
+        clashes
+            .iter()
+            .any(|c| c.table == "user" && c.old.starts_with("newcomer")),
+        "the centers' signups of one name were kept apart: {clashes:?}"
+    );
     ensure!(
         ledger.uncertain.is_empty(),
         "no server died: every commit was answered"

@@ -417,7 +417,7 @@ pub(super) fn seed_history(
         let above = max.flatten().unwrap_or(0) + 1;
         next.insert(table, above + (offset - above).rem_euclid(increment));
     }
-    let references: BTreeMap<&str, Vec<(String, String)>> = by_table
+    let references: BTreeMap<&str, &[(String, String)]> = by_table
         .keys()
         .map(|t| (*t, policy.references(t)))
         .collect();

@@ -75,6 +75,7 @@ pub(super) fn run(tx: &mut Transaction<'_>, s: &Scene<'_>, kind: Kind) -> Result
         Kind::Submit => assign::submit(tx, s),
         Kind::Grade => assign::grade(tx, s),
         Kind::Enrol => enrol(tx, s),
+        Kind::SignUp => super::signup::sign_up(tx, s),
     }
 }
 

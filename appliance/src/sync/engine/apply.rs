@@ -379,11 +379,11 @@ impl<'p> Applier<'p> {
             self.write_held(tx)?;
             let mut row = read_row(tx, &self.target, table, id)?.context("the row vanished")?;
             row.extend(won.clone());
-            let (settled, clashed) = self.settle_names(tx, table, id, clock.born, row, pre)?;
-            for identity in self.policy.identities(table) {
-                if let Some(name) = settled.get(&identity.column) {
-                    won.insert(identity.column.clone(), name.clone());
-                }
+            let (settled, clashed) =
+                self.settle_names(tx, table, id, clock.born, row.clone(), pre)?;
+            // A rename of this row is written with the update (not stamped: every site makes it).
+            for (column, name) in settled.into_iter().filter(|(c, v)| row.get(c) != Some(v)) {
+                won.insert(column, name);
             }
             if clashed {
                 outcome = Outcome::Renamed;
@@ -452,7 +452,7 @@ impl<'p> Applier<'p> {
             return self.update(tx, table, id, stamp, &row, pre);
         }
         let outcome = self.insert(tx, table, id, stamp, row.clone(), pre, catch_up)?;
-        if outcome == Outcome::Applied {
+        if matches!(outcome, Outcome::Applied | Outcome::Renamed) {
             let born = RowClock::born(grave.born);
             let (_, clock) = winning_columns(&born, stamp, &row, self.policy.groups(table));
             pre.clocks.insert(key, clock);

@@ -184,8 +184,8 @@ impl<'p> Recorder<'p> {
                 format!(
                     "UPDATE {} SET {} = ? WHERE id = ? AND {} = ?",
                     self.target.table(&change.table),
-                    quote(&column),
-                    quote(&column)
+                    quote(column),
+                    quote(column)
                 ),
                 (winner, change.id, loser),
             )
