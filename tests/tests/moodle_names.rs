@@ -100,6 +100,18 @@ fn two_people_given_one_login_name_at_the_hub_and_a_center_both_log_in_and_post(
             );
         }
         assert_eq!(site.act("unread", &[&later.to_string()])?, json!(1), "{at}");
+        // The discussion's last change is the later reply's: its time with its author.
+        let pair = site.sql(&format!(
+            "SELECT d.timemodified = p.modified AND d.usermodified = p.userid
+             FROM mdl_forum_discussions d JOIN mdl_forum_posts p ON p.discussion = d.id
+             WHERE d.id = {} AND p.userid = {later}",
+            text(&course["discussion"])
+        ))?;
+        assert_eq!(
+            pair.trim(),
+            "1",
+            "{at}: the last-modified pair is the later reply's"
+        );
     }
     let told = hub.sql("SELECT useridto, subject FROM mdl_notifications ORDER BY id")?;
     ensure!(

@@ -3,10 +3,13 @@
 //! the renamed user and the administrators with a Moodle notification, once, and every site keeps the
 //! clash for its status page. The real-Moodle trial had merged two people into one account.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use appliance::sync::engine::clash;
+use appliance::sync::engine::policy::Policy;
+use appliance::sync::schema::rules::{RuleFile, Rules};
 use kituo_tests::bed::{world, World};
 use mysql::prelude::Queryable;
 
@@ -186,5 +189,46 @@ fn a_centers_own_course_gives_its_short_name_to_the_hubs() -> Result<()> {
         .sql()?
         .query("SELECT shortname FROM mdl_course WHERE shortname LIKE 'CHEM%'")?;
     assert_eq!(at_hub, ["CHEM"], "the center's own course stays there");
+    Ok(())
+}
+
+/// A university whose centers make courses too (`[both] course` in the site's override file): two
+/// centers that give one short name to two courses keep both.
+#[test]
+fn a_course_short_name_given_at_two_centers_makes_two_courses_where_courses_sync_both_ways(
+) -> Result<()> {
+    let mut w = world("kituo-sync-names-courses", 2)?;
+    let overrides = RuleFile::parse(
+        Path::new("/etc/kituo/sync-overrides.ini"),
+        "[both]\ncourse = centers make their own courses\n",
+    )?;
+    w.policy = Policy::new(Rules::derive(
+        &w.schema,
+        RuleFile::builtin()?,
+        Some(overrides),
+    ));
+    for (i, center) in w.centers.iter_mut().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        center.sql()?.exec_drop(
+            "INSERT INTO mdl_course (category, fullname, shortname, summary) VALUES (1, ?, 'PHY101', '')",
+            (format!("Physics at center {}", center.id),),
+        )?;
+        center.site.capture(&w.policy)?;
+    }
+    w.sync_all()?;
+    w.sync_all()?;
+    w.assert_same_everywhere("course")?;
+    let courses: Vec<(String, String)> = w.hub.sql()?.query(
+        "SELECT shortname, fullname FROM mdl_course WHERE shortname LIKE 'PHY101%' ORDER BY shortname",
+    )?;
+    assert_eq!(
+        courses,
+        [
+            ("PHY101".to_string(), "Physics at center 2".to_string()),
+            ("PHY101-3".to_string(), "Physics at center 3".to_string())
+        ]
+    );
     Ok(())
 }

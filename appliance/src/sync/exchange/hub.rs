@@ -133,18 +133,7 @@ impl Guard {
     /// The ids in the hub's config `siteadmins`.
     fn admins(&mut self, tx: &mut Transaction<'_>, target: &Target) -> Result<&BTreeSet<i64>> {
         if self.admins.is_none() {
-            let value: Option<String> = tx
-                .query_first(format!(
-                    "SELECT value FROM {} WHERE name = 'siteadmins'",
-                    target.table("config")
-                ))
-                .context("cannot read the hub's siteadmins")?;
-            let ids = value
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(|id| id.trim().parse().ok())
-                .collect();
-            self.admins = Some(ids);
+            self.admins = Some(site_admins(tx, target)?);
         }
         Ok(self.admins.get_or_insert_with(BTreeSet::new))
     }
@@ -472,6 +461,21 @@ pub fn rejections(conn: &mut impl Queryable, latest: usize) -> Result<Vec<Reject
         });
     }
     Ok(out)
+}
+
+/// The ids in the hub's config `siteadmins`.
+pub(super) fn site_admins(tx: &mut Transaction<'_>, target: &Target) -> Result<BTreeSet<i64>> {
+    let value: Option<String> = tx
+        .query_first(format!(
+            "SELECT value FROM {} WHERE name = 'siteadmins'",
+            target.table("config")
+        ))
+        .context("cannot read the hub's siteadmins")?;
+    Ok(value
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|id| id.trim().parse().ok())
+        .collect())
 }
 
 /// The hub's log position now, read under the log lock so that no change can commit below it.

@@ -16,7 +16,7 @@ use crate::sync::engine::merge::RowClock;
 use crate::sync::engine::policy::{Direction, Policy};
 use crate::sync::engine::sql::{read_row, Target};
 use crate::sync::engine::store;
-use crate::sync::exchange::hub::{next_seq, tick_after};
+use crate::sync::exchange::hub::{next_seq, site_admins, tick_after};
 
 /// Moodle's no-reply user (`core_user::NOREPLY_USER`): notifications from the system come from it.
 const NOREPLY_USER: i64 = -10;
@@ -152,18 +152,4 @@ fn last_id(tx: &mut Transaction<'_>) -> Result<i64> {
         .query_first("SELECT LAST_INSERT_ID()")
         .context("cannot read an inserted id")?;
     id.context("no id was inserted")
-}
-
-fn site_admins(tx: &mut Transaction<'_>, target: &Target) -> Result<Vec<i64>> {
-    let value: Option<String> = tx
-        .query_first(format!(
-            "SELECT value FROM {} WHERE name = 'siteadmins'",
-            target.table("config")
-        ))
-        .context("cannot read the hub's siteadmins")?;
-    Ok(value
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|id| id.trim().parse().ok())
-        .collect())
 }
