@@ -53,24 +53,16 @@ pub fn record(tx: &mut impl Queryable, clash: &Clash) -> Result<()> {
 
 /// The newest `n` clashes settled here, newest first.
 pub fn recent(conn: &mut impl Queryable, n: usize) -> Result<Vec<Clash>> {
-    read(
-        conn,
-        &format!("SELECT {COLUMNS} FROM kituo_sync.clash ORDER BY id DESC LIMIT {n}"),
-    )
+    let sql = format!("SELECT {COLUMNS} FROM kituo_sync.clash ORDER BY id DESC LIMIT {n}");
+    Ok(read(conn, &sql)?.into_iter().map(|(_, c)| c).collect())
 }
 
 /// The clashes nobody has been told of yet, oldest first, with their record ids; locked until the
 /// caller's transaction ends.
 pub fn untold(conn: &mut impl Queryable) -> Result<Vec<(u64, Clash)>> {
-    let ids: Vec<u64> = conn
-        .query("SELECT id FROM kituo_sync.clash WHERE notified = 0 ORDER BY id FOR UPDATE")
-        .context("cannot read the clashes to notify")?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let sql = format!("SELECT {COLUMNS} FROM kituo_sync.clash WHERE id = {id}");
-        out.extend(read(conn, &sql)?.into_iter().map(|c| (id, c)));
-    }
-    Ok(out)
+    let sql =
+        format!("SELECT {COLUMNS} FROM kituo_sync.clash WHERE notified = 0 ORDER BY id FOR UPDATE");
+    read(conn, &sql)
 }
 
 pub fn mark_told(conn: &mut impl Queryable, id: u64) -> Result<()> {
@@ -81,24 +73,27 @@ pub fn mark_told(conn: &mut impl Queryable, id: u64) -> Result<()> {
     .context("cannot mark a clash notified")
 }
 
-const COLUMNS: &str = "tbl, col, kept, renamed, old, new, site, UNIX_TIMESTAMP(at)";
+const COLUMNS: &str = "id, tbl, col, kept, renamed, old, new, site, UNIX_TIMESTAMP(at)";
 
 /// A row of [`COLUMNS`].
-type Stored = (String, String, i64, i64, String, String, u32, u64);
+type Stored = (u64, String, String, i64, i64, String, String, u32, u64);
 
-fn read(conn: &mut impl Queryable, sql: &str) -> Result<Vec<Clash>> {
+fn read(conn: &mut impl Queryable, sql: &str) -> Result<Vec<(u64, Clash)>> {
     let rows: Vec<Stored> = conn.query(sql).context("cannot read the name clashes")?;
     Ok(rows
         .into_iter()
-        .map(|(table, column, kept, renamed, old, new, site, at)| Clash {
-            table,
-            column,
-            kept,
-            renamed,
-            old,
-            new,
-            site,
-            at,
+        .map(|(id, table, column, kept, renamed, old, new, site, at)| {
+            let clash = Clash {
+                table,
+                column,
+                kept,
+                renamed,
+                old,
+                new,
+                site,
+                at,
+            };
+            (id, clash)
         })
         .collect())
 }
