@@ -114,3 +114,57 @@ fn a_row_written_after_a_merge_naming_the_losing_row_points_at_the_winner_everyw
     );
     Ok(())
 }
+
+/// `files.itemid` names a row of the table the file's component and area choose: a file uploaded to
+/// a submission that lost a clash follows the surviving submission, and a file of another component
+/// that has the same number stays where it is.
+#[test]
+fn a_file_of_a_merged_submission_follows_the_winner_and_no_other_file_moves() -> Result<()> {
+    let mut w = world("kituo-sync-clash-files", 2)?;
+    let submission =
+        "INSERT INTO mdl_assign_submission (assignment, userid, timecreated, timemodified, status,
+                          groupid, attemptnumber, latest) VALUES (1, 3, 10, 10, 'new', 0, 0, 1)";
+    // Center 3 opens the student's submission first...
+    w.centers[1].sql()?.query_drop(submission)?;
+    w.centers[1].site.capture(&w.policy)?;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // ...then center 2 does, and the student uploads a file to it; a forum attachment there
+    // happens to carry the same number.
+    let mut c = w.centers[0].sql()?;
+    c.query_drop(submission)?;
+    let loser: i64 = c.query_first("SELECT LAST_INSERT_ID()")?.expect("an id");
+    for (component, area, hash) in [
+        ("assignsubmission_file", "submission_files", "a"),
+        ("mod_forum", "attachment", "b"),
+    ] {
+        c.exec_drop(
+            "INSERT INTO mdl_files (contenthash, pathnamehash, contextid, component, filearea, itemid,
+                 filepath, filename, userid, filesize, mimetype, status, timecreated, timemodified)
+             VALUES (?, ?, 30, ?, ?, ?, '/', 'essay.pdf', 3, 10, 'application/pdf', 0, 20, 20)",
+            (hash.repeat(40), hash.repeat(40), component, area, loser),
+        )?;
+    }
+    w.centers[0].site.capture(&w.policy)?;
+    w.sync_all()?;
+    w.sync_all()?;
+    let submissions = w.assert_same_everywhere("assign_submission")?;
+    assert_eq!(submissions.len(), 1, "{submissions:?}");
+    let winner = submissions[0][0].clone().expect("an id");
+    assert_ne!(winner, format!("'{loser}'"), "center 3's was born first");
+    w.assert_same_everywhere("files")?;
+    let files: Vec<(String, i64)> = w
+        .hub
+        .sql()?
+        .query("SELECT component, itemid FROM mdl_files ORDER BY component")?;
+    assert_eq!(
+        files,
+        [
+            (
+                "assignsubmission_file".to_string(),
+                winner.trim_matches('\'').parse()?
+            ),
+            ("mod_forum".to_string(), loser)
+        ]
+    );
+    Ok(())
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use appliance::sync::engine::change::{Change, Op, Row, Value};
-use appliance::sync::engine::policy::Policy;
+use appliance::sync::engine::policy::{Policy, Ref};
 use appliance::sync::engine::sql::{quote, to_sql, ID};
 use kituo_tests::bed::{self, Node, World};
 use kituo_tests::testbed::require;
@@ -417,7 +417,7 @@ pub(super) fn seed_history(
         let above = max.flatten().unwrap_or(0) + 1;
         next.insert(table, above + (offset - above).rem_euclid(increment));
     }
-    let references: BTreeMap<&str, &[(String, String)]> = by_table
+    let references: BTreeMap<&str, &[Ref]> = by_table
         .keys()
         .map(|t| (*t, policy.references(t)))
         .collect();
@@ -436,8 +436,8 @@ pub(super) fn seed_history(
             } else {
                 references[table]
                     .iter()
-                    .find(|(c, _)| c == column)
-                    .map(|(_, t)| t.as_str())
+                    .find(|r| r.column == column && r.when.is_empty())
+                    .map(|r| r.table.as_str())
             };
             match (target, value) {
                 (Some(t), Value::Int(v)) => ids

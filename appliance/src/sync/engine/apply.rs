@@ -235,10 +235,10 @@ impl<'p> Applier<'p> {
                 Op::Insert(row) | Op::Update(row) => row,
                 Op::Delete => continue,
             };
-            let columns = self.policy.references(&c.table);
-            for (column, ref_table) in columns.iter().filter(|(_, t)| aliased.contains(t)) {
-                if let Some(Value::Int(v)) = row.get(column) {
-                    refs.entry(ref_table.clone()).or_default().insert(*v);
+            let held = self.policy.references(&c.table).iter();
+            for r in held.filter(|r| aliased.contains(&r.table) && r.holds_in(row)) {
+                if let Some(Value::Int(v)) = row.get(&r.column) {
+                    refs.entry(r.table.clone()).or_default().insert(*v);
                 }
             }
         }
@@ -542,12 +542,15 @@ impl<'p> Applier<'p> {
         if pre.aliases.is_empty() {
             return row;
         }
-        for (column, ref_table) in self.policy.references(table) {
-            let Some(Value::Int(v)) = row.get(column).cloned() else {
+        for r in self.policy.references(table) {
+            let Some(Value::Int(v)) = row.get(&r.column).cloned() else {
                 continue;
             };
-            if let Some(winner) = pre.aliases.get(&(ref_table.clone(), v)) {
-                row.insert(column.clone(), Value::Int(*winner));
+            if !r.holds_in(&row) {
+                continue;
+            }
+            if let Some(winner) = pre.aliases.get(&(r.table.clone(), v)) {
+                row.insert(r.column.clone(), Value::Int(*winner));
             }
         }
         row

@@ -11,7 +11,7 @@ use crate::sync::engine::change::{Row, Value};
 use crate::sync::engine::sql::Target;
 use crate::sync::schema::identity::Identity;
 pub use crate::sync::schema::rules::Direction;
-use crate::sync::schema::rules::{Protection, Rules};
+use crate::sync::schema::rules::{Protection, Reference, Rules};
 use crate::sync::schema::Schema;
 
 /// Which side of the sync this site is.
@@ -31,22 +31,45 @@ impl Role {
     }
 }
 
+/// A column of a row that holds the id of a row of `table`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ref {
+    pub column: String,
+    pub table: String,
+    /// Only in rows with these (column, value) pairs: `files.itemid` of one component's area.
+    pub when: Vec<(String, String)>,
+}
+
+impl Ref {
+    /// Whether `row` (all its columns, or those an update sent) is one this reference holds in. A
+    /// row that lacks a deciding column (an update that did not change it) is taken to be one: an id
+    /// that is nobody's alias is left as it is anyway.
+    pub fn holds_in(&self, row: &Row) -> bool {
+        self.when.iter().all(|(c, v)| match row.get(c) {
+            Some(Value::Bytes(b)) => b == v.as_bytes(),
+            Some(_) => false,
+            None => true,
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Policy {
     rules: Rules,
-    /// table → (column, referenced table), the inverse of the rules' `referenced_by`.
-    outgoing: HashMap<String, Vec<(String, String)>>,
+    /// table → its references, the inverse of the rules' `referenced_by`.
+    outgoing: HashMap<String, Vec<Ref>>,
 }
 
 impl Policy {
     pub fn new(rules: Rules) -> Policy {
-        let mut outgoing: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let mut outgoing: HashMap<String, Vec<Ref>> = HashMap::new();
         for rule in rules.tables.values() {
             for r in rule.referenced_by.iter().filter(|r| r.ref_column == "id") {
-                outgoing
-                    .entry(r.table.clone())
-                    .or_default()
-                    .push((r.column.clone(), rule.table.clone()));
+                outgoing.entry(r.table.clone()).or_default().push(Ref {
+                    column: r.column.clone(),
+                    table: rule.table.clone(),
+                    when: r.when.clone(),
+                });
             }
         }
         Policy { rules, outgoing }
@@ -91,8 +114,8 @@ impl Policy {
         }
     }
 
-    /// (column, referenced table) pairs of `table`.
-    pub fn references(&self, table: &str) -> &[(String, String)] {
+    /// The references the rows of `table` hold.
+    pub fn references(&self, table: &str) -> &[Ref] {
         self.outgoing.get(table).map_or(&[], Vec::as_slice)
     }
 
@@ -110,18 +133,14 @@ impl Policy {
             .map_or(&[], |rule| rule.identities.as_slice())
     }
 
-    /// (table, column) pairs that hold ids of `table`.
-    pub fn referenced_by(&self, table: &str) -> Vec<(String, String)> {
-        self.rules
-            .get(table)
-            .map(|rule| {
-                rule.referenced_by
-                    .iter()
-                    .filter(|r| r.ref_column == "id")
-                    .map(|r| (r.table.clone(), r.column.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// The columns of other tables that hold ids of `table`.
+    pub fn referenced_by(&self, table: &str) -> Vec<&Reference> {
+        self.rules.get(table).map_or_else(Vec::new, |rule| {
+            rule.referenced_by
+                .iter()
+                .filter(|r| r.ref_column == "id")
+                .collect()
+        })
     }
 }
 

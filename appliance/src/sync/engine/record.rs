@@ -172,13 +172,17 @@ impl<'p> Recorder<'p> {
         let (Op::Insert(row) | Op::Update(row)) = &mut change.op else {
             return Ok(());
         };
-        for (column, ref_table) in self.policy.references(&change.table) {
-            let Some(Value::Int(loser)) = row.get(column).cloned() else {
+        for r in self.policy.references(&change.table) {
+            let Some(Value::Int(loser)) = row.get(&r.column).cloned() else {
                 continue;
             };
-            let Some(winner) = merged.winner(tx, ref_table, loser)? else {
+            if !r.holds_in(row) {
+                continue;
+            }
+            let Some(winner) = merged.winner(tx, &r.table, loser)? else {
                 continue;
             };
+            let column = &r.column;
             row.insert(column.clone(), Value::Int(winner));
             tx.exec_drop(
                 format!(

@@ -13,12 +13,17 @@ use std::collections::BTreeSet;
 use crate::sync::schema::rules::Source;
 use crate::sync::schema::{FieldKind, Schema, Table};
 
-/// What a rule file says of one column (`table.column`, or `*.column` for every table).
+/// What a rule file says of one column (`table.column`, or `*.column` for every table), or of one
+/// column in the rows whose other columns have given values (`files.itemid/assignsubmission_file/
+/// submission_files = assign_submission by component filearea: ...`): a reference whose table
+/// another column chooses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     /// The table whose ids the column holds; `None`: no table's (a number, a remote id, or a
-    /// reference to a table chosen by another column, which the engine cannot follow).
+    /// reference whose table another column chooses and no entry names).
     pub target: Option<String>,
+    /// (column, value) pairs a row must have for the entry to hold; empty for every row.
+    pub when: Vec<(String, String)>,
     pub reason: String,
     pub source: Source,
 }
@@ -30,6 +35,8 @@ pub struct Verdict {
     pub column: String,
     /// The table whose `id` it holds, if it is followed as a reference.
     pub target: Option<String>,
+    /// In the rows with these (column, value) pairs only.
+    pub when: Vec<(String, String)>,
     pub why: String,
 }
 
@@ -37,10 +44,12 @@ pub struct Verdict {
 const USER: &[&str] = &["usermodified", "modifierid", "modifiedby"];
 
 /// Every integer column of `schema` besides the tables' own ids, with whether it refers to a table
-/// and why; `listed` returns a rule file's entry for (table, column).
+/// and why; `listed` returns a rule file's entry for (table, column), `chosen` its entries for the
+/// rows whose other columns choose the table.
 pub fn classify<'l>(
     schema: &Schema,
     listed: impl Fn(&str, &str) -> Option<&'l Listed>,
+    chosen: impl Fn(&str, &str) -> Vec<&'l Listed>,
 ) -> Vec<Verdict> {
     let mut out = Vec::new();
     for table in schema.tables.values() {
@@ -61,8 +70,16 @@ pub fn classify<'l>(
                 table: table.name.clone(),
                 column: column.to_owned(),
                 target,
+                when: Vec::new(),
                 why,
             });
+            out.extend(chosen(&table.name, column).into_iter().map(|l| Verdict {
+                table: table.name.clone(),
+                column: column.to_owned(),
+                target: l.target.clone(),
+                when: l.when.clone(),
+                why: format!("{}: {}", l.source, l.reason),
+            }));
         }
     }
     out

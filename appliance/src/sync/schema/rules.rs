@@ -358,32 +358,15 @@ impl RuleFile {
             file.groups.insert(key, listed);
         }
         for (key, value, line) in doc.free_entries("references") {
-            let valid = key
-                .split_once('.')
-                .is_some_and(|(t, c)| (t == "*" || is_table_name(t)) && is_table_name(c));
-            if !valid {
-                return Err(doc.error(
-                    "references",
-                    &key,
-                    "expected table.column or *.column (like files.itemid)",
-                ));
-            }
-            let target = split_reason(&value).filter(|(t, _)| is_table_name(t));
-            let Some((target, reason)) = target else {
-                return Err(doc.error(
-                    "references",
-                    &key,
-                    "expected 'table: reason' or 'none: reason'",
-                ));
-            };
-            let listed = ListedReference {
-                target: (target != "none").then(|| target.to_owned()),
-                reason: reason.to_owned(),
-                source: Source {
+            let listed = parse_reference(
+                &key,
+                &value,
+                Source {
                     file: path.to_owned(),
                     line,
                 },
-            };
+            )
+            .map_err(|m| doc.error("references", &key, m))?;
             file.references.insert(key, listed);
         }
         let lists = Direction::ALL
@@ -450,6 +433,50 @@ impl RuleFile {
     }
 }
 
+/// One `[references]` entry: `table.column` (or `*.column`) = `table: reason` or `none: reason`; or
+/// `table.column/v1/v2` = `table by c1 c2: reason`, for the rows whose columns c1, c2 are v1, v2.
+fn parse_reference(key: &str, value: &str, source: Source) -> Result<ListedReference, String> {
+    let mut parts = key.split('/');
+    let name = parts.next().unwrap_or_default();
+    let values: Vec<&str> = parts.collect();
+    let valid = name
+        .split_once('.')
+        .is_some_and(|(t, c)| (t == "*" || is_table_name(t)) && is_table_name(c));
+    if !valid || values.iter().any(|v| v.is_empty()) {
+        return Err("expected table.column or *.column (like files.itemid), then /values".into());
+    }
+    let Some((head, reason)) = split_reason(value) else {
+        return Err("expected 'table: reason' or 'none: reason'".into());
+    };
+    let mut words = head.split_whitespace();
+    let target = words.next().filter(|t| is_table_name(t));
+    let by: Vec<&str> = match words.next() {
+        Some("by") => words.collect(),
+        None => Vec::new(),
+        Some(_) => return Err("expected 'table: reason' or 'table by columns: reason'".into()),
+    };
+    let Some(target) = target else {
+        return Err("expected 'table: reason' or 'none: reason'".into());
+    };
+    if by.len() != values.len() || !by.iter().all(|c| is_table_name(c)) {
+        return Err(format!(
+            "the key gives {} values after '/', and 'by' names {} columns",
+            values.len(),
+            by.len()
+        ));
+    }
+    Ok(ListedReference {
+        target: (target != "none").then(|| target.to_owned()),
+        when: by
+            .into_iter()
+            .zip(values)
+            .map(|(c, v)| (c.to_owned(), v.to_owned()))
+            .collect(),
+        reason: reason.to_owned(),
+        source,
+    })
+}
+
 /// `head: reason` with both parts present.
 fn split_reason(value: &str) -> Option<(&str, &str)> {
     let (head, reason) = value.split_once(':')?;
@@ -476,13 +503,15 @@ fn is_table_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// A column that refers to a table's rows (from an XMLDB foreign key).
+/// A column that refers to a table's rows (from an XMLDB foreign key, a naming convention or a list).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Reference {
     pub table: String,
     pub column: String,
     /// The referred column, nearly always `id`.
     pub ref_column: String,
+    /// Only in the rows with these (column, value) pairs (`files.itemid` of one component's area).
+    pub when: Vec<(String, String)>,
 }
 
 /// Everything the sync engine needs to know about one table.
@@ -570,6 +599,7 @@ impl Rules {
                     table: v.table,
                     column: v.column,
                     ref_column: "id".into(),
+                    when: v.when,
                 });
             }
         }
@@ -604,13 +634,31 @@ impl Rules {
 
     /// Every integer column of `schema` and whether it is followed as a reference, with why.
     pub fn references(&self, schema: &Schema) -> Vec<references::Verdict> {
-        references::classify(schema, |table, column| {
+        let listed = |table: &str, column: &str| {
             self.files().find_map(|f| {
                 f.references
                     .get(&format!("{table}.{column}"))
                     .or_else(|| f.references.get(&format!("*.{column}")))
             })
-        })
+        };
+        let chosen = |table: &str, column: &str| {
+            let prefix = format!("{table}.{column}/");
+            let mut keys: BTreeSet<&str> = BTreeSet::new();
+            let mut out = Vec::new();
+            for file in self.files() {
+                for (key, l) in file.references.range(prefix.clone()..) {
+                    if !key.starts_with(&prefix) {
+                        break;
+                    }
+                    // An override file's entry for the same rows replaces the built-in one.
+                    if keys.insert(key) {
+                        out.push(l);
+                    }
+                }
+            }
+            out
+        };
+        references::classify(schema, listed, chosen)
     }
 
     /// The identities listed for `table`: an override file's entry for a column replaces the

@@ -127,20 +127,23 @@ impl Applier<'_> {
         from: i64,
         to: i64,
     ) -> Result<()> {
-        for (ref_table, column) in self.policy.referenced_by(table) {
-            if self.shape(tx, &ref_table)?.is_none() {
+        for r in self.policy.referenced_by(table) {
+            if self.shape(tx, &r.table)?.is_none() {
                 continue;
             }
-            tx.exec_drop(
-                format!(
-                    "UPDATE {} SET {} = ? WHERE {} = ?",
-                    self.target.table(&ref_table),
-                    quote(&column),
-                    quote(&column)
-                ),
-                (to, from),
-            )
-            .with_context(|| format!("cannot move references {ref_table}.{column}"))?;
+            let mut sql = format!(
+                "UPDATE {} SET {} = ? WHERE {} = ?",
+                self.target.table(&r.table),
+                quote(&r.column),
+                quote(&r.column)
+            );
+            let mut params = vec![mysql::Value::Int(to), mysql::Value::Int(from)];
+            for (column, value) in &r.when {
+                sql.push_str(&format!(" AND {} = ?", quote(column)));
+                params.push(value.as_str().into());
+            }
+            tx.exec_drop(sql, params)
+                .with_context(|| format!("cannot move references {}.{}", r.table, r.column))?;
         }
         Ok(())
     }

@@ -308,7 +308,13 @@ fn every_integer_column_of_450_is_a_reference_or_says_why_not() {
     let verdicts = rules.references(&schema);
     for v in &verdicts {
         let target = v.target.as_deref().unwrap_or("-");
-        println!("{}.{} -> {target}: {}", v.table, v.column, v.why);
+        let when: Vec<String> = v.when.iter().map(|(c, x)| format!("{c}={x}")).collect();
+        let when = if when.is_empty() {
+            String::new()
+        } else {
+            format!(" where {}", when.join(" "))
+        };
+        println!("{}.{}{when} -> {target}: {}", v.table, v.column, v.why);
     }
     let unexplained: Vec<String> = verdicts
         .iter()
@@ -362,6 +368,33 @@ fn every_integer_column_of_450_is_a_reference_or_says_why_not() {
         let v = verdict(table, column);
         assert_eq!(v.target, None, "{table}.{column}: {}", v.why);
     }
+    // The table another column chooses: a submission's files follow the submission.
+    let submission_files = verdicts
+        .iter()
+        .find(|v| {
+            v.table == "files"
+                && v.column == "itemid"
+                && v.when
+                    .first()
+                    .is_some_and(|(_, c)| c == "assignsubmission_file")
+        })
+        .expect("files.itemid by component");
+    assert_eq!(
+        submission_files.target.as_deref(),
+        Some("assign_submission")
+    );
+    assert_eq!(
+        submission_files.when,
+        [
+            ("component".to_string(), "assignsubmission_file".to_string()),
+            ("filearea".to_string(), "submission_files".to_string())
+        ]
+    );
+    let held = &rules.get("assign_submission").unwrap().referenced_by;
+    assert!(
+        held.iter().any(|r| r.table == "files" && r.when.len() == 2),
+        "{held:?}"
+    );
     // grade_grades.itemid is a declared key: the *.itemid entry does not override XMLDB.
     assert!(verdict("grade_grades", "itemid")
         .why
@@ -381,6 +414,10 @@ fn groups_and_references_entries_are_checked() {
             "forum_discussions",
         ),
         ("[groups]\nforum_discussions = a b\n", "forum_discussions"),
+        (
+            "[references]\nfiles.itemid/mod_forum = forum_posts by component filearea: why\n",
+            "files.itemid/mod_forum",
+        ),
     ] {
         let err = RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text)
             .expect_err(text)
