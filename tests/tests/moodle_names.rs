@@ -1,9 +1,10 @@
-//! The real-Moodle trial's worst case, on real Moodle 4.5.0: while the link is cut, someone signs up as
+//! The real-Moodle trial's merge cases, on real Moodle 4.5.0. The worst: while the link is cut, someone signs up as
 //! `zawadi` at the hub and someone else as `zawadi` at a center, and each replies in a discussion.
 //! Merged, the hub's Zawadi could no longer log in and the discussion page failed at both sites
 //! ("Exporter class is missing required related data: author"). Now both accounts survive, the
 //! later-born as `zawadi-2`; each logs in with their own password at both sites, the discussion shows
-//! each reply with its author, and the renamed Zawadi has one notification saying so.
+//! each reply with its author and its last change is the later reply's, and the renamed Zawadi has
+//! one notification saying so. Then two edits of one post, in each order: the later wins everywhere.
 //!
 //! The actions go through Moodle's PHP API (`tests/fixtures/moodle-cli/actions.php`); sync is the
 //! engine in-process over the hub's and the center's own MariaDB servers.
@@ -112,6 +113,41 @@ fn two_people_given_one_login_name_at_the_hub_and_a_center_both_log_in_and_post(
             "1",
             "{at}: the last-modified pair is the later reply's"
         );
+    }
+    // Two edits of the first post with the link cut, in each order: the later edit wins at both
+    // sites, although one site's edit is captured only after the other's has arrived (the trial:
+    // "the center's older text at both sites").
+    let sites = [("the hub", &hub), ("the center", &at_center)];
+    let admin = hub.sql("SELECT id FROM mdl_user WHERE username = 'admin'")?;
+    let admin = admin.trim();
+    for (first, later) in [(0, 1), (1, 0)] {
+        let edit = |i: usize, when: &str| {
+            let text = format!("Edited {when}, at {}.", sites[i].0);
+            sites[i]
+                .1
+                .act("edit", &[admin, &first_post, &text])
+                .map(|_| text)
+        };
+        edit(first, "first")?;
+        std::thread::sleep(Duration::from_millis(1100));
+        let last = edit(later, "later")?;
+        for _ in 0..2 {
+            let mut link = Direct {
+                hub: &mut hub_site,
+                policy: &policy,
+                center: 2,
+            };
+            agent::sync_once(&mut center.site, &policy, &mut link, 500)?;
+        }
+        for (name, site) in sites {
+            let message = site.sql(&format!(
+                "SELECT message FROM mdl_forum_posts WHERE id = {first_post}"
+            ))?;
+            ensure!(
+                message.contains(&last),
+                "{name} holds {message}, not {last}"
+            );
+        }
     }
     let told = hub.sql("SELECT useridto, subject FROM mdl_notifications ORDER BY id")?;
     ensure!(
