@@ -156,6 +156,26 @@ impl<'a> Site<'a> {
         Ok(site)
     }
 
+    /// What names this site to the shared code's config.php.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            ("KITUO_MOODLE_DIRROOT".into(), path(&self.dirroot)),
+            ("KITUO_MOODLE_DB".into(), self.database.clone()),
+            ("KITUO_MOODLE_SOCKET".into(), path(&self.db.socket)),
+            ("KITUO_MOODLE_DATA".into(), path(&self.dataroot)),
+        ]
+    }
+
+    /// How the sync engine at this site runs its Moodle (to clear its caches).
+    pub fn engine_moodle(&self) -> appliance::sync::engine::caches::Moodle {
+        appliance::sync::engine::caches::Moodle {
+            dirroot: self.dirroot.clone(),
+            user: None,
+            env: self.env(),
+        }
+    }
+
     /// Runs one of Moodle's PHP scripts (relative to its code) for this site.
     pub fn php(&self, script: &str, args: &[&str]) -> Result<Output> {
         Command::new("php")
@@ -163,10 +183,7 @@ impl<'a> Site<'a> {
             .args(["-d", "max_input_vars=5000"])
             .arg(self.dirroot.join(script))
             .args(args)
-            .env("KITUO_MOODLE_DIRROOT", &self.dirroot)
-            .env("KITUO_MOODLE_DB", &self.database)
-            .env("KITUO_MOODLE_SOCKET", &self.db.socket)
-            .env("KITUO_MOODLE_DATA", &self.dataroot)
+            .envs(self.env())
             .output()
             .with_context(|| format!("cannot run php {script}"))
     }

@@ -168,6 +168,15 @@ fn empty_database(dir: &Path, id: u32) -> Result<MariaDb> {
 
 /// The engine over `db`, as site `id` (the hub is 1).
 pub fn open_site(id: u32, db: &MariaDb) -> Result<Site> {
+    open_site_with(id, db, None)
+}
+
+/// [`open_site`] with a real Moodle on the database, whose caches applied rows clear.
+pub fn open_site_with(
+    id: u32,
+    db: &MariaDb,
+    moodle: Option<appliance::sync::engine::caches::Moodle>,
+) -> Result<Site> {
     let role = if id == HUB { Role::Hub } else { Role::Center };
     Site::open(SiteConfig {
         site: id,
@@ -178,6 +187,7 @@ pub fn open_site(id: u32, db: &MariaDb) -> Result<Site> {
         },
         opts: db.opts(),
         reader_id: 1000 + id,
+        moodle,
     })
 }
 

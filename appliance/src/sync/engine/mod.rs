@@ -11,6 +11,7 @@
 //!   [`change`]: rows and values as they travel; [`sql`]: names and values as MariaDB takes them.
 
 pub mod apply;
+pub mod caches;
 pub mod capture;
 pub mod change;
 pub mod clash;

@@ -11,7 +11,7 @@ use crate::sync::engine::change::{Row, Value};
 use crate::sync::engine::sql::Target;
 use crate::sync::schema::identity::Identity;
 pub use crate::sync::schema::rules::Direction;
-use crate::sync::schema::rules::{Protection, Reference, Rules};
+use crate::sync::schema::rules::{CacheRule, Protection, Reference, Rules};
 use crate::sync::schema::Schema;
 
 /// Which side of the sync this site is.
@@ -101,6 +101,16 @@ impl Policy {
                     .protect
             }
         }
+    }
+
+    /// What applying a change to a row of `table` clears in Moodle's caches at this site.
+    pub fn caches(&self, table: &str) -> Option<&CacheRule> {
+        self.rules.caches(table)
+    }
+
+    /// Whether each site keeps `column` of `table` for itself (`[local_columns]`).
+    pub fn is_local_column(&self, table: &str, column: &str) -> bool {
+        self.rules.local_columns(table).iter().any(|c| c == column)
     }
 
     /// Whether `row` (an image of a row of `table`) is one each site keeps for itself.

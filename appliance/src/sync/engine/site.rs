@@ -13,8 +13,9 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, IsolationLevel, Transaction, TxOpts};
 
 use crate::sync::engine::apply::{Applier, Tally};
+use crate::sync::engine::caches::{self, Due, Moodle};
 use crate::sync::engine::capture::{self, BinlogReader, CapturedTxn};
-use crate::sync::engine::change::Change;
+use crate::sync::engine::change::{Change, Op};
 use crate::sync::engine::policy::{Policy, Role};
 use crate::sync::engine::record::{self, Recorded, Recorder, HLC_SEEN};
 use crate::sync::engine::replay::{self, Replayed};
@@ -36,6 +37,9 @@ pub struct SiteConfig {
     pub opts: mysql::Opts,
     /// The server id the binlog reader announces; must differ from every real server's.
     pub reader_id: u32,
+    /// Moodle at this site, whose caches applied rows clear ([`caches`]); `None` where no Moodle
+    /// runs on this database (the engine's own tests).
+    pub moodle: Option<Moodle>,
 }
 
 pub struct Site {
@@ -147,7 +151,7 @@ impl Site {
         mut finish: impl FnMut(&mut Transaction<'_>, &[Change], &[(Change, String)]) -> Result<()>,
     ) -> Result<Tally> {
         let cfg = self.cfg.clone();
-        retry(|| {
+        let tally = retry(|| {
             let mut tx = self.begin()?;
             store::lock_log(&mut tx)?;
             let fresh = unapplied(&mut tx, changes)?;
@@ -159,6 +163,11 @@ impl Site {
                     Some(reason) => refused.push((change.clone(), reason)),
                 }
             }
+            strip_local_columns(policy, &mut allowed);
+            if cfg.moodle.is_some() {
+                let due = caches::collect(&mut tx, policy, &cfg.target, &allowed)?;
+                caches::add_due(&mut tx, &due)?;
+            }
             let mut catch = |tx: &mut Transaction<'_>| catch_up(&cfg, policy, tx).map(|_| ());
             // What waited for a schema change goes first: this batch may carry newer changes to it.
             replay::replay(&mut tx, policy, &cfg.target, cfg.site, &mut catch)?;
@@ -168,8 +177,38 @@ impl Site {
             finish(&mut tx, &allowed, &refused)?;
             tx.commit().context("cannot commit the applied batch")?;
             Ok(tally)
-        })
+        })?;
+        self.clear_caches();
+        Ok(tally)
     }
+
+    /// Clears in Moodle's caches what applied rows made due, if Moodle runs here; what fails stays
+    /// due for the next call (the rows are committed: a stale cache is no reason to fail sync).
+    pub fn clear_caches(&mut self) -> Option<Due> {
+        let moodle = self.cfg.moodle.as_ref()?;
+        match caches::flush(&mut self.conn, moodle) {
+            Ok(done) => Some(done),
+            Err(e) => {
+                eprintln!("site {}: {e:#}", self.cfg.site);
+                None
+            }
+        }
+    }
+}
+
+/// Each site keeps its `[local_columns]` for itself: an update that carries one (from a site that
+/// sent it before the rule existed) does not overwrite this site's.
+fn strip_local_columns(policy: &Policy, changes: &mut Vec<Change>) {
+    changes.retain_mut(|c| {
+        let table = c.table.clone();
+        match &mut c.op {
+            Op::Update(row) => {
+                row.retain(|column, _| !policy.is_local_column(&table, column));
+                !row.is_empty()
+            }
+            _ => true,
+        }
+    });
 }
 
 /// Reads the binlog from the stored position to its end and records it, in `tx`.

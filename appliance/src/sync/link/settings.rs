@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::ini::{ConfigError, Document, Key, Section};
+use crate::sync::engine::caches::Moodle;
 use crate::sync::engine::capture;
 use crate::sync::engine::policy::{Policy, Role, Rulebook};
 use crate::sync::engine::site::SiteConfig;
@@ -37,6 +38,12 @@ pub const MOODLE_SECTION: Section = Section {
             "dirroot",
             "/var/www/moodle",
             "Moodle's code: every db/install.xml under it gives the schema and the sync rules",
+        ),
+        Key::optional(
+            "php_user",
+            "www-data",
+            "the user Moodle's PHP runs as: the helper that clears Moodle's caches after sync applied \
+             rows runs as this user when this program runs as root",
         ),
         Key::optional(
             "rules_file",
@@ -136,6 +143,7 @@ pub struct MoodleSettings {
     pub user: String,
     pub password_file: Option<PathBuf>,
     pub dirroot: PathBuf,
+    pub php_user: String,
     pub rules_file: Option<PathBuf>,
     pub ready_file: Option<PathBuf>,
 }
@@ -165,6 +173,7 @@ impl MoodleSettings {
             user: doc.get(s, "user").to_owned(),
             password_file: path("password_file"),
             dirroot: doc.get(s, "dirroot").into(),
+            php_user: doc.get(s, "php_user").to_owned(),
             rules_file: path("rules_file"),
             ready_file: path("ready_file"),
         })
@@ -213,6 +222,21 @@ impl MoodleSettings {
             target: self.target.clone(),
             opts: self.opts()?,
             reader_id: capture::reader_server_id(site),
+            moodle: self.moodle(),
+        })
+    }
+
+    /// Moodle's PHP at this site, if its code is installed with a config.php (a hub or a card; not
+    /// a schema-only checkout).
+    fn moodle(&self) -> Option<Moodle> {
+        if !self.dirroot.join("config.php").is_file() {
+            return None;
+        }
+        let as_root = nix::unistd::geteuid().is_root();
+        Some(Moodle {
+            dirroot: self.dirroot.clone(),
+            user: (as_root && !self.php_user.is_empty()).then(|| self.php_user.clone()),
+            env: Vec::new(),
         })
     }
 }

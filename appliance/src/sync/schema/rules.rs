@@ -16,6 +16,9 @@ use crate::sync::schema::identity::{self, Identity, SameFact};
 use crate::sync::schema::references::{self, Listed as ListedReference};
 use crate::sync::schema::Schema;
 
+mod caches;
+pub use caches::{CacheRule, Kind as CacheKind, LocalColumns};
+
 /// The built-in rule lists.
 pub const BUILTIN: &str = include_str!("../../../sync-rules.ini");
 /// Where a site keeps its exceptions.
@@ -135,6 +138,8 @@ pub struct RuleFile {
     references: BTreeMap<String, ListedReference>,
     /// `[identities]` and `[same_facts]`.
     names: identity::Lists,
+    /// `[caches]` and `[local_columns]`.
+    cached: caches::Lists,
 }
 
 const SECTIONS: &[Section] = &[
@@ -210,6 +215,18 @@ const SECTIONS: &[Section] = &[
         free_keys: true,
         help: "table = reason: its unique keys say the same fact twice",
     },
+    Section {
+        name: "caches",
+        keys: &[],
+        free_keys: true,
+        help: "table = kind column: reason: what applying a change to its rows clears in Moodle",
+    },
+    Section {
+        name: "local_columns",
+        keys: &[],
+        free_keys: true,
+        help: "table = columns: reason: columns each site keeps for itself",
+    },
 ];
 
 impl RuleFile {
@@ -242,6 +259,7 @@ impl RuleFile {
             groups: BTreeMap::new(),
             references: BTreeMap::new(),
             names: identity::parse(&doc, path)?,
+            cached: caches::parse(&doc, path)?,
         };
         for (key, value, line) in doc.free_entries("defaults") {
             if key != "direction" {

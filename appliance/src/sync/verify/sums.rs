@@ -42,7 +42,10 @@ pub(crate) fn tables_at(
         if column == ID && is_integer(&data_type) {
             shape.1 = true;
         }
-        shape.0.push(column);
+        // Each site's own value: not a difference.
+        if !policy.is_local_column(table, &column) {
+            shape.0.push(column);
+        }
     }
     let mut tables = BTreeMap::new();
     for (table, (columns, integer_id)) in shapes {

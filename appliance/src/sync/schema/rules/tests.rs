@@ -191,7 +191,7 @@ fn override_file_wins() {
 #[test]
 fn bad_override_names_file_line_and_key() {
     let cases = [
-        ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [site_local], [both], [hub_to_centers], [centers_to_hub], [never], [seed], [groups], [references], [identities], [same_facts]"),
+        ("[never]\nsessions = x\n[sometimes]\nfoo = y\n", "/etc/kituo/sync-overrides.ini:3: unknown section [sometimes]; known sections: [defaults], [protect], [site_local], [both], [hub_to_centers], [centers_to_hub], [never], [seed], [groups], [references], [identities], [same_facts], [caches], [local_columns]"),
         ("[never]\nsessions = x\n\nCache-* = y\n", "/etc/kituo/sync-overrides.ini:4: key 'Cache-*' in section [never]: expected a table name, or a prefix ending in '*' (like cache_*)"),
         ("[never]\nsessions =\n", "/etc/kituo/sync-overrides.ini:2: key 'sessions' in section [never]: say why after '=': the reason is kept with the rule"),
         ("[both]\nsessions = a\n[never]\nsessions = b\n", "/etc/kituo/sync-overrides.ini:4: key 'sessions' in section [never]: 'sessions' is already in [both] on line 2"),
@@ -200,6 +200,10 @@ fn bad_override_names_file_line_and_key() {
         ("[protect]\nuser = teachers\n", "/etc/kituo/sync-overrides.ini:2: key 'user' in section [protect]: expected siteadmins, siteadmins_userid, system_context or none, got 'teachers'"),
         ("[site_local]\nconfig = version\n", "/etc/kituo/sync-overrides.ini:2: key 'config' in section [site_local]: expected table.column (like config.name)"),
         ("[site_local]\nconfig.name =\n", "/etc/kituo/sync-overrides.ini:2: key 'config.name' in section [site_local]: list the column values of the rows each site keeps"),
+        ("[caches]\nconfig = configs: x\n", "/etc/kituo/sync-overrides.ini:2: key 'config' in section [caches]: unknown kind 'configs'; known kinds: config, role, user, course, group, grouping, event"),
+        ("[caches]\nrole = role: x\n", "/etc/kituo/sync-overrides.ini:2: key 'role' in section [caches]: expected the kind and the column holding its id, like 'role roleid'"),
+        ("[caches]\nrole = role id\n", "/etc/kituo/sync-overrides.ini:2: key 'role' in section [caches]: say why after the kind: 'kind column: reason'"),
+        ("[local_columns]\ncourse = id: x\n", "/etc/kituo/sync-overrides.ini:2: key 'course' in section [local_columns]: expected column names other than id"),
     ];
     for (text, want) in cases {
         let e = RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text).unwrap_err();
@@ -482,4 +486,46 @@ fn every_unique_key_of_a_two_way_table_is_an_identity_or_the_same_fact() {
         .iter()
         .any(|i| i.column == "name" && i.scope == ["courseid"]));
     assert!(rules.get("grade_grades").unwrap().same_fact.is_some());
+}
+
+#[test]
+fn every_cache_rule_names_a_real_column_and_every_activity_clears_its_course() {
+    let schema = moodle_450();
+    let rules = rules_with(None);
+    let has = |table: &str, column: &str| {
+        schema
+            .tables
+            .get(table)
+            .is_some_and(|t| t.fields.iter().any(|f| f.name == column))
+    };
+    let (caches, local) = rules.cache_lists();
+    for (table, rule) in &caches {
+        assert!(schema.tables.contains_key(*table), "[caches] {table}: no such table");
+        if rule.kind != CacheKind::Event {
+            if let Some(column) = &rule.arg {
+                assert!(has(table, column), "[caches] {table}: no column {column}");
+            }
+        }
+    }
+    for (table, columns) in &local {
+        for column in &columns.columns {
+            assert!(has(table, column), "[local_columns] {table}: no column {column}");
+        }
+    }
+    // An activity's own table is what its course's module info shows (name, intro, settings).
+    for table in schema.tables.values() {
+        let activity = table.component == format!("mod/{}/db", table.name);
+        if activity {
+            let rule = rules.caches(&table.name);
+            assert!(
+                rule.is_some_and(|r| r.kind == CacheKind::Course && r.arg.as_deref() == Some("course")),
+                "[caches] has no 'course course' for the activity table {}",
+                table.name
+            );
+        }
+    }
+    assert!(rules.local_columns("course").contains(&"cacherev".to_owned()));
+    let overridden = rules_with(Some("[caches]\nforum = event changesinforums: mine\n"));
+    let forum = overridden.caches("forum").expect("forum");
+    assert_eq!((forum.kind, forum.arg.as_deref()), (CacheKind::Event, Some("changesinforums")));
 }
