@@ -108,20 +108,46 @@ impl Policy {
         self.rules.caches(table)
     }
 
-    /// Whether each site keeps `column` of `table` for itself (`[local_columns]`).
+    /// Whether each site keeps `column` of `table` for itself (`[local_columns]`): verify does not
+    /// compare it.
     pub fn is_local_column(&self, table: &str, column: &str) -> bool {
-        self.rules.local_columns(table).iter().any(|c| c == column)
+        self.rules
+            .local_columns(table)
+            .iter()
+            .any(|c| c.name == column)
+    }
+
+    /// Whether `column` of `table` is one each site keeps that never travels: capture drops it.
+    pub fn is_unsent_column(&self, table: &str, column: &str) -> bool {
+        self.rules
+            .local_columns(table)
+            .iter()
+            .any(|c| c.name == column && c.arrives_as.is_none())
+    }
+
+    /// The local columns of `table` that take one value where a row arrives, with that value.
+    pub fn arriving_values(&self, table: &str) -> impl Iterator<Item = (&str, Value)> {
+        self.rules.local_columns(table).iter().filter_map(|c| {
+            let value = c.arrives_as.as_deref()?;
+            let value = match value.parse::<i64>() {
+                Ok(i) => Value::Int(i),
+                Err(_) => Value::Bytes(value.as_bytes().to_vec()),
+            };
+            Some((c.name.as_str(), value))
+        })
     }
 
     /// Whether `row` (an image of a row of `table`) is one each site keeps for itself.
     pub fn is_site_local(&self, table: &str, row: &Row) -> bool {
-        let Some(local) = self.rules.site_local(table) else {
-            return false;
-        };
-        match row.get(&local.column) {
-            Some(Value::Bytes(b)) => std::str::from_utf8(b).is_ok_and(|v| local.values.contains(v)),
-            _ => false,
-        }
+        self.rules
+            .site_local(table)
+            .iter()
+            .any(|local| match row.get(&local.column) {
+                Some(Value::Bytes(b)) => {
+                    std::str::from_utf8(b).is_ok_and(|v| local.values.contains(v))
+                }
+                _ => false,
+            })
     }
 
     /// The references the rows of `table` hold.

@@ -135,7 +135,7 @@ impl<'p> Recorder<'p> {
             (RowKind::Delete, _, _) => Op::Delete,
             (RowKind::Update, Some(before), Some(after)) => {
                 let mut cols = changed_columns(before, after);
-                cols.retain(|column, _| !self.policy.is_local_column(table, column));
+                cols.retain(|column, _| !self.policy.is_unsent_column(table, column));
                 if cols.is_empty() {
                     done.unchanged += 1;
                     return Ok(None);

@@ -163,7 +163,7 @@ impl Site {
                     Some(reason) => refused.push((change.clone(), reason)),
                 }
             }
-            strip_local_columns(policy, &mut allowed);
+            localize(policy, &mut allowed);
             if cfg.moodle.is_some() {
                 let due = caches::collect(&mut tx, policy, &cfg.target, &allowed)?;
                 caches::add_due(&mut tx, &due)?;
@@ -196,18 +196,25 @@ impl Site {
     }
 }
 
-/// Each site keeps its `[local_columns]` for itself: an update that carries one (from a site that
-/// sent it before the rule existed) does not overwrite this site's.
-fn strip_local_columns(policy: &Policy, changes: &mut Vec<Change>) {
+/// Each site keeps its `[local_columns]` for itself: an update that carries an unsent one (from a
+/// site that sent it before the rule existed) does not overwrite this site's, and one that arrives
+/// as a value is written with that value.
+fn localize(policy: &Policy, changes: &mut Vec<Change>) {
     changes.retain_mut(|c| {
         let table = c.table.clone();
-        match &mut c.op {
-            Op::Update(row) => {
-                row.retain(|column, _| !policy.is_local_column(&table, column));
-                !row.is_empty()
-            }
-            _ => true,
+        let update = matches!(c.op, Op::Update(_));
+        let (Op::Insert(row) | Op::Update(row)) = &mut c.op else {
+            return true;
+        };
+        if update {
+            row.retain(|column, _| !policy.is_unsent_column(&table, column));
         }
+        for (column, value) in policy.arriving_values(&table) {
+            if !update || row.contains_key(column) {
+                row.insert(column.to_owned(), value);
+            }
+        }
+        !row.is_empty()
     });
 }
 

@@ -17,7 +17,7 @@ use crate::sync::schema::references::{self, Listed as ListedReference};
 use crate::sync::schema::Schema;
 
 mod caches;
-pub use caches::{CacheRule, Kind as CacheKind, LocalColumns};
+pub use caches::{CacheRule, Kind as CacheKind, LocalColumn, LocalColumns};
 
 /// The built-in rule lists.
 pub const BUILTIN: &str = include_str!("../../../sync-rules.ini");
@@ -129,7 +129,8 @@ pub struct RuleFile {
     default: Option<(Direction, Source)>,
     /// `None` as the protection: an override that lifts the built-in one.
     protect: BTreeMap<String, (Option<Protection>, Source)>,
-    site_local: BTreeMap<String, LocalRows>,
+    /// By table: each entry names one column and its values.
+    site_local: BTreeMap<String, Vec<LocalRows>>,
     /// `[seed]`: per-site tables a joining center copies once from the hub.
     seed: Vec<Entry>,
     /// `[groups]`: columns written together, by table.
@@ -330,11 +331,12 @@ impl RuleFile {
                     "list the column values of the rows each site keeps",
                 ));
             }
-            if file.site_local.contains_key(table) {
+            let given = file.site_local.entry(table.to_owned()).or_default();
+            if given.iter().any(|g| g.column == column) {
                 return Err(doc.error(
                     "site_local",
                     &key,
-                    format!("table '{table}' is already given with another column"),
+                    format!("'{key}' is given twice"),
                 ));
             }
             let rows = LocalRows {
@@ -345,7 +347,7 @@ impl RuleFile {
                     line,
                 },
             };
-            file.site_local.insert(table.to_owned(), rows);
+            given.push(rows);
         }
         for (key, value, _) in doc.free_entries("groups") {
             if !is_table_name(&key) {
@@ -706,13 +708,13 @@ impl Rules {
         self.tables.get(table)
     }
 
-    /// The rows of `table` that each site keeps for itself although the table syncs (the override
-    /// file's entry for the table replaces the built-in one).
-    pub fn site_local(&self, table: &str) -> Option<&LocalRows> {
-        self.overrides
-            .iter()
-            .chain([&self.builtin])
+    /// The rows of `table` that each site keeps for itself although the table syncs, each rule
+    /// naming one column's values (the override file's entries for the table replace the built-in
+    /// ones).
+    pub fn site_local(&self, table: &str) -> &[LocalRows] {
+        self.files()
             .find_map(|f| f.site_local.get(table))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Whether a joining center copies `table` from the hub when it is seeded (`[seed]`): a table

@@ -201,14 +201,13 @@ fn copied_rows(policy: &Policy, table: &str) -> Option<String> {
     if rules.copied_at_seed(table) {
         return Some(String::new());
     }
-    let local = rules.site_local(table)?;
-    (policy.direction(table) != Direction::Never).then(|| {
-        format!(
-            "AND {} IN ({})",
-            quote(&local.column),
-            verify::local_values(local)
-        )
-    })
+    let local = rules.site_local(table);
+    let any: Vec<String> = local
+        .iter()
+        .map(|l| format!("{} IN ({})", quote(&l.column), verify::local_values(l)))
+        .collect();
+    (!any.is_empty() && policy.direction(table) != Direction::Never)
+        .then(|| format!("AND ({})", any.join(" OR ")))
 }
 
 /// The columns of `table`, in table order; empty if there is no such table.

@@ -104,7 +104,7 @@ pub fn seed<H: Source>(
                 table: table.clone(),
                 rows,
             };
-            seeded.copied += write_copied(site, &run, code_version)?;
+            seeded.copied += write_copied(site, policy, &run, code_version)?;
             Ok(())
         })?;
     }

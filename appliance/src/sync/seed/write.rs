@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use mysql::prelude::Queryable;
 
 use crate::sync::engine::change::{Row, Value};
+use crate::sync::engine::policy::Policy;
 use crate::sync::engine::site::Site;
 use crate::sync::engine::sql::{quote, to_sql, Target};
 use crate::sync::seed::copy::{columns_of, Copied};
@@ -13,7 +14,12 @@ use crate::sync::verify;
 /// Writes one run of the hub's rows; returns the rows written. Columns or tables this card's Moodle
 /// lacks are left out (plugins the hub has and the card does not). `code_version` is the `$version`
 /// of the card's Moodle code, checked against the hub's before its version rows are written.
-pub fn write_copied(site: &mut Site, copied: &Copied, code_version: Option<f64>) -> Result<u64> {
+pub fn write_copied(
+    site: &mut Site,
+    policy: &Policy,
+    copied: &Copied,
+    code_version: Option<f64>,
+) -> Result<u64> {
     let target = site.target().clone();
     let ours = columns_of(site.conn(), &target, copied.table())?;
     if ours.is_empty() {
@@ -38,7 +44,7 @@ pub fn write_copied(site: &mut Site, copied: &Copied, code_version: Option<f64>)
                 .filter(|c| ours.contains(c))
                 .cloned()
                 .collect();
-            verify::copy_rows(site, table, &columns, rows)?;
+            verify::copy_rows(site, policy, table, &columns, rows)?;
         }
     }
     Ok(copied.len() as u64)

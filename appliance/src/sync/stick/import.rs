@@ -139,7 +139,7 @@ pub fn at_center(
     for b in &sticks {
         let before = (out.changes, out.placed.len(), out.problems.len());
         let done = match b.head.seed {
-            Some(log_end) => seed_stick(site, pool, b, log_end, code_version, &mut out),
+            Some(log_end) => seed_stick(site, policy, pool, b, log_end, code_version, &mut out),
             None => center_stick(site, policy, pool, b, &mut out),
         };
         if let Err(e) = done {
@@ -239,6 +239,7 @@ fn place_hubs_blobs(
 /// the rest), and the seed is done, and sync may start, once every volume arrived.
 fn seed_stick(
     site: &mut Site,
+    policy: &Policy,
     pool: Option<&Pool>,
     b: &Stick,
     log_end: u64,
@@ -265,7 +266,7 @@ fn seed_stick(
             }
             let copied: seed::Copied = wire::decode(&v.read_rows(batch)?)
                 .with_context(|| format!("in {}", v.path.display()))?;
-            out.changes += seed::write_copied(site, &copied, code_version)?;
+            out.changes += seed::write_copied(site, policy, &copied, code_version)?;
             next = batch.last;
         }
     }

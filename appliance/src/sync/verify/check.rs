@@ -14,6 +14,7 @@ use super::repair::{clock_past, Restore};
 use super::report::{Repair, TableReport};
 use super::sums::{lock_hashes, sums_at};
 use super::{Options, Reference, MAX_ROWS, MAX_SUMS};
+use crate::sync::engine::change::Value;
 use crate::sync::engine::clock::Stamp;
 use crate::sync::engine::policy::Policy;
 use crate::sync::engine::site::Site;
@@ -34,6 +35,19 @@ pub(super) struct Checker<'a> {
 pub(super) struct Compared {
     pub(super) name: String,
     pub(super) columns: Vec<String>,
+    /// The local columns a copied row takes here, with their values (see `Policy::arriving_values`).
+    pub(super) arriving: Vec<(String, Value)>,
+}
+
+impl Compared {
+    pub(super) fn new(policy: &Policy, name: &str, columns: Vec<String>) -> Compared {
+        let arriving = policy.arriving_values(name);
+        Compared {
+            name: name.to_owned(),
+            columns,
+            arriving: arriving.map(|(c, v)| (c.to_owned(), v)).collect(),
+        }
+    }
 }
 
 impl Checker<'_> {
@@ -45,10 +59,8 @@ impl Checker<'_> {
     ) -> Result<TableReport> {
         let ours: BTreeSet<&String> = here.columns.iter().collect();
         let theirs: BTreeSet<&String> = there.columns.iter().collect();
-        let table = Compared {
-            name: name.to_owned(),
-            columns: ours.intersection(&theirs).map(|c| (*c).clone()).collect(),
-        };
+        let columns = ours.intersection(&theirs).map(|c| (*c).clone()).collect();
+        let table = Compared::new(self.policy, name, columns);
         let mut report = TableReport {
             table: name.to_owned(),
             direction: self.policy.direction(name),

@@ -8,6 +8,7 @@ use super::check::Compared;
 use super::protocol::HubRow;
 use super::sums::lock_hashes;
 use crate::sync::engine::clock::Stamp;
+use crate::sync::engine::policy::Policy;
 use crate::sync::engine::record::HLC_SEEN;
 use crate::sync::engine::site::Site;
 use crate::sync::engine::sql::placeholders;
@@ -19,15 +20,13 @@ use crate::sync::engine::store::write_clock;
 /// with their row clocks, whether or not they are here: how a seed from a stick copies the hub.
 pub(crate) fn copy_rows(
     site: &mut Site,
+    policy: &Policy,
     table: &str,
     columns: &[String],
     rows: &[HubRow],
 ) -> Result<()> {
     let target = site.target().clone();
-    let table = Compared {
-        name: table.to_owned(),
-        columns: columns.to_vec(),
-    };
+    let table = Compared::new(policy, table, columns.to_vec());
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let mut tx = site
         .conn()
@@ -177,7 +176,9 @@ pub(super) fn insert_row(
     table: &Compared,
     row: &HubRow,
 ) -> Result<()> {
-    let values = values_of(table, row, "")?;
+    let mut values = values_of(table, row, "")?;
+    // A copied row arrives here like an applied one (a forum post mailed at its origin).
+    values.extend(table.arriving.iter().map(|(c, v)| (c.as_str(), to_sql(v))));
     let names: Vec<String> = values.iter().map(|(c, _)| quote(c)).collect();
     let params: Vec<mysql::Value> = values.into_iter().map(|(_, v)| v).collect();
     tx.exec_drop(

@@ -86,14 +86,17 @@ pub fn row_hash_sql(columns: &[String]) -> String {
 /// The SQL condition that leaves out the rows each site keeps for itself (`[site_local]`, e.g.
 /// Moodle's version numbers in `config`): they differ by design.
 pub(super) fn shared_rows(policy: &Policy, table: &str) -> String {
-    match policy.rules().site_local(table) {
-        Some(local) if !local.values.is_empty() => format!(
-            "AND ({col} IS NULL OR {col} NOT IN ({}))",
-            local_values(local),
-            col = quote(&local.column)
-        ),
-        _ => String::new(),
-    }
+    let rules = policy.rules().site_local(table).iter();
+    rules
+        .filter(|local| !local.values.is_empty())
+        .map(|local| {
+            format!(
+                " AND ({col} IS NULL OR {col} NOT IN ({}))",
+                local_values(local),
+                col = quote(&local.column)
+            )
+        })
+        .collect()
 }
 
 /// The values that tell a table's site-local rows, as an SQL list.

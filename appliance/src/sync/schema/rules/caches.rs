@@ -67,12 +67,21 @@ pub struct CacheRule {
     pub source: Source,
 }
 
-/// Columns of a table each site keeps for itself: never sent, never overwritten, never compared.
+/// Columns of a table each site keeps for itself: never compared by verify, and either never sent
+/// or written with one value wherever they arrive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalColumns {
-    pub columns: Vec<String>,
+    pub columns: Vec<LocalColumn>,
     pub reason: String,
     pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalColumn {
+    pub name: String,
+    /// `column=value`: the value a row made or changed elsewhere takes here (a side effect done at
+    /// the row's origin: `forum_posts.mailed = 1`); `None`: the column never travels.
+    pub arrives_as: Option<String>,
 }
 
 /// `[caches]` and `[local_columns]` of one rule file, by table.
@@ -143,13 +152,27 @@ pub fn parse(doc: &Document, path: &Path) -> Result<Lists, ConfigError> {
                 "say why after the columns: 'a b: reason'",
             ));
         };
-        let columns: Vec<String> = columns.split_whitespace().map(str::to_owned).collect();
-        if columns.is_empty() || !columns.iter().all(|c| name_ok(c)) || columns.iter().any(|c| c == "id")
-        {
+        let columns: Vec<LocalColumn> = columns
+            .split_whitespace()
+            .map(|word| match word.split_once('=') {
+                Some((name, value)) => LocalColumn {
+                    name: name.to_owned(),
+                    arrives_as: Some(value.to_owned()),
+                },
+                None => LocalColumn {
+                    name: word.to_owned(),
+                    arrives_as: None,
+                },
+            })
+            .collect();
+        let bad = |c: &LocalColumn| {
+            !name_ok(&c.name) || c.name == "id" || c.arrives_as.as_ref().is_some_and(String::is_empty)
+        };
+        if columns.is_empty() || columns.iter().any(bad) {
             return Err(doc.error(
                 "local_columns",
                 &key,
-                "expected column names other than id",
+                "expected column names other than id, each alone or as column=value",
             ));
         }
         let local = LocalColumns {
@@ -173,7 +196,7 @@ impl Rules {
     }
 
     /// The columns of `table` each site keeps for itself.
-    pub fn local_columns(&self, table: &str) -> &[String] {
+    pub fn local_columns(&self, table: &str) -> &[LocalColumn] {
         self.files()
             .find_map(|f| f.cached.local_columns.get(table))
             .map_or(&[], |l| l.columns.as_slice())

@@ -147,14 +147,15 @@ fn keys_references_and_protection() {
         .get("auth_oauth2_linked_login")
         .expect("auth_oauth2_linked_login");
     assert_eq!(linked.protect, Some(Protection::SiteAdminsUserid));
-    let local = rules
-        .site_local("config")
-        .expect("config has per-site rows");
+    let local = &rules.site_local("config")[0];
     assert_eq!(local.column, "name");
     assert!(local.values.contains("version") && local.values.contains("allversionshash"));
     assert!(!local.values.contains("siteadmins"));
-    let plugins = rules.site_local("config_plugins").expect("config_plugins");
-    assert_eq!(plugins.values.iter().collect::<Vec<_>>(), ["version"]);
+    let plugins = rules.site_local("config_plugins");
+    let columns: Vec<&str> = plugins.iter().map(|l| l.column.as_str()).collect();
+    assert_eq!(columns, ["name", "plugin"]);
+    assert!(plugins[0].values.contains("version") && plugins[0].values.contains("lastcronstart"));
+    assert_eq!(plugins[1].values.iter().collect::<Vec<_>>(), ["tool_brickfield"]);
     assert!(
         user.referenced_by.len() > 100,
         "{}",
@@ -203,7 +204,7 @@ fn bad_override_names_file_line_and_key() {
         ("[caches]\nconfig = configs: x\n", "/etc/kituo/sync-overrides.ini:2: key 'config' in section [caches]: unknown kind 'configs'; known kinds: config, role, user, course, group, grouping, event"),
         ("[caches]\nrole = role: x\n", "/etc/kituo/sync-overrides.ini:2: key 'role' in section [caches]: expected the kind and the column holding its id, like 'role roleid'"),
         ("[caches]\nrole = role id\n", "/etc/kituo/sync-overrides.ini:2: key 'role' in section [caches]: say why after the kind: 'kind column: reason'"),
-        ("[local_columns]\ncourse = id: x\n", "/etc/kituo/sync-overrides.ini:2: key 'course' in section [local_columns]: expected column names other than id"),
+        ("[local_columns]\ncourse = id: x\n", "/etc/kituo/sync-overrides.ini:2: key 'course' in section [local_columns]: expected column names other than id, each alone or as column=value"),
     ];
     for (text, want) in cases {
         let e = RuleFile::parse(Path::new("/etc/kituo/sync-overrides.ini"), text).unwrap_err();
@@ -280,17 +281,19 @@ fn site_local_rows_and_their_override() {
     use crate::sync::engine::policy::Policy;
 
     let rules = rules_with(Some("[site_local]\nconfig.name = version, mycenter_only\n"));
-    let local = rules.site_local("config").expect("config");
+    let [local] = rules.site_local("config") else {
+        panic!("one rule for config")
+    };
     assert_eq!(
         local.values.iter().collect::<Vec<_>>(),
         ["mycenter_only", "version"]
     );
     assert_eq!(local.source.line, 2);
     assert!(
-        rules.site_local("config_plugins").is_some(),
+        !rules.site_local("config_plugins").is_empty(),
         "the built-in entry of another table stays"
     );
-    assert!(rules.site_local("forum_posts").is_none());
+    assert!(rules.site_local("forum_posts").is_empty());
     let policy = Policy::new(rules);
     let row = |name: &str| -> Row {
         Row::from([
@@ -301,6 +304,7 @@ fn site_local_rows_and_their_override() {
     assert!(policy.is_site_local("config", &row("version")));
     assert!(!policy.is_site_local("config", &row("siteadmins")));
     assert!(!policy.is_site_local("config_plugins", &row("mycenter_only")));
+    assert!(policy.is_site_local("config_plugins", &row("lastcronstart")));
 }
 
 /// Walks every integer column of Moodle 4.5 and prints how each is treated (`cargo test -p appliance
@@ -509,6 +513,7 @@ fn every_cache_rule_names_a_real_column_and_every_activity_clears_its_course() {
     }
     for (table, columns) in &local {
         for column in &columns.columns {
+            let column = &column.name;
             assert!(has(table, column), "[local_columns] {table}: no column {column}");
         }
     }
@@ -524,7 +529,14 @@ fn every_cache_rule_names_a_real_column_and_every_activity_clears_its_course() {
             );
         }
     }
-    assert!(rules.local_columns("course").contains(&"cacherev".to_owned()));
+    let names = |table: &str| -> Vec<(String, Option<String>)> {
+        let local = rules.local_columns(table).iter();
+        local.map(|c| (c.name.clone(), c.arrives_as.clone())).collect()
+    };
+    assert_eq!(names("course"), [("cacherev".to_owned(), None)]);
+    let mailed = [("mailed".to_owned(), Some("1".to_owned()))];
+    assert_eq!(names("forum_posts"), mailed);
+    assert_eq!(names("assign_user_flags"), mailed);
     let overridden = rules_with(Some("[caches]\nforum = event changesinforums: mine\n"));
     let forum = overridden.caches("forum").expect("forum");
     assert_eq!((forum.kind, forum.arg.as_deref()), (CacheKind::Event, Some("changesinforums")));
