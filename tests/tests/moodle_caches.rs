@@ -71,7 +71,10 @@ fn what_one_site_changes_is_seen_at_the_other_without_a_purge() -> Result<()> {
     // The center's caches, filled as its pages fill them.
     let reply = "mod/forum:replypost";
     assert_eq!(at_center.act("config", &["maxeditingtime"])?, json!("1800"));
-    assert_eq!(at_center.act("can", &[&student, reply, &course])?, json!(true));
+    assert_eq!(
+        at_center.act("can", &[&student, reply, &course])?,
+        json!(true)
+    );
     assert_eq!(at_center.act("forums", &[&course])?, json!(["Questions"]));
     let none = json!({"course": [], "mine": []});
     assert_eq!(at_center.act("groups", &[&course, &student])?, none);
@@ -98,7 +101,10 @@ fn what_one_site_changes_is_seen_at_the_other_without_a_purge() -> Result<()> {
     sync(&mut center.site, &mut hub_site, &policy)?;
     assert_eq!(at_center.act("config", &["maxeditingtime"])?, json!("900"));
     assert_eq!(at_center.act("config", &["kituo_fresh"])?, json!("yes"));
-    assert_eq!(at_center.act("can", &[&student, reply, &course])?, json!(false));
+    assert_eq!(
+        at_center.act("can", &[&student, reply, &course])?,
+        json!(false)
+    );
     assert_eq!(
         at_center.act("forums", &[&course])?,
         json!(["Questions and answers"])
@@ -132,7 +138,12 @@ fn what_one_site_changes_is_seen_at_the_other_without_a_purge() -> Result<()> {
         policy: &policy,
         center: 2,
     };
-    let report = verify(&mut center.site, &policy, &mut reference, &Options::default())?;
+    let report = verify(
+        &mut center.site,
+        &policy,
+        &mut reference,
+        &Options::default(),
+    )?;
     ensure!(report.identical(), "the sites differ:\n{report}");
     Ok(())
 }

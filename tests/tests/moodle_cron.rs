@@ -143,7 +143,11 @@ fn each_post_is_notified_once_and_a_center_running_cron_stays_identical() -> Res
     // Every site's cron, as its timer runs it: the forum's task queues one task per recipient.
     std::thread::sleep(Duration::from_millis(1100));
     for site in sites {
-        run(site, "admin/cli/scheduled_task.php", &[r"--execute=\mod_forum\task\cron_task"])?;
+        run(
+            site,
+            "admin/cli/scheduled_task.php",
+            &[r"--execute=\mod_forum\task\cron_task"],
+        )?;
         run(site, "admin/cli/adhoc_task.php", &["--execute"])?;
     }
     sync_all(&mut hub_site, &mut centers, &policy)?;

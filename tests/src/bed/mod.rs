@@ -77,17 +77,33 @@ impl Node {
         Ok(c)
     }
 
-    /// A table's rows ordered by id, as SQL literals: what "identical at every site" compares.
+    /// A table's rows ordered by id, as SQL literals: what "identical at every site" compares (the
+    /// columns each site keeps for itself, `[local_columns]`, left out).
     pub fn dump(&self, table: &str) -> Result<Vec<Vec<Option<String>>>> {
+        static RULES: std::sync::OnceLock<appliance::sync::schema::rules::Rules> =
+            std::sync::OnceLock::new();
+        let rules = RULES.get_or_init(|| {
+            use appliance::sync::schema::{rules, Schema};
+            let builtin = rules::RuleFile::builtin().expect("the built-in rules parse");
+            rules::Rules::derive(&Schema::default(), builtin, None)
+        });
+        let local = rules.local_columns(table);
         let rows: Vec<mysql::Row> = self
             .sql()?
             .query(format!("SELECT * FROM {PREFIX}{table} ORDER BY id"))?;
         Ok(rows
             .into_iter()
             .map(|r| {
+                let shared: Vec<bool> = r
+                    .columns_ref()
+                    .iter()
+                    .map(|c| !local.iter().any(|l| l.name == c.name_str()))
+                    .collect();
                 r.unwrap()
                     .into_iter()
-                    .map(|v| match v {
+                    .zip(shared)
+                    .filter(|(_, shared)| *shared)
+                    .map(|(v, _)| match v {
                         mysql::Value::NULL => None,
                         v => Some(v.as_sql(true)),
                     })

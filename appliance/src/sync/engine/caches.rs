@@ -102,7 +102,11 @@ pub fn collect(
         let Some(rule) = policy.caches(&change.table) else {
             continue;
         };
-        let Some(column) = rule.arg.as_deref().filter(|_| rule.kind != CacheKind::Event) else {
+        let Some(column) = rule
+            .arg
+            .as_deref()
+            .filter(|_| rule.kind != CacheKind::Event)
+        else {
             due.add(rule.kind, rule.arg.clone());
             continue;
         };
@@ -123,7 +127,10 @@ pub fn collect(
         }
     }
     for ((table, column), ids) in lookups {
-        let kind = policy.caches(table).map(|r| r.kind).context("a cache rule")?;
+        let kind = policy
+            .caches(table)
+            .map(|r| r.kind)
+            .context("a cache rule")?;
         let ids: Vec<i64> = ids.into_iter().collect();
         for chunk in ids.chunks(1_000) {
             let found: Vec<mysql::Value> = tx

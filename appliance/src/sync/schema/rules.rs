@@ -333,11 +333,7 @@ impl RuleFile {
             }
             let given = file.site_local.entry(table.to_owned()).or_default();
             if given.iter().any(|g| g.column == column) {
-                return Err(doc.error(
-                    "site_local",
-                    &key,
-                    format!("'{key}' is given twice"),
-                ));
+                return Err(doc.error("site_local", &key, format!("'{key}' is given twice")));
             }
             let rows = LocalRows {
                 column: column.to_owned(),

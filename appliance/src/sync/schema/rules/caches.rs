@@ -108,7 +108,11 @@ pub fn parse(doc: &Document, path: &Path) -> Result<Lists, ConfigError> {
             return Err(doc.error("caches", &key, "expected a table name (no patterns)"));
         }
         let Some((what, reason)) = split_reason(&value) else {
-            return Err(doc.error("caches", &key, "say why after the kind: 'kind column: reason'"));
+            return Err(doc.error(
+                "caches",
+                &key,
+                "say why after the kind: 'kind column: reason'",
+            ));
         };
         let mut words = what.split_whitespace();
         let named = words.next().unwrap_or_default();
@@ -166,7 +170,9 @@ pub fn parse(doc: &Document, path: &Path) -> Result<Lists, ConfigError> {
             })
             .collect();
         let bad = |c: &LocalColumn| {
-            !name_ok(&c.name) || c.name == "id" || c.arrives_as.as_ref().is_some_and(String::is_empty)
+            !name_ok(&c.name)
+                || c.name == "id"
+                || c.arrives_as.as_ref().is_some_and(String::is_empty)
         };
         if columns.is_empty() || columns.iter().any(bad) {
             return Err(doc.error(
@@ -188,6 +194,11 @@ pub fn parse(doc: &Document, path: &Path) -> Result<Lists, ConfigError> {
     Ok(lists)
 }
 
+/// `[caches]` entries in force, by table.
+pub type CacheEntries<'r> = Vec<(&'r str, &'r CacheRule)>;
+/// `[local_columns]` entries in force, by table.
+pub type LocalEntries<'r> = Vec<(&'r str, &'r LocalColumns)>;
+
 impl Rules {
     /// What a change to a row of `table` clears at the site that applies it (the override file's
     /// entry for the table replaces the built-in one).
@@ -203,12 +214,17 @@ impl Rules {
     }
 
     /// Every `[caches]` and `[local_columns]` entry in force, for the rules test.
-    pub fn cache_lists(&self) -> (Vec<(&str, &CacheRule)>, Vec<(&str, &LocalColumns)>) {
+    pub fn cache_lists(&self) -> (CacheEntries<'_>, LocalEntries<'_>) {
         let mut caches = BTreeMap::new();
         let mut local = BTreeMap::new();
         for file in self.files().collect::<Vec<_>>().into_iter().rev() {
             caches.extend(file.cached.caches.iter().map(|(t, r)| (t.as_str(), r)));
-            local.extend(file.cached.local_columns.iter().map(|(t, l)| (t.as_str(), l)));
+            local.extend(
+                file.cached
+                    .local_columns
+                    .iter()
+                    .map(|(t, l)| (t.as_str(), l)),
+            );
         }
         (caches.into_iter().collect(), local.into_iter().collect())
     }

@@ -155,7 +155,10 @@ fn keys_references_and_protection() {
     let columns: Vec<&str> = plugins.iter().map(|l| l.column.as_str()).collect();
     assert_eq!(columns, ["name", "plugin"]);
     assert!(plugins[0].values.contains("version") && plugins[0].values.contains("lastcronstart"));
-    assert_eq!(plugins[1].values.iter().collect::<Vec<_>>(), ["tool_brickfield"]);
+    assert_eq!(
+        plugins[1].values.iter().collect::<Vec<_>>(),
+        ["tool_brickfield"]
+    );
     assert!(
         user.referenced_by.len() > 100,
         "{}",
@@ -504,7 +507,10 @@ fn every_cache_rule_names_a_real_column_and_every_activity_clears_its_course() {
     };
     let (caches, local) = rules.cache_lists();
     for (table, rule) in &caches {
-        assert!(schema.tables.contains_key(*table), "[caches] {table}: no such table");
+        assert!(
+            schema.tables.contains_key(*table),
+            "[caches] {table}: no such table"
+        );
         if rule.kind != CacheKind::Event {
             if let Some(column) = &rule.arg {
                 assert!(has(table, column), "[caches] {table}: no column {column}");
@@ -514,7 +520,10 @@ fn every_cache_rule_names_a_real_column_and_every_activity_clears_its_course() {
     for (table, columns) in &local {
         for column in &columns.columns {
             let column = &column.name;
-            assert!(has(table, column), "[local_columns] {table}: no column {column}");
+            assert!(
+                has(table, column),
+                "[local_columns] {table}: no column {column}"
+            );
         }
     }
     // An activity's own table is what its course's module info shows (name, intro, settings).
@@ -523,7 +532,9 @@ fn every_cache_rule_names_a_real_column_and_every_activity_clears_its_course() {
         if activity {
             let rule = rules.caches(&table.name);
             assert!(
-                rule.is_some_and(|r| r.kind == CacheKind::Course && r.arg.as_deref() == Some("course")),
+                rule.is_some_and(
+                    |r| r.kind == CacheKind::Course && r.arg.as_deref() == Some("course")
+                ),
                 "[caches] has no 'course course' for the activity table {}",
                 table.name
             );
@@ -531,7 +542,9 @@ fn every_cache_rule_names_a_real_column_and_every_activity_clears_its_course() {
     }
     let names = |table: &str| -> Vec<(String, Option<String>)> {
         let local = rules.local_columns(table).iter();
-        local.map(|c| (c.name.clone(), c.arrives_as.clone())).collect()
+        local
+            .map(|c| (c.name.clone(), c.arrives_as.clone()))
+            .collect()
     };
     assert_eq!(names("course"), [("cacherev".to_owned(), None)]);
     let mailed = [("mailed".to_owned(), Some("1".to_owned()))];
@@ -539,5 +552,8 @@ fn every_cache_rule_names_a_real_column_and_every_activity_clears_its_course() {
     assert_eq!(names("assign_user_flags"), mailed);
     let overridden = rules_with(Some("[caches]\nforum = event changesinforums: mine\n"));
     let forum = overridden.caches("forum").expect("forum");
-    assert_eq!((forum.kind, forum.arg.as_deref()), (CacheKind::Event, Some("changesinforums")));
+    assert_eq!(
+        (forum.kind, forum.arg.as_deref()),
+        (CacheKind::Event, Some("changesinforums"))
+    );
 }
