@@ -210,9 +210,24 @@ impl<'a> Site<'a> {
             .with_context(|| format!("{action} {args:?} printed no JSON: {}", tail(&out.stdout)))
     }
 
+    /// Runs one of Moodle's CLI scripts for this site and fails on its failure, with what it said.
+    pub fn run(&self, script: &str, args: &[&str]) -> Result<()> {
+        let out = self.php(script, args)?;
+        if !out.status.success() {
+            bail!(
+                "{script} at {} failed ({}):\n{}{}",
+                self.database,
+                out.status,
+                tail(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Moodle's own installer, as central IT installs the hub.
     pub fn install(&self, fullname: &str) -> Result<()> {
-        let out = self.php(
+        self.run(
             "admin/cli/install_database.php",
             &[
                 "--agree-license",
@@ -223,16 +238,23 @@ impl<'a> Site<'a> {
                 "--adminpass=Admin-pass-1",
                 "--adminemail=admin@example.org",
             ],
-        )?;
-        if !out.status.success() {
-            bail!(
-                "install_database.php failed ({}):\n{}{}",
-                out.status,
-                tail(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+        )
+    }
+
+    /// This site's database upgraded to its code's release by Moodle's own upgrade, as central IT
+    /// upgrades the hub (and an update upgrades a card).
+    pub fn upgrade(&self) -> Result<()> {
+        self.run("admin/cli/upgrade.php", &["--non-interactive"])
+    }
+
+    /// The same site run with another release's code (its database and data folder as they are).
+    pub fn with_code(&self, dirroot: &Path) -> Site<'a> {
+        Site {
+            db: self.db,
+            database: self.database.clone(),
+            dirroot: dirroot.to_owned(),
+            dataroot: self.dataroot.clone(),
         }
-        Ok(())
     }
 
     /// Runs SQL as root on this site's database; returns the rows, tab-separated.
@@ -267,6 +289,14 @@ fn mariadb(db: &MariaDb, database: Option<&str>, sql: &str) -> Result<String> {
         bail!("{shown}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An action's printed value as text: ids print as numbers, names as strings.
+pub fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The last lines of a long output (an installer prints thousands).

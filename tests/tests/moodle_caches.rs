@@ -9,34 +9,16 @@
 use anyhow::{ensure, Result};
 use appliance::sync::engine::policy::Policy;
 use appliance::sync::engine::site::Site;
-use appliance::sync::exchange::agent;
 use appliance::sync::schema::rules::Rules;
-use appliance::sync::schema::{ddl, Schema};
-use appliance::sync::seed;
+use appliance::sync::schema::Schema;
 use appliance::sync::verify::{verify, Options};
-use kituo_tests::bed::{bare_node, open_site_with, Direct, DB, INCREMENT, PREFIX};
-use kituo_tests::moodle;
+use kituo_tests::bed::{exchange, open_site_with, seeded_node, Direct, DB, INCREMENT};
+use kituo_tests::moodle::{self, text};
 use kituo_tests::testbed::MariaDb;
-use mysql::prelude::Queryable;
-use serde_json::{json, Value};
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+use serde_json::json;
 
 fn sync(center: &mut Site, hub: &mut Site, policy: &Policy) -> Result<()> {
-    for _ in 0..2 {
-        let mut link = Direct {
-            hub: &mut *hub,
-            policy,
-            center: 2,
-        };
-        agent::sync_once(center, policy, &mut link, 500)?;
-    }
-    Ok(())
+    exchange(center, 2, hub, policy, 2)
 }
 
 #[test]
@@ -55,17 +37,7 @@ fn what_one_site_changes_is_seen_at_the_other_without_a_purge() -> Result<()> {
     let student = text(&hub.act("signup", &["amani", "Student-pass-1", "Amani", &course])?);
     let mut hub_site = open_site_with(1, &hub_db, Some(hub.engine_moodle()))?;
 
-    let mut center = bare_node(&dir.join("center"), 2)?;
-    let mut conn = center.sql()?;
-    for (_, sql) in ddl::create_tables(&schema, PREFIX) {
-        conn.query_drop(sql)?;
-    }
-    let mut link = Direct {
-        hub: &mut hub_site,
-        policy: &policy,
-        center: 2,
-    };
-    seed::seed(&mut center.site, &policy, &mut link, None)?;
+    let mut center = seeded_node(&dir.join("center"), 2, &schema, &policy, &mut hub_site)?;
     let at_center = moodle::Site::new(&center.db, DB, &dirroot, &dir.join("centerdata"))?;
 
     // The center's caches, filled as its pages fill them.

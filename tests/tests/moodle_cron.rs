@@ -12,50 +12,19 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Result};
 use appliance::sync::engine::policy::Policy;
 use appliance::sync::engine::site::Site;
-use appliance::sync::exchange::agent;
 use appliance::sync::schema::rules::Rules;
-use appliance::sync::schema::{ddl, Schema};
-use appliance::sync::seed;
+use appliance::sync::schema::Schema;
 use appliance::sync::verify::{verify, Options};
-use kituo_tests::bed::{bare_node, open_site_with, Direct, Node, DB, INCREMENT, PREFIX};
-use kituo_tests::moodle;
+use kituo_tests::bed::{exchange, open_site_with, seeded_node, Direct, Node, DB, INCREMENT};
+use kituo_tests::moodle::{self, text};
 use kituo_tests::testbed::MariaDb;
-use mysql::prelude::Queryable;
-use serde_json::Value;
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
 
 /// Every center exchanges with the hub, twice round, so that each has what the others sent.
 fn sync_all(hub: &mut Site, centers: &mut [(u32, Site)], policy: &Policy) -> Result<()> {
     for _ in 0..2 {
         for (id, center) in centers.iter_mut() {
-            let mut link = Direct {
-                hub: &mut *hub,
-                policy,
-                center: *id,
-            };
-            agent::sync_once(center, policy, &mut link, 500)?;
+            exchange(center, *id, hub, policy, 1)?;
         }
-    }
-    Ok(())
-}
-
-/// Runs one of Moodle's CLI scripts at a site and fails on its failure.
-fn run(site: &moodle::Site, script: &str, args: &[&str]) -> Result<()> {
-    let out = site.php(script, args)?;
-    if !out.status.success() {
-        bail!(
-            "{script} at {} failed ({}):\n{}{}",
-            site.database,
-            out.status,
-            moodle::tail(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
     Ok(())
 }
@@ -104,18 +73,8 @@ fn each_post_is_notified_once_and_a_center_running_cron_stays_identical() -> Res
     // The centers' servers, then their Moodle and their engines (which borrow nothing of them).
     let mut dbs = Vec::new();
     for id in [2, 3] {
-        let mut node = bare_node(&dir.join(format!("center{id}")), id)?;
-        let mut conn = node.sql()?;
-        for (_, sql) in ddl::create_tables(&schema, PREFIX) {
-            conn.query_drop(sql)?;
-        }
-        let mut link = Direct {
-            hub: &mut hub_site,
-            policy: &policy,
-            center: id,
-        };
-        seed::seed(&mut node.site, &policy, &mut link, None)?;
-        let Node { db, .. } = node;
+        let center = dir.join(format!("center{id}"));
+        let Node { db, .. } = seeded_node(&center, id, &schema, &policy, &mut hub_site)?;
         dbs.push((id, db));
     }
     let mut at = Vec::new();
@@ -143,12 +102,11 @@ fn each_post_is_notified_once_and_a_center_running_cron_stays_identical() -> Res
     // Every site's cron, as its timer runs it: the forum's task queues one task per recipient.
     std::thread::sleep(Duration::from_millis(1100));
     for site in sites {
-        run(
-            site,
+        site.run(
             "admin/cli/scheduled_task.php",
             &[r"--execute=\mod_forum\task\cron_task"],
         )?;
-        run(site, "admin/cli/adhoc_task.php", &["--execute"])?;
+        site.run("admin/cli/adhoc_task.php", &["--execute"])?;
     }
     sync_all(&mut hub_site, &mut centers, &policy)?;
 
@@ -171,7 +129,7 @@ fn each_post_is_notified_once_and_a_center_running_cron_stays_identical() -> Res
 
     // Moodle's whole cron at a center, then its changes to the hub: nothing differs.
     // (Without its default three minutes of waiting for more work.)
-    run(&at[0], "admin/cli/cron.php", &["--keep-alive=0"])?;
+    at[0].run("admin/cli/cron.php", &["--keep-alive=0"])?;
     sync_all(&mut hub_site, &mut centers, &policy)?;
     for ((id, center), site) in centers.iter_mut().zip(&at) {
         let mut reference = Direct {

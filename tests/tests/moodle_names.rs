@@ -13,22 +13,12 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use appliance::sync::engine::policy::Policy;
-use appliance::sync::exchange::agent;
 use appliance::sync::schema::rules::Rules;
-use appliance::sync::schema::{ddl, Schema};
-use appliance::sync::seed;
-use kituo_tests::bed::{bare_node, open_site, Direct, DB, INCREMENT, PREFIX};
-use kituo_tests::moodle;
+use appliance::sync::schema::Schema;
+use kituo_tests::bed::{exchange, open_site, seeded_node, DB, INCREMENT};
+use kituo_tests::moodle::{self, text};
 use kituo_tests::testbed::MariaDb;
-use mysql::prelude::Queryable;
-use serde_json::{json, Value};
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+use serde_json::json;
 
 #[test]
 fn two_people_given_one_login_name_at_the_hub_and_a_center_both_log_in_and_post() -> Result<()> {
@@ -48,17 +38,7 @@ fn two_people_given_one_login_name_at_the_hub_and_a_center_both_log_in_and_post(
     let mut hub_site = open_site(1, &hub_db)?;
 
     // The center: Moodle's tables, then the hub's rows by `sync seed`.
-    let mut center = bare_node(&dir.join("center"), 2)?;
-    let mut conn = center.sql()?;
-    for (_, sql) in ddl::create_tables(&schema, PREFIX) {
-        conn.query_drop(sql)?;
-    }
-    let mut link = Direct {
-        hub: &mut hub_site,
-        policy: &policy,
-        center: 2,
-    };
-    seed::seed(&mut center.site, &policy, &mut link, None)?;
+    let mut center = seeded_node(&dir.join("center"), 2, &schema, &policy, &mut hub_site)?;
     let at_center = moodle::Site::new(&center.db, DB, &dirroot, &dir.join("centerdata"))?;
 
     // The link is cut: Zawadi Hub signs up at the hub and replies; a second later, another Zawadi
@@ -71,14 +51,7 @@ fn two_people_given_one_login_name_at_the_hub_and_a_center_both_log_in_and_post(
     ensure!(first != later, "ids come from each site's share");
 
     // The link is back.
-    for _ in 0..3 {
-        let mut link = Direct {
-            hub: &mut hub_site,
-            policy: &policy,
-            center: 2,
-        };
-        agent::sync_once(&mut center.site, &policy, &mut link, 500)?;
-    }
+    exchange(&mut center.site, 2, &mut hub_site, &policy, 3)?;
 
     let (first, later): (i64, i64) = (first.parse()?, later.parse()?);
     for site in [&hub, &at_center] {
@@ -131,14 +104,7 @@ fn two_people_given_one_login_name_at_the_hub_and_a_center_both_log_in_and_post(
         edit(first, "first")?;
         std::thread::sleep(Duration::from_millis(1100));
         let last = edit(later, "later")?;
-        for _ in 0..2 {
-            let mut link = Direct {
-                hub: &mut hub_site,
-                policy: &policy,
-                center: 2,
-            };
-            agent::sync_once(&mut center.site, &policy, &mut link, 500)?;
-        }
+        exchange(&mut center.site, 2, &mut hub_site, &policy, 2)?;
         for (name, site) in sites {
             let message = site.sql(&format!(
                 "SELECT message FROM mdl_forum_posts WHERE id = {first_post}"

@@ -173,6 +173,49 @@ pub fn bare_node(dir: &Path, id: u32) -> Result<Node> {
     Ok(Node { id, db, site })
 }
 
+/// A center commissioned from a live hub: its server, Moodle's tables, then the hub's rows by
+/// `sync seed` (as `appliance sync schema-sql` and `appliance sync seed` do on a card).
+pub fn seeded_node(
+    dir: &Path,
+    id: u32,
+    schema: &Schema,
+    policy: &Policy,
+    hub: &mut Site,
+) -> Result<Node> {
+    let mut node = bare_node(dir, id)?;
+    let mut c = node.sql()?;
+    for (name, sql) in create_tables(schema, PREFIX) {
+        c.query_drop(sql)
+            .with_context(|| format!("cannot create {name}"))?;
+    }
+    let mut link = Direct {
+        hub,
+        policy,
+        center: id,
+    };
+    appliance::sync::seed::seed(&mut node.site, policy, &mut link, None)?;
+    Ok(node)
+}
+
+/// `rounds` exchanges of center `id` with the hub, in-process, as its agent runs them.
+pub fn exchange(
+    center: &mut Site,
+    id: u32,
+    hub: &mut Site,
+    policy: &Policy,
+    rounds: usize,
+) -> Result<()> {
+    for _ in 0..rounds {
+        let mut link = Direct {
+            hub: &mut *hub,
+            policy,
+            center: id,
+        };
+        agent::sync_once(center, policy, &mut link, 500)?;
+    }
+    Ok(())
+}
+
 /// A site's server in `dir`, as the image sets it up for sync, with an empty Moodle database.
 fn empty_database(dir: &Path, id: u32) -> Result<MariaDb> {
     let db = MariaDb::start_with(dir, &MariaDb::sync_site_args(id, INCREMENT, id))?;

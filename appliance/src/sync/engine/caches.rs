@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sync::engine::change::{Change, Op, Value};
 use crate::sync::engine::policy::Policy;
-use crate::sync::engine::sql::{placeholders, quote, Target};
+use crate::sync::engine::sql::{from_sql, placeholders, quote, Target};
 use crate::sync::engine::store;
 use crate::sync::schema::rules::CacheKind;
 
@@ -45,6 +45,9 @@ impl Due {
 
     fn add(&mut self, kind: CacheKind, key: Option<String>) {
         let keys = self.0.entry(kind.name().to_owned()).or_default();
+        if keys.contains(ALL) {
+            return;
+        }
         if let Some(key) = key {
             if keys.len() < MAX_KEYS || kind == CacheKind::Event {
                 keys.insert(key);
@@ -79,11 +82,6 @@ impl Due {
             }
         }
         Due(left)
-    }
-
-    /// The kinds due, with their keys, as the helper and the log read them.
-    pub fn kinds(&self) -> impl Iterator<Item = (&str, &BTreeSet<String>)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
     }
 }
 
@@ -145,7 +143,7 @@ pub fn collect(
                 )
                 .with_context(|| format!("cannot read {table}.{column} for Moodle's caches"))?;
             for value in found {
-                if let Some(key) = key_of(&crate::sync::engine::sql::from_sql(value)) {
+                if let Some(key) = key_of(&from_sql(value)) {
                     due.add(kind, Some(key));
                 }
             }
@@ -224,12 +222,12 @@ impl Moodle {
         let out = child.wait_with_output().context("php")?;
         if !out.status.success() {
             let said = String::from_utf8_lossy(&out.stdout);
-            let said = said.lines().rev().take(8).collect::<Vec<_>>();
+            let lines: Vec<&str> = said.lines().collect();
             bail!(
                 "clearing Moodle's caches failed ({}): {} {}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim(),
-                said.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                lines[lines.len().saturating_sub(8)..].join(" | ")
             );
         }
         Ok(())
@@ -237,11 +235,11 @@ impl Moodle {
 }
 
 /// Clears what is due through `moodle`, then forgets what was cleared (what a concurrent apply added
-/// meanwhile stays due). Returns what was cleared.
-pub fn flush(conn: &mut mysql::Conn, moodle: &Moodle) -> Result<Due> {
+/// meanwhile stays due).
+pub fn flush(conn: &mut mysql::Conn, moodle: &Moodle) -> Result<()> {
     let due = stored(conn)?;
     if due.is_empty() {
-        return Ok(due);
+        return Ok(());
     }
     moodle.clear(&due)?;
     let mut tx = conn
@@ -255,8 +253,7 @@ pub fn flush(conn: &mut mysql::Conn, moodle: &Moodle) -> Result<Due> {
         serde_json::to_string(&left)?
     };
     store::set(&mut tx, DUE, &text)?;
-    tx.commit().context("cannot forget the cleared caches")?;
-    Ok(due)
+    tx.commit().context("cannot forget the cleared caches")
 }
 
 #[cfg(test)]
@@ -287,7 +284,8 @@ mod tests {
     #[test]
     fn too_many_ids_clear_the_kind_for_all() {
         let mut d = Due::default();
-        for id in 0..MAX_KEYS + 1 {
+        // Past the limit, and more after it: the kind stays cleared for all.
+        for id in 0..MAX_KEYS + 5 {
             d.add(CacheKind::Course, Some(id.to_string()));
         }
         assert_eq!(d, due(&[("course", &["*"])]));

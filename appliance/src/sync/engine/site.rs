@@ -13,7 +13,7 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, IsolationLevel, Transaction, TxOpts};
 
 use crate::sync::engine::apply::{Applier, Tally};
-use crate::sync::engine::caches::{self, Due, Moodle};
+use crate::sync::engine::caches::{self, Moodle};
 use crate::sync::engine::capture::{self, BinlogReader, CapturedTxn};
 use crate::sync::engine::change::{Change, Op};
 use crate::sync::engine::policy::{Policy, Role};
@@ -184,14 +184,12 @@ impl Site {
 
     /// Clears in Moodle's caches what applied rows made due, if Moodle runs here; what fails stays
     /// due for the next call (the rows are committed: a stale cache is no reason to fail sync).
-    pub fn clear_caches(&mut self) -> Option<Due> {
-        let moodle = self.cfg.moodle.as_ref()?;
-        match caches::flush(&mut self.conn, moodle) {
-            Ok(done) => Some(done),
-            Err(e) => {
-                eprintln!("site {}: {e:#}", self.cfg.site);
-                None
-            }
+    pub fn clear_caches(&mut self) {
+        let Some(moodle) = &self.cfg.moodle else {
+            return;
+        };
+        if let Err(e) = caches::flush(&mut self.conn, moodle) {
+            eprintln!("site {}: {e:#}", self.cfg.site);
         }
     }
 }
@@ -200,16 +198,15 @@ impl Site {
 /// site that sent it before the rule existed) does not overwrite this site's, and one that arrives
 /// as a value is written with that value.
 fn localize(policy: &Policy, changes: &mut Vec<Change>) {
-    changes.retain_mut(|c| {
-        let table = c.table.clone();
-        let update = matches!(c.op, Op::Update(_));
-        let (Op::Insert(row) | Op::Update(row)) = &mut c.op else {
+    changes.retain_mut(|Change { table, op, .. }| {
+        let update = matches!(op, Op::Update(_));
+        let (Op::Insert(row) | Op::Update(row)) = op else {
             return true;
         };
         if update {
-            row.retain(|column, _| !policy.is_unsent_column(&table, column));
+            row.retain(|column, _| !policy.is_unsent_column(table, column));
         }
-        for (column, value) in policy.arriving_values(&table) {
+        for (column, value) in policy.arriving_values(table) {
             if !update || row.contains_key(column) {
                 row.insert(column.to_owned(), value);
             }

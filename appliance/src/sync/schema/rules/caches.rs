@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{split_reason, Rules, Source};
+use super::{is_table_name, split_reason, Rules, Source};
 use crate::ini::{ConfigError, Document};
 
 /// What a site clears, in the words of the PHP helper that clears it.
@@ -91,12 +91,6 @@ pub struct Lists {
     pub local_columns: BTreeMap<String, LocalColumns>,
 }
 
-fn name_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
 pub fn parse(doc: &Document, path: &Path) -> Result<Lists, ConfigError> {
     let mut lists = Lists::default();
     for (key, value, line) in doc.free_entries("caches") {
@@ -104,7 +98,7 @@ pub fn parse(doc: &Document, path: &Path) -> Result<Lists, ConfigError> {
             file: path.to_owned(),
             line,
         };
-        if !name_ok(&key) {
+        if !is_table_name(&key) {
             return Err(doc.error("caches", &key, "expected a table name (no patterns)"));
         }
         let Some((what, reason)) = split_reason(&value) else {
@@ -127,7 +121,7 @@ pub fn parse(doc: &Document, path: &Path) -> Result<Lists, ConfigError> {
         let arg = words.next().map(str::to_owned);
         let wanted = match kind {
             Kind::Config => arg.is_none(),
-            _ => arg.as_deref().is_some_and(name_ok),
+            _ => arg.as_deref().is_some_and(is_table_name),
         };
         if !wanted || words.next().is_some() {
             let shape = match kind {
@@ -146,7 +140,7 @@ pub fn parse(doc: &Document, path: &Path) -> Result<Lists, ConfigError> {
         lists.caches.insert(key, rule);
     }
     for (key, value, line) in doc.free_entries("local_columns") {
-        if !name_ok(&key) {
+        if !is_table_name(&key) {
             return Err(doc.error("local_columns", &key, "expected a table name"));
         }
         let Some((columns, reason)) = split_reason(&value) else {
@@ -170,7 +164,7 @@ pub fn parse(doc: &Document, path: &Path) -> Result<Lists, ConfigError> {
             })
             .collect();
         let bad = |c: &LocalColumn| {
-            !name_ok(&c.name)
+            !is_table_name(&c.name)
                 || c.name == "id"
                 || c.arrives_as.as_ref().is_some_and(String::is_empty)
         };
