@@ -132,11 +132,10 @@ pub fn seed(config: &Path) -> Result<()> {
         return Ok(());
     }
     println!(
-        "seed: {}copied {} per-site rows and {} relayed rows in {} passes; pulling from hub log position {}",
+        "seed: {}copied {} per-site rows and {} relayed rows; pulling from hub log position {}",
         if seeded.resumed { "resumed; " } else { "" },
         seeded.copied,
-        seeded.repaired,
-        seeded.passes,
+        seeded.relayed,
         seeded.cursor
     );
     if !seeded.tables_only_at_hub.is_empty() {

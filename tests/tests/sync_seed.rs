@@ -12,10 +12,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use appliance::sync::engine::change::Change;
+use appliance::sync::exchange::agent::Link;
+use appliance::sync::exchange::hub::{Page, Receipt};
 use appliance::sync::files::pool::Found;
+use appliance::sync::seed::{self, CopyReply, CopyRequest, Source};
+use appliance::sync::verify::{
+    Catalog, CatalogRequest, PageReply, PageRequest, Reference, RowsReply, RowsRequest, SumsReply,
+    SumsRequest,
+};
 use kituo_tests::bed::files::{self, backups_root, files_section, Backup};
 use kituo_tests::bed::services::{center_config, engine_account, AgentOptions, HubService};
-use kituo_tests::bed::{bare_node, reply, world, Node, World};
+use kituo_tests::bed::{bare_node, reply, unseeded_node, world, Direct, Node, World};
 use kituo_tests::workload::TWO_WAY_TABLES;
 use mysql::prelude::Queryable;
 
@@ -304,5 +312,91 @@ fn a_new_center_is_seeded_from_a_stick_even_one_half_copied_at_first() -> Result
     // The same stick again: the seed is not redone over the center's rows.
     let e = ok(appliance(&["sync", "import", &s(&stick)], &card.config)?).unwrap_err();
     assert!(format!("{e:#}").contains("seeded before"), "{e:#}");
+    Ok(())
+}
+
+/// The hub in-process, behind a link that drops after `pages` pages that held rows.
+struct Dropping<'a> {
+    hub: Direct<'a>,
+    pages: usize,
+}
+
+impl Link for Dropping<'_> {
+    fn push(&mut self, changes: &[Change]) -> Result<Receipt> {
+        self.hub.push(changes)
+    }
+    fn pull(&mut self, after: u64, max: usize) -> Result<Page> {
+        self.hub.pull(after, max)
+    }
+}
+
+impl Reference for Dropping<'_> {
+    fn catalog(&mut self, req: &CatalogRequest) -> Result<Catalog> {
+        self.hub.catalog(req)
+    }
+    fn sums(&mut self, req: &SumsRequest) -> Result<SumsReply> {
+        self.hub.sums(req)
+    }
+    fn rows(&mut self, req: &RowsRequest) -> Result<RowsReply> {
+        self.hub.rows(req)
+    }
+}
+
+impl Source for Dropping<'_> {
+    fn copy(&mut self, req: &CopyRequest) -> Result<CopyReply> {
+        self.hub.copy(req)
+    }
+    fn page(&mut self, req: &PageRequest) -> Result<PageReply> {
+        ensure!(self.pages > 0, "the link dropped");
+        let reply = self.hub.page(req)?;
+        if !reply.rows.is_empty() {
+            self.pages -= 1;
+        }
+        Ok(reply)
+    }
+}
+
+#[test]
+fn a_seed_cut_midway_goes_on_after_the_last_page_it_wrote() -> Result<()> {
+    let mut w = university("kituo-seed-cut")?;
+    let mut card = unseeded_node(&w.dir.path().join("card3"), 3, &w.schema)?;
+    let mut cut = Dropping {
+        hub: Direct {
+            hub: &mut w.hub.site,
+            policy: &w.policy,
+            center: 3,
+        },
+        pages: 3,
+    };
+    let e = seed::seed(&mut card.site, &w.policy, &mut cut, None).unwrap_err();
+    assert!(format!("{e:#}").contains("the link dropped"), "{e:#}");
+    let at: Option<String> = card
+        .sql()?
+        .query_first("SELECT value FROM kituo_sync.state WHERE name = 'seed.at'")?;
+    ensure!(
+        at.is_some(),
+        "the pages before the cut were written and recorded"
+    );
+
+    // Again over a sound link: it goes on where it stopped, and copies no row twice.
+    let mut link = cut.hub;
+    let again = seed::seed(&mut card.site, &w.policy, &mut link, None)?;
+    assert!(again.resumed);
+    let mut whole = unseeded_node(&w.dir.path().join("card4"), 4, &w.schema)?;
+    let mut link = Direct {
+        hub: &mut w.hub.site,
+        policy: &w.policy,
+        center: 4,
+    };
+    let all = seed::seed(&mut whole.site, &w.policy, &mut link, None)?;
+    ensure!(
+        again.relayed < all.relayed,
+        "the second run copied {} rows of {}: it started over",
+        again.relayed,
+        all.relayed
+    );
+    for table in TWO_WAY_TABLES.iter().chain(&["config", "course"]) {
+        same(&whole, &card, table)?;
+    }
     Ok(())
 }

@@ -182,18 +182,24 @@ pub fn seeded_node(
     policy: &Policy,
     hub: &mut Site,
 ) -> Result<Node> {
-    let mut node = bare_node(dir, id)?;
-    let mut c = node.sql()?;
-    for (name, sql) in create_tables(schema, PREFIX) {
-        c.query_drop(sql)
-            .with_context(|| format!("cannot create {name}"))?;
-    }
+    let mut node = unseeded_node(dir, id, schema)?;
     let mut link = Direct {
         hub,
         policy,
         center: id,
     };
     appliance::sync::seed::seed(&mut node.site, policy, &mut link, None)?;
+    Ok(node)
+}
+
+/// A new card for site `id`: Moodle's tables, empty, waiting for its seed.
+pub fn unseeded_node(dir: &Path, id: u32, schema: &Schema) -> Result<Node> {
+    let node = bare_node(dir, id)?;
+    let mut c = node.sql()?;
+    for (name, sql) in create_tables(schema, PREFIX) {
+        c.query_drop(sql)
+            .with_context(|| format!("cannot create {name}"))?;
+    }
     Ok(node)
 }
 
@@ -321,6 +327,12 @@ impl appliance::sync::seed::Source for Direct<'_> {
         req: &appliance::sync::seed::CopyRequest,
     ) -> Result<appliance::sync::seed::CopyReply> {
         appliance::sync::seed::serve_copy(self.hub, self.policy, req)
+    }
+    fn page(
+        &mut self,
+        req: &appliance::sync::verify::PageRequest,
+    ) -> Result<appliance::sync::verify::PageReply> {
+        appliance::sync::seed::serve_page(self.hub, self.policy, req)
     }
 }
 

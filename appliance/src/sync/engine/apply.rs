@@ -566,29 +566,11 @@ impl<'p> Applier<'p> {
             .filter_map(|key| pre.clocks.get(key).map(|clock| (key, clock)))
             .collect();
         dirty.sort_by(|a, b| a.0.cmp(b.0));
-        for chunk in dirty.chunks(IN_LIST) {
-            let mut params: Vec<mysql::Value> = Vec::with_capacity(chunk.len() * 5);
-            for ((table, id), clock) in chunk {
-                params.extend([
-                    table.as_str().into(),
-                    mysql::Value::Int(*id),
-                    clock.born.hlc.into(),
-                    clock.born.site.into(),
-                    clock.encode_cols()?.into(),
-                ]);
-            }
-            tx.exec_drop(
-                format!(
-                    "INSERT INTO kituo_sync.clock (tbl, row_id, born_hlc, born_site, cols) VALUES {}
-                     ON DUPLICATE KEY UPDATE born_hlc = VALUES(born_hlc), born_site = VALUES(born_site),
-                                             cols = VALUES(cols)",
-                    vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ")
-                ),
-                params,
-            )
-            .context("cannot write row clocks")?;
-        }
-        Ok(())
+        let clocks: Vec<(&str, i64, &RowClock)> = dirty
+            .into_iter()
+            .map(|((table, id), clock)| (table.as_str(), *id, clock))
+            .collect();
+        store::write_clocks(tx, &clocks)
     }
 }
 

@@ -654,6 +654,51 @@ pub fn read_clock(tx: &mut impl Queryable, table: &str, id: i64) -> Result<Optio
         .transpose()
 }
 
+/// Writes many row clocks, a few hundred per statement, in the order given (sorted by the caller
+/// where two writers could lock them in another order).
+pub fn write_clocks(tx: &mut impl Queryable, clocks: &[(&str, i64, &RowClock)]) -> Result<()> {
+    for chunk in clocks.chunks(IN_LIST) {
+        let mut params: Vec<mysql::Value> = Vec::with_capacity(chunk.len() * 5);
+        for (table, id, clock) in chunk {
+            params.extend([
+                (*table).into(),
+                mysql::Value::Int(*id),
+                clock.born.hlc.into(),
+                clock.born.site.into(),
+                clock.encode_cols()?.into(),
+            ]);
+        }
+        tx.exec_drop(
+            format!(
+                "INSERT INTO kituo_sync.clock (tbl, row_id, born_hlc, born_site, cols) VALUES {}
+                 ON DUPLICATE KEY UPDATE born_hlc = VALUES(born_hlc), born_site = VALUES(born_site),
+                                         cols = VALUES(cols)",
+                vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            ),
+            params,
+        )
+        .context("cannot write row clocks")?;
+    }
+    Ok(())
+}
+
+/// Drops the clocks and tombstones of rows of `table`, a few hundred per statement.
+pub fn forget_rows(tx: &mut impl Queryable, table: &str, ids: &[i64]) -> Result<()> {
+    for chunk in ids.chunks(IN_LIST) {
+        for what in ["clock", "tombstone"] {
+            tx.exec_drop(
+                format!(
+                    "DELETE FROM kituo_sync.{what} WHERE tbl = ? AND row_id IN ({})",
+                    placeholders(chunk.len())
+                ),
+                table_and_ids(table, chunk),
+            )
+            .with_context(|| format!("cannot drop the {what}s of rows of {table}"))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn write_clock(tx: &mut impl Queryable, table: &str, id: i64, clock: &RowClock) -> Result<()> {
     tx.exec_drop(
         "INSERT INTO kituo_sync.clock (tbl, row_id, born_hlc, born_site, cols) VALUES (?, ?, ?, ?, ?)

@@ -24,6 +24,8 @@ pub const VERIFY_SUMS: &str = "/sync/v1/verify/sums";
 pub const VERIFY_ROWS: &str = "/sync/v1/verify/rows";
 /// `sync seed`: the rows of what never syncs but a joining center needs (MessagePack requests).
 pub const SEED_COPY: &str = "/sync/v1/seed/copy";
+/// A page of a relayed table's rows for a seed (see `seed::serve_page`); the answer is compressed.
+pub const SEED_PAGE: &str = "/sync/v1/seed/page";
 /// An empty authenticated answer: its signed clock header is what a center reads before it stamps
 /// anything after a boot (see `engine::skew`).
 pub const CLOCK: &str = "/sync/v1/clock";
@@ -252,6 +254,18 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     rmp_serde::from_slice(bytes).context("a message does not decode")
+}
+
+/// A MessagePack answer compressed with zstd, for the answers that carry a database's rows (level 3:
+/// a seed has the hub compress all of its Moodle).
+pub fn encode_packed<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    zstd::bulk::compress(&encode(value)?, 3).context("cannot compress a message")
+}
+
+pub fn decode_packed<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let packed = zstd::bulk::decompress(bytes, MAX_BATCH)
+        .context("a compressed message is corrupt or too large")?;
+    decode(&packed)
 }
 
 pub fn encode_batch(changes: &[Change]) -> Result<Vec<u8>> {

@@ -18,7 +18,8 @@ use crate::sync::exchange::parts::{self, Cut, Part, PartAnswer, PushPart};
 use crate::sync::exchange::wire::{self, HubRefused, RequestParts, Secret};
 use crate::sync::seed;
 use crate::sync::verify::{
-    Catalog, CatalogRequest, Reference, RowsReply, RowsRequest, SumsReply, SumsRequest,
+    Catalog, CatalogRequest, PageReply, PageRequest, Reference, RowsReply, RowsRequest, SumsReply,
+    SumsRequest,
 };
 
 pub struct LinkOptions {
@@ -342,6 +343,10 @@ impl Reference for HttpLink {
 impl seed::Source for HttpLink {
     fn copy(&mut self, req: &seed::CopyRequest) -> Result<seed::CopyReply> {
         self.exchange(wire::SEED_COPY, req)
+    }
+    fn page(&mut self, req: &PageRequest) -> Result<PageReply> {
+        let answer = self.call("POST", wire::SEED_PAGE, &wire::encode(req)?)?;
+        wire::decode_packed(&answer)
     }
 }
 

@@ -59,7 +59,7 @@ impl HubServer {
         // Opening a site first checks the binlog settings and creates the bookkeeping tables: a
         // misconfigured server fails here, at start, with the reason.
         drop(Site::open(opts.site.clone())?);
-        let server = Server::http(opts.listen)
+        let server = Server::from_listener(listen(opts.listen)?, None)
             .map_err(|e| anyhow!("cannot listen on {}: {e}", opts.listen))?;
         let addr = server
             .server_addr()
@@ -474,6 +474,14 @@ impl Worker {
                 let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
                 self.run_verify(|site, policy| seed::serve_copy(site, policy, &req))
             }
+            (Method::Post, wire::SEED_PAGE) => {
+                let req = wire::decode(body).map_err(|e| refuse(400, format!("{e:#}")))?;
+                let policy = self.policy();
+                let reply = seed::serve_page(self.site()?, &policy, &req);
+                reply
+                    .and_then(|r| wire::encode_packed(&r))
+                    .map_err(|e| self.failed(e))
+            }
             (Method::Post, p) if p.starts_with(files::protocol::PREFIX) => {
                 self.serve_files(p, center, secret, body)
             }
@@ -563,6 +571,17 @@ impl Worker {
         self.site = None;
         refuse(503, "the hub's database failed; try again")
     }
+}
+
+/// The hub's socket, with Nagle's algorithm off: tiny_http writes an answer's head and body apart,
+/// and a small body held back until the center's delayed ACK cost each request some 40 ms. Linux
+/// hands the option on to every accepted connection.
+fn listen(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true)
+        .context("cannot turn off Nagle's algorithm on the hub's socket")?;
+    Ok(listener)
 }
 
 fn header(request: &Request, name: &'static str) -> Option<String> {

@@ -9,12 +9,16 @@ use crate::sync::engine::change::{Row, Value};
 use crate::sync::engine::policy::{Direction, Policy};
 use crate::sync::engine::site::Site;
 use crate::sync::engine::sql::{from_sql, quote, Target, ID};
-use crate::sync::verify::{self, HubRow, RowsRequest};
+use crate::sync::verify::{self, HubRow, PageReply, PageRequest};
 
 /// Rows per copy request.
 pub const COPY_ROWS: usize = 200;
 /// The most rows one copy request may ask for.
 const MAX_COPY_ROWS: usize = 1000;
+/// Rows per page of a relayed table, and about the bytes they may hold: one page is one transaction
+/// at the center, and a few seconds on a 256 kbit/s link once compressed.
+const PAGE_ROWS: usize = 1000;
+const PAGE_BYTES: usize = 1 << 20;
 
 /// Rows of a table the seed copies, after `after` in id order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,37 +120,32 @@ pub fn read_all(
     }
     let target = hub.target().clone();
     for (table, info) in verify::tables_at(hub.conn(), &target, policy)? {
-        let mut after = i64::MIN;
+        let mut page = PageRequest {
+            table,
+            columns: info.columns,
+            after: i64::MIN,
+        };
         loop {
-            let ids: Vec<i64> = hub
-                .conn()
-                .exec(
-                    format!(
-                        "SELECT id FROM {} WHERE id > ? ORDER BY id LIMIT {}",
-                        target.table(&table),
-                        verify::MAX_ROWS
-                    ),
-                    (after,),
-                )
-                .with_context(|| format!("cannot read the ids of {table}"))?;
-            let Some(&last) = ids.last() else {
+            let reply = serve_page(hub, policy, &page)?;
+            if let Some(last) = reply.rows.last() {
+                page.after = last.id;
+                sink(Copied::Relayed {
+                    table: page.table.clone(),
+                    columns: page.columns.clone(),
+                    rows: reply.rows,
+                })?;
+            }
+            if !reply.more {
                 break;
-            };
-            let req = RowsRequest {
-                table: table.clone(),
-                columns: info.columns.clone(),
-                ids,
-            };
-            let rows = verify::serve_rows(hub, policy, &req)?.rows;
-            sink(Copied::Relayed {
-                table: table.clone(),
-                columns: info.columns.clone(),
-                rows,
-            })?;
-            after = last;
+            }
         }
     }
     Ok(())
+}
+
+/// A page of a relayed table's rows with their clocks, as a seed copies them.
+pub fn serve_page(hub: &mut Site, policy: &Policy, page: &PageRequest) -> Result<PageReply> {
+    verify::serve_page(hub, policy, page, PAGE_ROWS, PAGE_BYTES)
 }
 
 /// The tables whose rows are copied by `serve_copy`, in name order.

@@ -11,15 +11,16 @@
 //! 2. copies what never syncs but Moodle needs to run: the `[seed]` tables (its cron schedule, its own
 //!    MNet host) and the `[site_local]` rows (the installed versions), after checking that the hub runs
 //!    the release this card carries;
-//! 3. copies every relayed row with its row clock: over the link with `sync verify --repair`'s
-//!    machinery (chunked checksums, then the rows), then pulls what the hub logged meanwhile.
+//! 3. copies every relayed row with its row clock, table by table in pages of rows (there is nothing
+//!    to compare at an empty center), then pulls what the hub logged meanwhile.
 //!
 //! One pass that copied every row it found is enough, however busy the hub: a row the copy missed or
 //! read early was changed after the cursor, so its change is in the log and is pulled; a change the
 //! copy already holds merges as a no-op (the copied row clocks already carry its stamps). So nothing is
 //! lost or doubled whatever the hub does during the seed. A cut link, a killed process, a power cut or
 //! a half-copied stick resumes: the state `seed` is `started` until the copy is whole (sync waits for
-//! `done`), and copying again writes the same rows.
+//! `done`), a seed over the link goes on after the last page it wrote (`seed.at`), and copying a page
+//! again writes the same rows.
 
 mod copy;
 mod write;
@@ -27,7 +28,7 @@ mod write;
 use anyhow::{bail, ensure, Context, Result};
 use mysql::prelude::Queryable;
 
-pub use copy::{read_all, serve_copy, Copied, CopyReply, CopyRequest, COPY_ROWS};
+pub use copy::{read_all, serve_copy, serve_page, Copied, CopyReply, CopyRequest, COPY_ROWS};
 pub use write::write_copied;
 
 use crate::sync::engine::policy::Policy;
@@ -36,16 +37,18 @@ use crate::sync::engine::site::Site;
 use crate::sync::engine::sql::quote;
 use crate::sync::engine::store;
 use crate::sync::exchange::agent::{self, Link};
-use crate::sync::verify::{self, CatalogRequest, Reference};
+use crate::sync::verify::{self, CatalogRequest, PageReply, PageRequest, Reference};
 
 /// The sync state that says how far the seed got: `started`, then `done`.
 pub const SEED_STATE: &str = "seed";
-/// Copy passes before the seed gives up (a later run goes on where it stopped).
-const PASSES: u32 = 5;
+/// The state that says the last page a seed over the link wrote: its table, a tab, its last id.
+const SEED_AT: &str = "seed.at";
 
-/// The hub as the seed sees it: verify's calls, the pull, and the copy of what never syncs.
+/// The hub as the seed sees it: its catalog, the pull, the copy of what never syncs and the pages of
+/// what is relayed.
 pub trait Source: Reference + Link {
     fn copy(&mut self, req: &CopyRequest) -> Result<CopyReply>;
+    fn page(&mut self, req: &PageRequest) -> Result<PageReply>;
 }
 
 /// What a seed over the link did.
@@ -57,9 +60,8 @@ pub struct Seeded {
     pub already: bool,
     /// Rows of `[seed]` tables and site-local rows copied.
     pub copied: u64,
-    /// Relayed rows written by the verify passes.
-    pub repaired: u64,
-    pub passes: u32,
+    /// Relayed rows copied.
+    pub relayed: u64,
     /// Where pulling from the hub started.
     pub cursor: u64,
     /// The hub's tables this card's Moodle does not have (plugins the hub has and the card lacks).
@@ -108,28 +110,75 @@ pub fn seed<H: Source>(
             Ok(())
         })?;
     }
-    let opts = verify::Options {
-        repair: true,
-        ..verify::Options::default()
-    };
-    loop {
-        seeded.passes += 1;
-        let report =
-            verify::verify(site, policy, hub, &opts).context("cannot copy the hub's rows")?;
-        seeded.repaired += report.repaired();
-        seeded.tables_only_at_hub = report.tables_only_at_hub.clone();
-        while agent::pull_once(site, policy, hub, 500)?.more {}
-        if report.repaired_all() {
-            break;
-        }
-        if seeded.passes >= PASSES {
-            bail!(
-                "rows could still not be copied after {PASSES} passes; run the seed again:\n{report}"
-            );
-        }
-    }
+    copy_relayed(site, policy, hub, &mut seeded)?;
+    while agent::pull_once(site, policy, hub, 500)?.more {}
     finish(site)?;
     Ok(seeded)
+}
+
+/// Copies every relayed table the hub and this card both have, page by page, from where an earlier
+/// run stopped.
+fn copy_relayed<H: Source>(
+    site: &mut Site,
+    policy: &Policy,
+    hub: &mut H,
+    seeded: &mut Seeded,
+) -> Result<()> {
+    let theirs = hub
+        .catalog(&CatalogRequest {
+            pulled: seeded.cursor,
+        })
+        .context("cannot read the hub's catalog")?
+        .tables;
+    let target = site.target().clone();
+    let ours = verify::tables_at(site.conn(), &target, policy)?;
+    // Where an earlier run stopped: the tables before this one are whole, this one up to the id.
+    let at = store::get(site.conn(), SEED_AT)?;
+    let (from, after) = match at.as_deref().and_then(|a| a.split_once('\t')) {
+        Some((table, id)) => {
+            let id = id
+                .parse::<i64>()
+                .with_context(|| format!("bad {SEED_AT} state {at:?}"))?;
+            (table.to_owned(), id)
+        }
+        None => (String::new(), i64::MIN),
+    };
+    for (table, there) in theirs {
+        let Some(here) = ours.get(&table) else {
+            seeded.tables_only_at_hub.push(table);
+            continue;
+        };
+        // An empty table at the hub (its first id none) costs no request.
+        if table < from || there.first.is_none() {
+            continue;
+        }
+        let columns = there
+            .columns
+            .into_iter()
+            .filter(|c| here.columns.contains(c))
+            .collect();
+        let mut page = PageRequest {
+            after: if table == from { after } else { i64::MIN },
+            table,
+            columns,
+        };
+        loop {
+            let reply = hub
+                .page(&page)
+                .with_context(|| format!("cannot copy {} from the hub", page.table))?;
+            if let Some(last) = reply.rows.last() {
+                page.after = last.id;
+                verify::copy_rows(site, policy, &page.table, &page.columns, &reply.rows)?;
+                seeded.relayed += reply.rows.len() as u64;
+                let at = format!("{}\t{}", page.table, page.after);
+                store::set(site.conn(), SEED_AT, &at)?;
+            }
+            if !reply.more {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Starts a seed from a stick, or goes on with one; false when this center was seeded before.

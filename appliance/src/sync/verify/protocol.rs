@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::sync::engine::change::Row;
+use crate::sync::engine::change::{Row, Value};
 use crate::sync::engine::clock::Stamp;
 use crate::sync::engine::merge::RowClock;
 
@@ -89,6 +89,34 @@ pub struct HubRow {
     /// Who wrote each column last; `None` for a row sync has not touched since the seed (or a table
     /// without clocks).
     pub clock: Option<RowClock>,
+}
+
+impl HubRow {
+    /// About what the row weighs in memory and on the wire, to bound a page of them.
+    pub fn size(&self) -> usize {
+        let value = |v: &Value| match v {
+            Value::Bytes(b) => b.len(),
+            Value::Decimal(d) => d.len(),
+            _ => 8,
+        };
+        self.values.iter().map(|(c, v)| c.len() + value(v)).sum()
+    }
+}
+
+/// The rows of `table` after id `after`, on `columns`: a page of a seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRequest {
+    pub table: String,
+    pub columns: Vec<String>,
+    pub after: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageReply {
+    /// In id order, with their clocks.
+    pub rows: Vec<HubRow>,
+    /// Rows after these remain.
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,11 +8,11 @@ use super::check::Compared;
 use super::protocol::HubRow;
 use super::sums::lock_hashes;
 use crate::sync::engine::clock::Stamp;
+use crate::sync::engine::merge::RowClock;
 use crate::sync::engine::policy::Policy;
 use crate::sync::engine::record::HLC_SEEN;
 use crate::sync::engine::site::Site;
-use crate::sync::engine::sql::placeholders;
-use crate::sync::engine::sql::{quote, to_sql, Target, ID};
+use crate::sync::engine::sql::{placeholders, quote, to_sql, Target, ID, IN_LIST};
 use crate::sync::engine::store;
 use crate::sync::engine::store::write_clock;
 
@@ -34,19 +34,74 @@ pub(crate) fn copy_rows(
         .context("cannot start a transaction")?;
     store::lock_log(&mut tx)?;
     let here = lock_hashes(&mut tx, &target, &table.name, &table.columns, &ids)?;
-    let mut seen = 0;
-    for row in rows {
+    let (new, present): (Vec<&HubRow>, Vec<&HubRow>) =
+        rows.iter().partition(|r| !here.contains_key(&r.id));
+    // The rows new here (at a seed, all of them) go in many per statement; a copy that runs again
+    // after a cut writes the few it already holds one by one.
+    let mut seen = insert_new(&mut tx, &target, &table, &new)?;
+    for row in present {
         let hub = Restore {
             row: Some(row),
             tombstone: None,
         };
         let stamp = hub
-            .write(&mut tx, &target, &table, row.id, here.contains_key(&row.id))
+            .write(&mut tx, &target, &table, row.id, true)
             .with_context(|| format!("cannot copy {} id {}", table.name, row.id))?;
         seen = seen.max(stamp);
     }
     clock_past(&mut tx, seen)?;
     tx.commit().context("cannot commit the copied rows")
+}
+
+/// Inserts rows that are not here, with their clocks; returns the highest stamp copied.
+fn insert_new(
+    tx: &mut Transaction<'_>,
+    target: &Target,
+    table: &Compared,
+    rows: &[&HubRow],
+) -> Result<u64> {
+    let Some(first) = rows.first() else {
+        return Ok(0);
+    };
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    store::forget_rows(tx, &table.name, &ids)?;
+    let names: Vec<String> = arriving_values(table, first)?
+        .iter()
+        .map(|(c, _)| quote(c))
+        .collect();
+    // Under the server's limit of 65,535 parameters per statement.
+    let per_statement = (60_000 / names.len().max(1)).clamp(1, IN_LIST);
+    for chunk in rows.chunks(per_statement) {
+        let mut params = Vec::with_capacity(chunk.len() * names.len());
+        for row in chunk {
+            params.extend(arriving_values(table, row)?.into_iter().map(|(_, v)| v));
+        }
+        let one = format!("({})", placeholders(names.len()));
+        tx.exec_drop(
+            format!(
+                "INSERT INTO {} ({}) VALUES {}",
+                target.table(&table.name),
+                names.join(", "),
+                vec![one; chunk.len()].join(", ")
+            ),
+            params,
+        )
+        .with_context(|| format!("cannot copy rows of {}", table.name))?;
+    }
+    let clocks: Vec<(&str, i64, &RowClock)> = rows
+        .iter()
+        .filter_map(|r| Some((table.name.as_str(), r.id, r.clock.as_ref()?)))
+        .collect();
+    store::write_clocks(tx, &clocks)?;
+    Ok(clocks.iter().map(|(_, _, c)| highest(c)).max().unwrap_or(0))
+}
+
+/// The highest stamp a row clock holds.
+fn highest(clock: &RowClock) -> u64 {
+    clock
+        .cols
+        .values()
+        .fold(clock.born.hlc, |m, s| m.max(s.hlc))
 }
 
 /// Local edits from now on must be stamped after every copied stamp (`seen`), or they would lose to
@@ -111,10 +166,7 @@ impl Restore<'_> {
         match &row.clock {
             Some(clock) => {
                 write_clock(tx, name, id, clock)?;
-                Ok(clock
-                    .cols
-                    .values()
-                    .fold(clock.born.hlc, |m, s| m.max(s.hlc)))
+                Ok(highest(clock))
             }
             None => {
                 store::drop_clock(tx, name, id)?;
@@ -141,6 +193,17 @@ pub(super) fn values_of<'r>(
             Ok((name.as_str(), to_sql(value)))
         })
         .collect()
+}
+
+/// A row's values as it is inserted here: the hub's, and the local columns' arriving values (a copied
+/// row arrives like an applied one: a forum post mailed at its origin).
+fn arriving_values<'r>(
+    table: &'r Compared,
+    row: &'r HubRow,
+) -> Result<Vec<(&'r str, mysql::Value)>> {
+    let mut values = values_of(table, row, "")?;
+    values.extend(table.arriving.iter().map(|(c, v)| (c.as_str(), to_sql(v))));
+    Ok(values)
 }
 
 pub(super) fn update_row(
@@ -176,9 +239,7 @@ pub(super) fn insert_row(
     table: &Compared,
     row: &HubRow,
 ) -> Result<()> {
-    let mut values = values_of(table, row, "")?;
-    // A copied row arrives here like an applied one (a forum post mailed at its origin).
-    values.extend(table.arriving.iter().map(|(c, v)| (c.as_str(), to_sql(v))));
+    let values = arriving_values(table, row)?;
     let names: Vec<String> = values.iter().map(|(c, _)| quote(c)).collect();
     let params: Vec<mysql::Value> = values.into_iter().map(|(_, v)| v).collect();
     tx.exec_drop(

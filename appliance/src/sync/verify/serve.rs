@@ -4,11 +4,12 @@ use std::collections::{BTreeSet, HashSet};
 
 use anyhow::{bail, ensure, Context, Result};
 use mysql::prelude::Queryable;
-use mysql::{AccessMode, IsolationLevel, TxOpts};
+use mysql::{AccessMode, IsolationLevel, Transaction, TxOpts};
 
 use super::chunk::chunk_of;
 use super::protocol::{
-    Catalog, CatalogRequest, HubRow, RowsReply, RowsRequest, SumsReply, SumsRequest,
+    Catalog, CatalogRequest, HubRow, PageReply, PageRequest, RowsReply, RowsRequest, SumsReply,
+    SumsRequest,
 };
 use super::sums::{read_rows, read_tombstones, sums_at, tables_at};
 use super::{MAX_CHUNK, MAX_ROWS, MAX_SUMS};
@@ -75,26 +76,76 @@ pub fn serve_rows(hub: &mut Site, policy: &Policy, req: &RowsRequest) -> Result<
     );
     let target = hub.target().clone();
     check_table(hub.conn(), &target, policy, &req.table, &req.columns)?;
+    let mut tx = snapshot(hub)?;
+    let reply = rows_in(&mut tx, &target, &req.table, &req.columns, &req.ids)?;
+    tx.commit().context("cannot end the snapshot")?;
+    Ok(reply)
+}
+
+/// The rows of `table` after id `after`, in id order, with their clocks: at most `max` rows, and
+/// fewer once they pass `bytes` (at least one). How a seed copies the hub: an empty center has
+/// nothing to compare, and pages of rows beat id ranges that hold a few rows each.
+pub fn serve_page(
+    hub: &mut Site,
+    policy: &Policy,
+    page: &PageRequest,
+    max: usize,
+    bytes: usize,
+) -> Result<PageReply> {
+    let target = hub.target().clone();
+    check_table(hub.conn(), &target, policy, &page.table, &page.columns)?;
+    let mut tx = snapshot(hub)?;
+    let ids: Vec<i64> = tx
+        .exec(
+            format!(
+                "SELECT id FROM {} WHERE id > ? ORDER BY id LIMIT {max}",
+                target.table(&page.table)
+            ),
+            (page.after,),
+        )
+        .with_context(|| format!("cannot read the ids of {}", page.table))?;
+    let mut rows = rows_in(&mut tx, &target, &page.table, &page.columns, &ids)?.rows;
+    tx.commit().context("cannot end the snapshot")?;
+    let mut more = ids.len() == max;
+    let mut size = 0;
+    if let Some(cut) = rows.iter().position(|r| {
+        size += r.size();
+        size > bytes
+    }) {
+        more |= cut + 1 < rows.len();
+        rows.truncate(cut + 1);
+    }
+    Ok(PageReply { rows, more })
+}
+
+/// A read-only snapshot of the hub's database.
+fn snapshot(hub: &mut Site) -> Result<Transaction<'_>> {
     let snapshot = TxOpts::default()
         .set_isolation_level(Some(IsolationLevel::RepeatableRead))
         .set_with_consistent_snapshot(true)
         .set_access_mode(Some(AccessMode::ReadOnly));
-    let mut tx = hub
-        .conn()
+    hub.conn()
         .start_transaction(snapshot)
-        .context("cannot start a snapshot")?;
-    let rows = read_rows(&mut tx, &target, &req.table, &req.columns, &req.ids)?;
+        .context("cannot start a snapshot")
+}
+
+fn rows_in(
+    tx: &mut Transaction<'_>,
+    target: &Target,
+    table: &str,
+    columns: &[String],
+    ids: &[i64],
+) -> Result<RowsReply> {
+    let rows = read_rows(tx, target, table, columns, ids)?;
     let present: HashSet<i64> = rows.iter().map(|(id, _)| *id).collect();
     let present_ids: Vec<i64> = present.iter().copied().collect();
-    let mut clocks = read_clocks_of(&mut tx, &req.table, &present_ids)?;
-    let gone: Vec<i64> = req
-        .ids
+    let mut clocks = read_clocks_of(tx, table, &present_ids)?;
+    let gone: Vec<i64> = ids
         .iter()
         .copied()
         .filter(|id| !present.contains(id))
         .collect();
-    let tombstones = read_tombstones(&mut tx, &req.table, &gone)?;
-    tx.commit().context("cannot end the snapshot")?;
+    let tombstones = read_tombstones(tx, table, &gone)?;
     let rows = rows
         .into_iter()
         .map(|(id, values)| HubRow {
