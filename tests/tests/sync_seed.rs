@@ -16,10 +16,9 @@ use appliance::sync::engine::change::Change;
 use appliance::sync::exchange::agent::Link;
 use appliance::sync::exchange::hub::{Page, Receipt};
 use appliance::sync::files::pool::Found;
-use appliance::sync::seed::{self, CopyReply, CopyRequest, Source};
+use appliance::sync::seed::{self, CopyReply, CopyRequest, PageReply, PageRequest, Source};
 use appliance::sync::verify::{
-    Catalog, CatalogRequest, PageReply, PageRequest, Reference, RowsReply, RowsRequest, SumsReply,
-    SumsRequest,
+    Catalog, CatalogRequest, Reference, RowsReply, RowsRequest, SumsReply, SumsRequest,
 };
 use kituo_tests::bed::files::{self, backups_root, files_section, Backup};
 use kituo_tests::bed::services::{center_config, engine_account, AgentOptions, HubService};
@@ -315,7 +314,7 @@ fn a_new_center_is_seeded_from_a_stick_even_one_half_copied_at_first() -> Result
     Ok(())
 }
 
-/// The hub in-process, behind a link that drops after `pages` pages that held rows.
+/// The hub in-process, behind a link that drops after `pages` pages of 10 rows.
 struct Dropping<'a> {
     hub: Direct<'a>,
     pages: usize,
@@ -348,8 +347,13 @@ impl Source for Dropping<'_> {
     }
     fn page(&mut self, req: &PageRequest) -> Result<PageReply> {
         ensure!(self.pages > 0, "the link dropped");
-        let reply = self.hub.page(req)?;
-        if !reply.rows.is_empty() {
+        // Small pages, so that the cut comes in the middle of the hub's rows.
+        let small = PageRequest {
+            max: 10,
+            ..req.clone()
+        };
+        let reply = self.hub.page(&small)?;
+        if !reply.runs.is_empty() {
             self.pages -= 1;
         }
         Ok(reply)

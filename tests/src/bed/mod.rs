@@ -330,8 +330,8 @@ impl appliance::sync::seed::Source for Direct<'_> {
     }
     fn page(
         &mut self,
-        req: &appliance::sync::verify::PageRequest,
-    ) -> Result<appliance::sync::verify::PageReply> {
+        req: &appliance::sync::seed::PageRequest,
+    ) -> Result<appliance::sync::seed::PageReply> {
         appliance::sync::seed::serve_page(self.hub, self.policy, req)
     }
 }

@@ -18,8 +18,7 @@ use crate::sync::exchange::parts::{self, Cut, Part, PartAnswer, PushPart};
 use crate::sync::exchange::wire::{self, HubRefused, RequestParts, Secret};
 use crate::sync::seed;
 use crate::sync::verify::{
-    Catalog, CatalogRequest, PageReply, PageRequest, Reference, RowsReply, RowsRequest, SumsReply,
-    SumsRequest,
+    Catalog, CatalogRequest, Reference, RowsReply, RowsRequest, SumsReply, SumsRequest,
 };
 
 pub struct LinkOptions {
@@ -344,7 +343,7 @@ impl seed::Source for HttpLink {
     fn copy(&mut self, req: &seed::CopyRequest) -> Result<seed::CopyReply> {
         self.exchange(wire::SEED_COPY, req)
     }
-    fn page(&mut self, req: &PageRequest) -> Result<PageReply> {
+    fn page(&mut self, req: &seed::PageRequest) -> Result<seed::PageReply> {
         let answer = self.call("POST", wire::SEED_PAGE, &wire::encode(req)?)?;
         wire::decode_packed(&answer)
     }

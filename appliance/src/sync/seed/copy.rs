@@ -9,16 +9,17 @@ use crate::sync::engine::change::{Row, Value};
 use crate::sync::engine::policy::{Direction, Policy};
 use crate::sync::engine::site::Site;
 use crate::sync::engine::sql::{from_sql, quote, Target, ID};
-use crate::sync::verify::{self, HubRow, PageReply, PageRequest};
+use crate::sync::verify::{self, HubRow};
 
 /// Rows per copy request.
 pub const COPY_ROWS: usize = 200;
 /// The most rows one copy request may ask for.
 const MAX_COPY_ROWS: usize = 1000;
-/// Rows per page of a relayed table, and about the bytes they may hold: one page is one transaction
-/// at the center, and a few seconds on a 256 kbit/s link once compressed.
-const PAGE_ROWS: usize = 1000;
-const PAGE_BYTES: usize = 1 << 20;
+/// Rows per page of relayed rows, and about the bytes they may hold: one page is one transaction at the
+/// center, some 10 s on a 256 kbit/s link once compressed, and a few MB of a 1 GB board's memory. Each
+/// page costs the hub a listing of its tables and the link a round trip: fewer, larger pages beat many.
+pub const PAGE_ROWS: usize = 5000;
+const PAGE_BYTES: usize = 4 << 20;
 
 /// Rows of a table the seed copies, after `after` in id order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,34 +119,104 @@ pub fn read_all(
             sink(Copied::PerSite { table, rows })
         })?;
     }
-    let target = hub.target().clone();
-    for (table, info) in verify::tables_at(hub.conn(), &target, policy)? {
-        let mut page = PageRequest {
-            table,
-            columns: info.columns,
-            after: i64::MIN,
-        };
-        loop {
-            let reply = serve_page(hub, policy, &page)?;
-            if let Some(last) = reply.rows.last() {
-                page.after = last.id;
-                sink(Copied::Relayed {
-                    table: page.table.clone(),
-                    columns: page.columns.clone(),
-                    rows: reply.rows,
-                })?;
-            }
-            if !reply.more {
-                break;
-            }
+    let mut page = PageRequest::first(PAGE_ROWS);
+    loop {
+        let reply = serve_page(hub, policy, &page)?;
+        page.go_past(&reply.runs);
+        for run in reply.runs {
+            sink(run)?;
+        }
+        if !reply.more {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
-/// A page of a relayed table's rows with their clocks, as a seed copies them.
-pub fn serve_page(hub: &mut Site, policy: &Policy, page: &PageRequest) -> Result<PageReply> {
-    verify::serve_page(hub, policy, page, PAGE_ROWS, PAGE_BYTES)
+/// A page of relayed rows with their clocks, as a seed copies them: the tables in name order from
+/// `table`, that one after id `after`, as many as fit `max` rows and about 4 MiB, leaving out the
+/// tables in `skip` (the hub's that the card lacks). Many tables go in one page: on a slow link each
+/// request costs a round trip, and most of Moodle's tables hold a few rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRequest {
+    pub table: String,
+    pub after: i64,
+    pub max: usize,
+    pub skip: Vec<String>,
+}
+
+impl PageRequest {
+    /// The first page of a seed.
+    pub fn first(max: usize) -> PageRequest {
+        PageRequest {
+            table: String::new(),
+            after: i64::MIN,
+            max,
+            skip: Vec::new(),
+        }
+    }
+
+    /// Moves past the rows of `runs`, so that this asks for what follows them.
+    pub fn go_past(&mut self, runs: &[Copied]) {
+        let last = runs.iter().rev().find_map(|run| match run {
+            Copied::Relayed { table, rows, .. } => rows.last().map(|r| (table, r.id)),
+            Copied::PerSite { .. } => None,
+        });
+        if let Some((table, id)) = last {
+            self.table.clone_from(table);
+            self.after = id;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageReply {
+    /// `Copied::Relayed` runs, one per table, in name and id order.
+    pub runs: Vec<Copied>,
+    /// Rows after these remain.
+    pub more: bool,
+}
+
+/// A page of relayed rows (see [`PageRequest`]).
+pub fn serve_page(hub: &mut Site, policy: &Policy, req: &PageRequest) -> Result<PageReply> {
+    ensure!(
+        (1..=PAGE_ROWS).contains(&req.max),
+        "at most {PAGE_ROWS} rows per page, not {}",
+        req.max
+    );
+    let target = hub.target().clone();
+    let tables = verify::tables_at(hub.conn(), &target, policy)?;
+    let (mut rows_left, mut bytes_left) = (req.max, PAGE_BYTES);
+    let mut runs = Vec::new();
+    for (table, info) in tables.range(req.table.clone()..) {
+        if info.first.is_none() || req.skip.contains(table) {
+            continue;
+        }
+        let after = if *table == req.table {
+            req.after
+        } else {
+            i64::MIN
+        };
+        let (rows, more) = verify::serve_page(
+            hub,
+            policy,
+            (table, &info.columns, after),
+            rows_left,
+            bytes_left,
+        )?;
+        rows_left -= rows.len();
+        bytes_left = bytes_left.saturating_sub(rows.iter().map(HubRow::size).sum());
+        if !rows.is_empty() {
+            runs.push(Copied::Relayed {
+                table: table.clone(),
+                columns: info.columns.clone(),
+                rows,
+            });
+        }
+        if more || rows_left == 0 || bytes_left == 0 {
+            return Ok(PageReply { runs, more: true });
+        }
+    }
+    Ok(PageReply { runs, more: false })
 }
 
 /// The tables whose rows are copied by `serve_copy`, in name order.

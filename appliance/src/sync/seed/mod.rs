@@ -28,7 +28,10 @@ mod write;
 use anyhow::{bail, ensure, Context, Result};
 use mysql::prelude::Queryable;
 
-pub use copy::{read_all, serve_copy, serve_page, Copied, CopyReply, CopyRequest, COPY_ROWS};
+pub use copy::{
+    read_all, serve_copy, serve_page, Copied, CopyReply, CopyRequest, PageReply, PageRequest,
+    COPY_ROWS, PAGE_ROWS,
+};
 pub use write::write_copied;
 
 use crate::sync::engine::policy::Policy;
@@ -37,7 +40,7 @@ use crate::sync::engine::site::Site;
 use crate::sync::engine::sql::quote;
 use crate::sync::engine::store;
 use crate::sync::exchange::agent::{self, Link};
-use crate::sync::verify::{self, CatalogRequest, PageReply, PageRequest, Reference};
+use crate::sync::verify::{self, CatalogRequest, Reference};
 
 /// The sync state that says how far the seed got: `started`, then `done`.
 pub const SEED_STATE: &str = "seed";
@@ -132,53 +135,38 @@ fn copy_relayed<H: Source>(
         .tables;
     let target = site.target().clone();
     let ours = verify::tables_at(site.conn(), &target, policy)?;
-    // Where an earlier run stopped: the tables before this one are whole, this one up to the id.
-    let at = store::get(site.conn(), SEED_AT)?;
-    let (from, after) = match at.as_deref().and_then(|a| a.split_once('\t')) {
-        Some((table, id)) => {
-            let id = id
-                .parse::<i64>()
-                .with_context(|| format!("bad {SEED_AT} state {at:?}"))?;
-            (table.to_owned(), id)
-        }
-        None => (String::new(), i64::MIN),
+    seeded.tables_only_at_hub = theirs
+        .into_keys()
+        .filter(|t| !ours.contains_key(t))
+        .collect();
+    let mut page = PageRequest {
+        skip: seeded.tables_only_at_hub.clone(),
+        ..PageRequest::first(PAGE_ROWS)
     };
-    for (table, there) in theirs {
-        let Some(here) = ours.get(&table) else {
-            seeded.tables_only_at_hub.push(table);
-            continue;
-        };
-        // An empty table at the hub (its first id none) costs no request.
-        if table < from || there.first.is_none() {
-            continue;
+    // Where an earlier run stopped.
+    if let Some(at) = store::get(site.conn(), SEED_AT)? {
+        let (table, id) = at.split_once('\t').context("bad seed.at state")?;
+        page.after = id
+            .parse()
+            .with_context(|| format!("bad {SEED_AT} state {at:?}"))?;
+        page.table = table.to_owned();
+    }
+    loop {
+        let reply = hub
+            .page(&page)
+            .with_context(|| format!("cannot copy the hub's rows from {}", page.table))?;
+        page.go_past(&reply.runs);
+        for run in &reply.runs {
+            seeded.relayed += write_copied(site, policy, run, None)?;
         }
-        let columns = there
-            .columns
-            .into_iter()
-            .filter(|c| here.columns.contains(c))
-            .collect();
-        let mut page = PageRequest {
-            after: if table == from { after } else { i64::MIN },
-            table,
-            columns,
-        };
-        loop {
-            let reply = hub
-                .page(&page)
-                .with_context(|| format!("cannot copy {} from the hub", page.table))?;
-            if let Some(last) = reply.rows.last() {
-                page.after = last.id;
-                verify::copy_rows(site, policy, &page.table, &page.columns, &reply.rows)?;
-                seeded.relayed += reply.rows.len() as u64;
-                let at = format!("{}\t{}", page.table, page.after);
-                store::set(site.conn(), SEED_AT, &at)?;
-            }
-            if !reply.more {
-                break;
-            }
+        if !reply.runs.is_empty() {
+            let at = format!("{}\t{}", page.table, page.after);
+            store::set(site.conn(), SEED_AT, &at)?;
+        }
+        if !reply.more {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 /// Starts a seed from a stick, or goes on with one; false when this center was seeded before.

@@ -103,22 +103,6 @@ impl HubRow {
     }
 }
 
-/// The rows of `table` after id `after`, on `columns`: a page of a seed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PageRequest {
-    pub table: String,
-    pub columns: Vec<String>,
-    pub after: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PageReply {
-    /// In id order, with their clocks.
-    pub rows: Vec<HubRow>,
-    /// Rows after these remain.
-    pub more: bool,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {
     pub id: i64,

@@ -8,8 +8,7 @@ use mysql::{AccessMode, IsolationLevel, Transaction, TxOpts};
 
 use super::chunk::chunk_of;
 use super::protocol::{
-    Catalog, CatalogRequest, HubRow, PageReply, PageRequest, RowsReply, RowsRequest, SumsReply,
-    SumsRequest,
+    Catalog, CatalogRequest, HubRow, RowsReply, RowsRequest, SumsReply, SumsRequest,
 };
 use super::sums::{read_rows, read_tombstones, sums_at, tables_at};
 use super::{MAX_CHUNK, MAX_ROWS, MAX_SUMS};
@@ -82,29 +81,29 @@ pub fn serve_rows(hub: &mut Site, policy: &Policy, req: &RowsRequest) -> Result<
     Ok(reply)
 }
 
-/// The rows of `table` after id `after`, in id order, with their clocks: at most `max` rows, and
-/// fewer once they pass `bytes` (at least one). How a seed copies the hub: an empty center has
-/// nothing to compare, and pages of rows beat id ranges that hold a few rows each.
+/// The rows of `table` after id `after` on `columns`, in id order, with their clocks: at most `max`
+/// rows, and fewer once they pass `bytes` (at least one); true when rows after them remain. How a seed
+/// copies the hub: an empty center has nothing to compare.
 pub fn serve_page(
     hub: &mut Site,
     policy: &Policy,
-    page: &PageRequest,
+    (table, columns, after): (&str, &[String], i64),
     max: usize,
     bytes: usize,
-) -> Result<PageReply> {
+) -> Result<(Vec<HubRow>, bool)> {
     let target = hub.target().clone();
-    check_table(hub.conn(), &target, policy, &page.table, &page.columns)?;
+    check_table(hub.conn(), &target, policy, table, columns)?;
     let mut tx = snapshot(hub)?;
     let ids: Vec<i64> = tx
         .exec(
             format!(
                 "SELECT id FROM {} WHERE id > ? ORDER BY id LIMIT {max}",
-                target.table(&page.table)
+                target.table(table)
             ),
-            (page.after,),
+            (after,),
         )
-        .with_context(|| format!("cannot read the ids of {}", page.table))?;
-    let mut rows = rows_in(&mut tx, &target, &page.table, &page.columns, &ids)?.rows;
+        .with_context(|| format!("cannot read the ids of {table}"))?;
+    let mut rows = rows_in(&mut tx, &target, table, columns, &ids)?.rows;
     tx.commit().context("cannot end the snapshot")?;
     let mut more = ids.len() == max;
     let mut size = 0;
@@ -115,7 +114,7 @@ pub fn serve_page(
         more |= cut + 1 < rows.len();
         rows.truncate(cut + 1);
     }
-    Ok(PageReply { rows, more })
+    Ok((rows, more))
 }
 
 /// A read-only snapshot of the hub's database.
