@@ -11,8 +11,8 @@
 //! 2. copies what never syncs but Moodle needs to run: the `[seed]` tables (its cron schedule, its own
 //!    MNet host) and the `[site_local]` rows (the installed versions), after checking that the hub runs
 //!    the release this card carries;
-//! 3. copies every relayed row with its row clock, table by table in pages of rows (there is nothing
-//!    to compare at an empty center), then pulls what the hub logged meanwhile.
+//! 3. copies every relayed row with its row clock, in pages of rows that run across the tables in name
+//!    order (there is nothing to compare at an empty center), then pulls what the hub logged meanwhile.
 //!
 //! One pass that copied every row it found is enough, however busy the hub: a row the copy missed or
 //! read early was changed after the cursor, so its change is in the log and is pulled; a change the
