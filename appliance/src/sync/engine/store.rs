@@ -700,17 +700,5 @@ pub fn forget_rows(tx: &mut impl Queryable, table: &str, ids: &[i64]) -> Result<
 }
 
 pub fn write_clock(tx: &mut impl Queryable, table: &str, id: i64, clock: &RowClock) -> Result<()> {
-    tx.exec_drop(
-        "INSERT INTO kituo_sync.clock (tbl, row_id, born_hlc, born_site, cols) VALUES (?, ?, ?, ?, ?)
-         ON DUPLICATE KEY UPDATE born_hlc = VALUES(born_hlc), born_site = VALUES(born_site),
-                                 cols = VALUES(cols)",
-        (
-            table,
-            id,
-            clock.born.hlc,
-            clock.born.site,
-            clock.encode_cols()?,
-        ),
-    )
-    .context("cannot write a row clock")
+    write_clocks(tx, &[(table, id, clock)])
 }

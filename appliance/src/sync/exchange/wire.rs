@@ -24,7 +24,7 @@ pub const VERIFY_SUMS: &str = "/sync/v1/verify/sums";
 pub const VERIFY_ROWS: &str = "/sync/v1/verify/rows";
 /// `sync seed`: the rows of what never syncs but a joining center needs (MessagePack requests).
 pub const SEED_COPY: &str = "/sync/v1/seed/copy";
-/// A page of a relayed table's rows for a seed (see `seed::serve_page`); the answer is compressed.
+/// A page of relayed rows for a seed, across tables (see `seed::serve_page`); the answer is compressed.
 pub const SEED_PAGE: &str = "/sync/v1/seed/page";
 /// An empty authenticated answer: its signed clock header is what a center reads before it stamps
 /// anything after a boot (see `engine::skew`).
